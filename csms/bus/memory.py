@@ -1,0 +1,97 @@
+"""In-process bus: the embedded default and the unit tests' transport.
+
+Semantics follow MQTT v5 as the project relies on them: topic filters with ``+`` and ``#``;
+``$share/{group}/filter`` delivers each message to exactly one member of the group
+(round-robin); plain subscribers each get a copy. Delivery is in publish order per subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Mapping
+
+from csms.bus import BusUnavailable, Message
+from csms.topics import matches
+
+
+class MemoryBroker:
+    """The hub that :class:`MemoryBus` clients connect to."""
+
+    def __init__(self) -> None:
+        self._clients: list[MemoryBus] = []
+        self._rr = itertools.count()
+        self.available = True
+        """Set False to simulate a broker outage (publishes then raise BusUnavailable)."""
+
+    def client(self, max_queued: int = 100_000) -> MemoryBus:
+        """A new client connection to this broker."""
+        return MemoryBus(self, max_queued)
+
+    def _attach(self, client: MemoryBus) -> None:
+        self._clients.append(client)
+
+    def _detach(self, client: MemoryBus) -> None:
+        if client in self._clients:
+            self._clients.remove(client)
+
+    def _route(self, message: Message) -> None:
+        groups: dict[tuple[str, str], list[MemoryBus]] = {}
+        for client in self._clients:
+            delivered = False
+            for topic_filter in client._filters:
+                if not matches(topic_filter, message.topic):
+                    continue
+                if topic_filter.startswith("$share/"):
+                    group = topic_filter.split("/", 2)[1]
+                    groups.setdefault((group, topic_filter), []).append(client)
+                elif not delivered:
+                    client._deliver(message)
+                    delivered = True
+        for members in groups.values():
+            members[next(self._rr) % len(members)]._deliver(message)
+
+
+class MemoryBus:
+    """A client of :class:`MemoryBroker` implementing :class:`csms.bus.Bus`."""
+
+    def __init__(self, broker: MemoryBroker, max_queued: int) -> None:
+        self._broker = broker
+        self._filters: set[str] = set()
+        self._queue: asyncio.Queue[Message] = asyncio.Queue(max_queued)
+
+    @property
+    def connected(self) -> bool:
+        return self._broker.available
+
+    async def __aenter__(self) -> MemoryBus:
+        self._broker._attach(self)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._broker._detach(self)
+
+    async def publish(
+        self, topic: str, payload: bytes, *, properties: Mapping[str, str] | None = None
+    ) -> None:
+        if not self._broker.available:
+            raise BusUnavailable("in-process broker is unavailable")
+        self._broker._route(Message(topic, payload, dict(properties or {})))
+
+    async def subscribe(self, topic_filter: str) -> None:
+        self._filters.add(topic_filter)
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        self._filters.discard(topic_filter)
+
+    def _deliver(self, message: Message) -> None:
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:
+            # Same outcome as an MQTT client whose incoming queue overflows: the message
+            # is dropped for this client. Sized so the embedded default never gets here.
+            pass
+
+    async def messages(self) -> AsyncIterator[Message]:
+        while True:
+            yield await self._queue.get()

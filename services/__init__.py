@@ -1,0 +1,40 @@
+"""Integration points (station registry, tokens, transactions, tariff, idempotency).
+
+:class:`Services` bundles one implementation of each; :func:`services.factory.build_services`
+makes it from settings (in-memory or Redis, plus operator plug-ins).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.interfaces import (
+    IdempotencyStore,
+    StationRegistry,
+    StoreUnavailable,
+    TariffService,
+    TokenStore,
+    TransactionStore,
+)
+
+
+@dataclass(slots=True)
+class Services:
+    """The services one manager (or the embedded process) works with."""
+
+    stations: StationRegistry
+    tokens: TokenStore
+    transactions: TransactionStore
+    tariff: TariffService
+    idempotency: IdempotencyStore
+
+
+__all__ = [
+    "IdempotencyStore",
+    "Services",
+    "StationRegistry",
+    "StoreUnavailable",
+    "TariffService",
+    "TokenStore",
+    "TransactionStore",
+]

@@ -1,0 +1,158 @@
+"""The integration points of the CSMS: small typed interfaces.
+
+Managers hold no state; everything lives behind these. Each has an in-memory implementation
+(:mod:`services.memory`, embedded default and unit tests) and a Redis one
+(:mod:`services.redis_store`). Operators can plug in their own TokenStore or TariffService by
+naming a ``module:factory`` in the settings (see :mod:`services.loader`).
+
+Every method is async and may raise :class:`StoreUnavailable` when its backend cannot be
+reached; the manager turns that into a prompt CallError to the station.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from services.models import (
+    Authorization,
+    BootInfo,
+    ConnectorStatus,
+    Cost,
+    RegistrationStatus,
+    StationRecord,
+    TokenRecord,
+    Transaction,
+)
+
+
+class StoreUnavailable(Exception):
+    """A backing store (Redis, an operator's service) could not be reached in time."""
+
+
+@runtime_checkable
+class StationRegistry(Protocol):
+    """Stations, their registration, boot info, connection state and connector statuses."""
+
+    async def get(self, station_id: str) -> StationRecord | None: ...
+
+    async def put(self, record: StationRecord) -> None:
+        """Create or replace a station record (provisioning)."""
+        ...
+
+    async def set_registration(self, station_id: str, status: RegistrationStatus) -> None:
+        """Change the registration status (creating an unknown station's record if needed)."""
+        ...
+
+    async def record_boot(
+        self,
+        station_id: str,
+        version: str,
+        boot: BootInfo,
+        registration: RegistrationStatus,
+        at: str,
+    ) -> StationRecord:
+        """Store boot info, OCPP version and the registration answered; returns the record.
+
+        Creates the record (``known=False``) when the station was not provisioned.
+        """
+        ...
+
+    async def mark_connected(
+        self, station_id: str, version: str, gateway: str, connection: str, at: str
+    ) -> None:
+        """Record that ``connection`` on ``gateway`` now owns the station (newest wins)."""
+        ...
+
+    async def mark_disconnected(self, station_id: str, connection: str, at: str) -> bool:
+        """Mark offline only if ``connection`` still owns the station; True when it did."""
+        ...
+
+    async def touch(self, station_id: str, at: str) -> None:
+        """Update last-seen (every message from the station)."""
+        ...
+
+    async def set_connector_status(self, station_id: str, status: ConnectorStatus) -> None: ...
+
+    async def connector_statuses(self, station_id: str) -> list[ConnectorStatus]: ...
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """Decides whether an idToken may charge."""
+
+    async def authorize(
+        self, id_token: str, token_type: str | None = None, station_id: str | None = None
+    ) -> Authorization:
+        """Decision for this token now: Accepted, Blocked, Expired, Invalid, Unknown, ...
+
+        Implementations report Expired for a token whose expiry is in the past, whatever
+        its stored status.
+        """
+        ...
+
+    async def put(self, record: TokenRecord) -> None:
+        """Provision or replace a token."""
+        ...
+
+
+@runtime_checkable
+class TransactionStore(Protocol):
+    """Charging transactions, written atomically so two managers never lose an update."""
+
+    async def next_transaction_id(self) -> int:
+        """A new OCPP 1.6 transactionId, unique across the whole fleet (positive int32)."""
+        ...
+
+    async def get(self, station_id: str, transaction_id: str) -> Transaction | None: ...
+
+    async def update(
+        self,
+        station_id: str,
+        transaction_id: str,
+        change: Callable[[Transaction | None], Transaction],
+    ) -> Transaction:
+        """Atomic read-modify-write: ``change`` gets the stored transaction (or None) and
+        returns the new one, which is stored and returned. ``change`` may be called more
+        than once (optimistic concurrency), so it must not have side effects."""
+        ...
+
+    async def active(self, station_id: str) -> list[Transaction]:
+        """Transactions of the station that have not ended."""
+        ...
+
+    async def find_by_token(self, id_token: str) -> list[Transaction]:
+        """Active transactions started with ``id_token`` (ConcurrentTx checks)."""
+        ...
+
+
+@runtime_checkable
+class TariffService(Protocol):
+    """Prices a transaction."""
+
+    async def price(self, transaction: Transaction) -> Cost:
+        """Cost of ``transaction`` as of its latest readings (final once it has ended)."""
+        ...
+
+
+@runtime_checkable
+class IdempotencyStore(Protocol):
+    """Remembers answers to station Calls so a repeated Call (same station, message id,
+    action and payload) gets the same answer without the work being done twice."""
+
+    async def claim(self, key: str, ttl: float) -> bytes | None | bool:
+        """Try to take ``key``.
+
+        Returns ``True`` when claimed (do the work, then :meth:`complete`), the stored answer
+        (bytes) when the work was already done, or ``False`` when another worker holds the
+        claim right now.
+        """
+        ...
+
+    async def complete(self, key: str, answer: bytes, ttl: float) -> None:
+        """Store the answer for ``key``."""
+        ...
+
+    async def release(self, key: str) -> None:
+        """Drop an unfinished claim so a retry can do the work."""
+        ...

@@ -1,0 +1,163 @@
+"""Records the services store and return. msgspec Structs: typed, and cheap to (de)serialise
+to JSON for Redis. Times are ISO-8601 UTC strings as OCPP sends them; money is a decimal
+string so no rounding happens in storage."""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class RegistrationStatus(enum.StrEnum):
+    """BootNotification answer for a station (same names in 1.6 and 2.0.1)."""
+
+    ACCEPTED = "Accepted"
+    PENDING = "Pending"
+    REJECTED = "Rejected"
+
+
+class BootInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a station said about itself in its last BootNotification."""
+
+    vendor: str
+    model: str
+    serial_number: str | None = None
+    firmware_version: str | None = None
+    iccid: str | None = None
+    imsi: str | None = None
+    meter_type: str | None = None
+    meter_serial_number: str | None = None
+    reason: str | None = None
+    """2.0.1 boot reason (PowerUp, Watchdog, ...); None for 1.6."""
+
+
+class StationRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Everything the CSMS knows about one charging station."""
+
+    station_id: str
+    registration: RegistrationStatus = RegistrationStatus.PENDING
+    """Registration decided by the operator; the BootNotification answer."""
+    known: bool = True
+    """False for stations first seen at boot and admitted by policy (not provisioned)."""
+    boot: BootInfo | None = None
+    ocpp_version: str | None = None
+    last_boot_at: str | None = None
+    online: bool = False
+    connection: str | None = None
+    """Id of the socket that currently owns the station."""
+    gateway: str | None = None
+    connected_at: str | None = None
+    disconnected_at: str | None = None
+    last_seen: str | None = None
+    # Security (gateway admission): filled by the operator's CLI / API.
+    security_profile: int = 0
+    """0 = none (first-try only), 1 = Basic auth, 2 = TLS + Basic, 3 = TLS client certificate."""
+    password_hash: str | None = None
+    allowed_versions: list[str] = []
+    certificate_identity: str | None = None
+
+
+class ConnectorStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Last reported status of one connector (1.6 connectorId 0 = the whole station)."""
+
+    evse_id: int
+    """2.0.1 EVSE id; in 1.6 the connector id (1.6 has no EVSEs)."""
+    connector_id: int
+    status: str
+    at: str
+    error_code: str | None = None
+    info: str | None = None
+    vendor_error_code: str | None = None
+
+
+class AuthorizationStatus(enum.StrEnum):
+    """Union of 1.6 and 2.0.1 idToken statuses; handlers map to what their version allows."""
+
+    ACCEPTED = "Accepted"
+    BLOCKED = "Blocked"
+    EXPIRED = "Expired"
+    INVALID = "Invalid"
+    UNKNOWN = "Unknown"
+    CONCURRENT_TX = "ConcurrentTx"
+    NO_CREDIT = "NoCredit"
+    NOT_ALLOWED_TYPE_EVSE = "NotAllowedTypeEVSE"
+    NOT_AT_THIS_LOCATION = "NotAtThisLocation"
+    NOT_AT_THIS_TIME = "NotAtThisTime"
+
+
+class TokenRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A token as provisioned in the token store."""
+
+    id_token: str
+    status: AuthorizationStatus = AuthorizationStatus.ACCEPTED
+    token_type: str | None = None
+    """2.0.1 IdTokenEnumType (ISO14443, eMAID, ...); None = any type."""
+    expiry: str | None = None
+    group_id: str | None = None
+
+
+class Authorization(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The token store's decision for one presentation of a token."""
+
+    status: AuthorizationStatus
+    expiry: str | None = None
+    group_id: str | None = None
+
+
+class EnergyReading(msgspec.Struct, kw_only=True, array_like=True):
+    """One reading of the energy import register, normalised to Wh."""
+
+    at: str
+    wh: float
+    context: str | None = None
+
+
+class Cost(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Cost of a transaction as the TariffService priced it (decimal strings)."""
+
+    total: str
+    currency: str
+    energy: str = "0"
+    time: str = "0"
+    fee: str = "0"
+
+
+class TransactionState(enum.StrEnum):
+    ACTIVE = "Active"
+    ENDED = "Ended"
+
+
+class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One charging transaction, keyed by (station_id, transaction_id).
+
+    1.6: ``transaction_id`` is the CSMS-assigned integer, as a string.
+    2.0.1: ``transaction_id`` is the station-assigned transactionId.
+    """
+
+    station_id: str
+    transaction_id: str
+    version: str
+    state: TransactionState = TransactionState.ACTIVE
+    evse_id: int | None = None
+    connector_id: int | None = None
+    id_token: str | None = None
+    id_token_type: str | None = None
+    group_id: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    meter_start_wh: float | None = None
+    meter_stop_wh: float | None = None
+    readings: list[EnergyReading] = []
+    """Energy-register readings in arrival order (deduplicated by timestamp)."""
+    energy_wh: float | None = None
+    """Energy delivered so far, computed from the readings (see services.energy)."""
+    cost: Cost | None = None
+    stop_reason: str | None = None
+    charging_state: str | None = None
+    seq_nos: list[int] = []
+    """2.0.1 TransactionEvent seqNo values already applied (dedup of retries)."""
+    offline: bool = False
+    """True when any event of the transaction was sent after an offline period."""
+    reservation_id: int | None = None
+    remote_start_id: int | None = None
