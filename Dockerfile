@@ -1,0 +1,13 @@
+# Image for every CSMS role: `csms gateway`, `csms manager`, `csms run`.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY csms csms
+COPY gateway gateway
+COPY manager manager
+COPY services services
+COPY ocpp_schemas ocpp_schemas
+RUN pip install --no-cache-dir .
+USER nobody
+ENTRYPOINT ["csms"]
+CMD ["run", "--host", "0.0.0.0"]

@@ -1,0 +1,244 @@
+"""In-memory stores: the embedded default of ``csms run`` and the stores of unit tests.
+
+They live in one event loop, so a method that does not await between its read and its write
+is atomic by construction. Records are copied in and out (a JSON round trip through msgspec)
+so a caller mutating a returned record cannot change what is stored, just as with Redis,
+and anything that would not survive Redis fails here too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import msgspec
+
+from services import rules
+from services.models import (
+    Authorization,
+    BootInfo,
+    ConnectorStatus,
+    RegistrationStatus,
+    StationRecord,
+    TokenRecord,
+    Transaction,
+)
+
+_T = TypeVar("_T", StationRecord, TokenRecord, Transaction, ConnectorStatus)
+
+_encoder = msgspec.json.Encoder()
+
+
+def _copy(record: _T) -> _T:
+    """A deep, storage-faithful copy of ``record``."""
+    return msgspec.json.decode(_encoder.encode(record), type=type(record))
+
+
+class MemoryStationRegistry:
+    """:class:`~services.interfaces.StationRegistry` in a dict."""
+
+    def __init__(self) -> None:
+        self._stations: dict[str, StationRecord] = {}
+        self._connectors: dict[str, dict[tuple[int, int], ConnectorStatus]] = {}
+
+    async def get(self, station_id: str) -> StationRecord | None:
+        record = self._stations.get(station_id)
+        return _copy(record) if record is not None else None
+
+    async def put(self, record: StationRecord) -> None:
+        self._stations[record.station_id] = _copy(record)
+
+    async def set_registration(self, station_id: str, status: RegistrationStatus) -> None:
+        self._stations[station_id] = rules.with_registration(
+            self._stations.get(station_id), station_id, status
+        )
+
+    async def record_boot(
+        self,
+        station_id: str,
+        version: str,
+        boot: BootInfo,
+        registration: RegistrationStatus,
+        at: str,
+    ) -> StationRecord:
+        record = rules.with_boot(
+            self._stations.get(station_id), station_id, version, _copy(boot), registration, at
+        )
+        self._stations[station_id] = record
+        return _copy(record)
+
+    async def mark_connected(
+        self, station_id: str, version: str, gateway: str, connection: str, at: str
+    ) -> None:
+        record = rules.with_connection(
+            self._stations.get(station_id), station_id, version, gateway, connection, at
+        )
+        if record is not None:
+            self._stations[station_id] = record
+
+    async def mark_disconnected(self, station_id: str, connection: str, at: str) -> bool:
+        record = rules.without_connection(self._stations.get(station_id), connection, at)
+        if record is None:
+            return False
+        self._stations[station_id] = record
+        return True
+
+    async def touch(self, station_id: str, at: str) -> None:
+        record = rules.with_last_seen(self._stations.get(station_id), at)
+        if record is not None:
+            self._stations[station_id] = record
+
+    async def set_connector_status(self, station_id: str, status: ConnectorStatus) -> None:
+        connectors = self._connectors.setdefault(station_id, {})
+        connectors[(status.evse_id, status.connector_id)] = _copy(status)
+
+    async def connector_statuses(self, station_id: str) -> list[ConnectorStatus]:
+        connectors = self._connectors.get(station_id, {})
+        return [_copy(connectors[key]) for key in sorted(connectors)]
+
+
+class MemoryTokenStore:
+    """:class:`~services.interfaces.TokenStore` in a dict.
+
+    ``accept_unknown=True`` is the first-try mode: tokens not provisioned are Accepted.
+    ``clock`` returns the current UTC time (tests pass a fixed one).
+    """
+
+    def __init__(
+        self,
+        *,
+        accept_unknown: bool = False,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        self._tokens: dict[str, TokenRecord] = {}
+        self._accept_unknown = accept_unknown
+        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
+
+    async def authorize(
+        self, id_token: str, token_type: str | None = None, station_id: str | None = None
+    ) -> Authorization:
+        return rules.decide_token(
+            self._tokens.get(id_token),
+            self._clock(),
+            token_type=token_type,
+            accept_unknown=self._accept_unknown,
+        )
+
+    async def put(self, record: TokenRecord) -> None:
+        self._tokens[record.id_token] = _copy(record)
+
+    async def get(self, id_token: str) -> TokenRecord | None:
+        """The stored record (not part of the protocol; for tools and tests)."""
+        record = self._tokens.get(id_token)
+        return _copy(record) if record is not None else None
+
+
+class MemoryTransactionStore:
+    """:class:`~services.interfaces.TransactionStore` in a dict, with the same indexes as
+    the Redis store (active transactions per station, per token) so lookups stay cheap."""
+
+    def __init__(self, *, first_id: int = 1) -> None:
+        self._transactions: dict[tuple[str, str], Transaction] = {}
+        self._active_by_station: dict[str, set[str]] = {}
+        self._active_by_token: dict[str, set[tuple[str, str]]] = {}
+        self._last_id = first_id - 1
+
+    async def next_transaction_id(self) -> int:
+        self._last_id = rules.next_after(self._last_id)
+        return self._last_id
+
+    async def get(self, station_id: str, transaction_id: str) -> Transaction | None:
+        record = self._transactions.get((station_id, transaction_id))
+        return _copy(record) if record is not None else None
+
+    async def update(
+        self,
+        station_id: str,
+        transaction_id: str,
+        change: Callable[[Transaction | None], Transaction],
+    ) -> Transaction:
+        key = (station_id, transaction_id)
+        old = self._transactions.get(key)
+        new = _copy(change(_copy(old) if old is not None else None))
+        rules.check_changed(station_id, transaction_id, new)
+        self._unindex(old)
+        self._transactions[key] = new
+        self._index(new)
+        return _copy(new)
+
+    async def active(self, station_id: str) -> list[Transaction]:
+        ids = sorted(self._active_by_station.get(station_id, ()))
+        return [_copy(self._transactions[(station_id, tx_id)]) for tx_id in ids]
+
+    async def find_by_token(self, id_token: str) -> list[Transaction]:
+        keys = sorted(self._active_by_token.get(id_token, ()))
+        return [_copy(self._transactions[key]) for key in keys]
+
+    def _index(self, tx: Transaction) -> None:
+        if not rules.is_active(tx):
+            return
+        self._active_by_station.setdefault(tx.station_id, set()).add(tx.transaction_id)
+        if tx.id_token is not None:
+            keys = self._active_by_token.setdefault(tx.id_token, set())
+            keys.add((tx.station_id, tx.transaction_id))
+
+    def _unindex(self, tx: Transaction | None) -> None:
+        if tx is None:
+            return
+        station_ids = self._active_by_station.get(tx.station_id)
+        if station_ids is not None:
+            station_ids.discard(tx.transaction_id)
+            if not station_ids:
+                del self._active_by_station[tx.station_id]
+        if tx.id_token is not None:
+            keys = self._active_by_token.get(tx.id_token)
+            if keys is not None:
+                keys.discard((tx.station_id, tx.transaction_id))
+                if not keys:
+                    del self._active_by_token[tx.id_token]
+
+
+_PENDING = object()
+
+
+class MemoryIdempotencyStore:
+    """:class:`~services.interfaces.IdempotencyStore` in a dict with monotonic-clock TTLs.
+
+    Expired entries are dropped when touched and swept every ``sweep_every`` claims, so
+    memory stays bounded by the traffic of one TTL.
+    """
+
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, sweep_every: int = 1024
+    ) -> None:
+        self._entries: dict[str, tuple[object, float]] = {}
+        self._clock = clock
+        self._sweep_every = sweep_every
+        self._claims = 0
+
+    async def claim(self, key: str, ttl: float) -> bytes | None | bool:
+        now = self._clock()
+        self._claims += 1
+        if self._claims % self._sweep_every == 0:
+            self._sweep(now)
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] > now:
+            value = entry[0]
+            return value if isinstance(value, bytes) else False
+        self._entries[key] = (_PENDING, now + ttl)
+        return True
+
+    async def complete(self, key: str, answer: bytes, ttl: float) -> None:
+        self._entries[key] = (bytes(answer), self._clock() + ttl)
+
+    async def release(self, key: str) -> None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is _PENDING:
+            del self._entries[key]
+
+    def _sweep(self, now: float) -> None:
+        expired = [key for key, (_, deadline) in self._entries.items() if deadline <= now]
+        for key in expired:
+            del self._entries[key]

@@ -1,0 +1,177 @@
+"""Pure decision rules shared by every store implementation.
+
+The in-memory and Redis stores differ only in how they read and write records; what a new
+record looks like after a boot, a connect or a disconnect, and what a token lookup decides,
+lives here once so the two can never disagree. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+
+from services.models import (
+    Authorization,
+    AuthorizationStatus,
+    BootInfo,
+    RegistrationStatus,
+    StationRecord,
+    TokenRecord,
+    Transaction,
+    TransactionState,
+)
+
+INT32_MAX = 2**31 - 1
+"""OCPP 1.6 transactionId is a signed 32-bit integer; ids wrap back to 1 after this."""
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    """Parse an OCPP ISO-8601 date-time into an aware UTC datetime; None when unreadable.
+
+    Naive values are taken as UTC (OCPP requires UTC; some stations omit the offset).
+    """
+    if not value:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC)
+
+
+# --- tokens ------------------------------------------------------------------------------
+
+
+def decide_token(
+    record: TokenRecord | None,
+    now: dt.datetime,
+    *,
+    token_type: str | None = None,
+    accept_unknown: bool = False,
+) -> Authorization:
+    """The authorization for one presentation of a token, given its stored record.
+
+    - no record (or a record for another token type) -> Unknown, or Accepted in first-try
+      mode (``accept_unknown``);
+    - an expiry in the past -> Expired whatever the stored status (an unreadable expiry also
+      counts as expired: failing closed is the safe side for something that unlocks energy);
+    - otherwise the stored status, with its expiry and group.
+    """
+    if record is None or (
+        token_type is not None and record.token_type is not None and record.token_type != token_type
+    ):
+        if accept_unknown:
+            return Authorization(status=AuthorizationStatus.ACCEPTED)
+        return Authorization(status=AuthorizationStatus.UNKNOWN)
+    if record.expiry is not None:
+        expiry = parse_time(record.expiry)
+        if expiry is None or expiry <= now:
+            return Authorization(
+                status=AuthorizationStatus.EXPIRED, expiry=record.expiry, group_id=record.group_id
+            )
+    return Authorization(status=record.status, expiry=record.expiry, group_id=record.group_id)
+
+
+# --- stations ----------------------------------------------------------------------------
+
+
+def new_station(station_id: str) -> StationRecord:
+    """Record for a station first seen without provisioning (admitted by policy)."""
+    return StationRecord(station_id=station_id, known=False)
+
+
+def with_registration(
+    record: StationRecord | None, station_id: str, status: RegistrationStatus
+) -> StationRecord:
+    """``record`` (or a new unknown station) with its registration changed."""
+    base = record if record is not None else new_station(station_id)
+    return msgspec.structs.replace(base, registration=status)
+
+
+def with_boot(
+    record: StationRecord | None,
+    station_id: str,
+    version: str,
+    boot: BootInfo,
+    registration: RegistrationStatus,
+    at: str,
+) -> StationRecord:
+    """``record`` (or a new unknown station) after a BootNotification answered ``registration``."""
+    base = record if record is not None else new_station(station_id)
+    return msgspec.structs.replace(
+        base, boot=boot, ocpp_version=version, registration=registration, last_boot_at=at
+    )
+
+
+def with_connection(
+    record: StationRecord | None,
+    station_id: str,
+    version: str,
+    gateway: str,
+    connection: str,
+    at: str,
+) -> StationRecord | None:
+    """``record`` now owned by ``connection``; None when nothing should change.
+
+    The newest connection wins. Connection events can arrive out of order (two gateways,
+    several managers), so a connect stamped earlier than the current owner's is ignored.
+    """
+    base = record if record is not None else new_station(station_id)
+    if base.connection is not None and base.connection != connection:
+        current, incoming = parse_time(base.connected_at), parse_time(at)
+        if current is not None and incoming is not None and incoming < current:
+            return None
+    return msgspec.structs.replace(
+        base,
+        online=True,
+        connection=connection,
+        gateway=gateway,
+        ocpp_version=version,
+        connected_at=at,
+        last_seen=at,
+    )
+
+
+def without_connection(record: StationRecord | None, connection: str, at: str) -> StationRecord | None:
+    """``record`` offline after ``connection`` closed; None when that connection no longer
+    owns the station (a newer socket took over, or the disconnect was already applied)."""
+    if record is None or record.connection != connection:
+        return None
+    return msgspec.structs.replace(
+        record, online=False, connection=None, gateway=None, disconnected_at=at
+    )
+
+
+def with_last_seen(record: StationRecord | None, at: str) -> StationRecord | None:
+    """``record`` with ``last_seen`` moved forward; None when absent or not newer."""
+    if record is None:
+        return None
+    if record.last_seen is not None:
+        previous, incoming = parse_time(record.last_seen), parse_time(at)
+        if previous is not None and incoming is not None and incoming <= previous:
+            return None
+    return msgspec.structs.replace(record, last_seen=at)
+
+
+# --- transactions ------------------------------------------------------------------------
+
+
+def is_active(transaction: Transaction) -> bool:
+    return transaction.state is not TransactionState.ENDED
+
+
+def check_changed(station_id: str, transaction_id: str, new: Transaction) -> None:
+    """Refuse a ``change`` result that would file the transaction under another key."""
+    if new.station_id != station_id or new.transaction_id != transaction_id:
+        raise ValueError(
+            f"update of transaction {station_id!r}/{transaction_id!r} returned "
+            f"{new.station_id!r}/{new.transaction_id!r}; keys cannot change"
+        )
+
+
+def next_after(value: int) -> int:
+    """The transaction id following ``value``, wrapping within positive int32."""
+    return 1 if value >= INT32_MAX or value < 1 else value + 1
