@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/csms run $(ARGS)
+	$(BIN)/csms run --unknown-tokens accept $(ARGS)
 
 test: $(STAMP) lint types
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -1,0 +1,72 @@
+"""The built-in tariff: a session fee, a price per kWh and a price per hour plugged in.
+
+Money is :class:`~decimal.Decimal` throughout and rounded once, at the end (half up, to
+cents), so a long session does not accumulate rounding error. The parts reported next to
+the total are each rounded the same way for display; the total is computed from the exact
+parts, so the rounded parts may differ from it by a cent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import ROUND_HALF_UP, Decimal
+
+from csms.config import TariffSettings
+from services import energy
+from services.models import Cost, Transaction
+from services.rules import parse_time
+
+CENT = Decimal("0.01")
+_WH_PER_KWH = Decimal(1000)
+_SECONDS_PER_HOUR = Decimal(3600)
+
+
+def _money(amount: Decimal) -> str:
+    return str(amount.quantize(CENT, rounding=ROUND_HALF_UP))
+
+
+def charged_kwh(tx: Transaction) -> Decimal:
+    """Energy to bill in kWh: from the readings, else the stored figure, else zero."""
+    wh = energy.energy_wh(tx)
+    if wh is None:
+        wh = tx.energy_wh
+    if wh is None or wh <= 0:
+        return Decimal(0)
+    return Decimal(repr(wh)) / _WH_PER_KWH
+
+
+def charged_hours(tx: Transaction) -> Decimal:
+    """Hours from the start to the end (or, while charging, the latest reading); zero when
+    either end is unknown or they are out of order."""
+    reading_times = [t for t in (parse_time(r.at) for r in tx.readings) if t is not None]
+    start = parse_time(tx.started_at) or min(reading_times, default=None)
+    end = parse_time(tx.ended_at) or max(reading_times, default=None)
+    if start is None or end is None or end <= start:
+        return Decimal(0)
+    span: dt.timedelta = end - start
+    seconds = Decimal(span.days * 86_400 + span.seconds) + Decimal(span.microseconds) / 1_000_000
+    return seconds / _SECONDS_PER_HOUR
+
+
+class ConfiguredTariff:
+    """:class:`~services.interfaces.TariffService` priced by :class:`csms.config.TariffSettings`."""
+
+    def __init__(self, settings: TariffSettings | None = None) -> None:
+        self.settings = settings if settings is not None else TariffSettings()
+
+    async def price(self, transaction: Transaction) -> Cost:
+        return self.quote(transaction)
+
+    def quote(self, transaction: Transaction) -> Cost:
+        """The cost, synchronously (pricing is pure arithmetic)."""
+        tariff = self.settings
+        energy_cost = charged_kwh(transaction) * tariff.energy_price_per_kwh
+        time_cost = charged_hours(transaction) * tariff.time_price_per_hour
+        fee = tariff.session_fee
+        return Cost(
+            total=_money(fee + energy_cost + time_cost),
+            currency=tariff.currency,
+            energy=_money(energy_cost),
+            time=_money(time_cost),
+            fee=_money(fee),
+        )
