@@ -156,6 +156,8 @@ def parse_frame(data: str | bytes) -> Frame:
             RpcError.RPC_FRAMEWORK,
             "frame must be a JSON array [messageTypeId, messageId, ...]",
             _message_id_of(frame) if isinstance(frame, list) else None,
+            # A truncated CallResult / CallError is still an answer: never answered.
+            not (isinstance(frame, list) and frame and frame[0] in (3, 4)),
         )
     message_id = _message_id_of(frame)
     type_id = frame[0]

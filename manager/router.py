@@ -9,6 +9,7 @@ a station Call always gets exactly one answer and no handler fault escapes to th
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import structlog
 import ocpp_schemas
 from csms.config import Settings
 from csms.envelope import Envelope, Kind
-from csms.rpc import RpcError, error_code
+from csms.rpc import OCPP16, OCPP201, RpcError, error_code
 from manager.call_maker import CallMaker
 from manager.context import (
     CallContext,
@@ -173,9 +174,13 @@ class Router:
     async def handle_call(self, envelope: Envelope, deps: Deps) -> Envelope:
         """Answer a station Call; never raises (faults become CallErrors)."""
         rejection, handler = self.check_call(envelope)
-        if rejection is not None or handler is None:
+        if handler is None:
             assert rejection is not None
             return rejection
+        return await self.call_handler(envelope, handler, deps)
+
+    async def call_handler(self, envelope: Envelope, handler: CallHandler, deps: Deps) -> Envelope:
+        """Run ``handler`` for a Call that passed :meth:`check_call`; never raises."""
         action = envelope.action or ""
         log = _log.bind(
             station=envelope.station,
@@ -264,7 +269,7 @@ class Router:
                     rule=violation.rule,
                     error=violation.message,
                 )
-                ctx.error_code = self.code(violation_error(violation))
+                ctx.error_code = self.code(RpcError.FORMAT_VIOLATION)
                 ctx.error_description = violation.message[:MAX_DESCRIPTION]
             except KeyError:
                 log.warning("answer to an action this version does not define")
@@ -310,3 +315,21 @@ class Router:
             ctx.log.exception("result handler failed")
             return False
         return True
+
+
+_HANDLER_MODULES = {OCPP16: "manager.v16", OCPP201: "manager.v201"}
+
+
+def load_handlers(version: str) -> tuple[Mapping[str, CallHandler], Mapping[str, ResultHandler]]:
+    """The project's handler registries of ``version``, imported on first use so the core
+    does not depend on every handler module at import time."""
+    module = importlib.import_module(_HANDLER_MODULES[version])
+    handlers: Mapping[str, CallHandler] = module.HANDLERS
+    result_handlers: Mapping[str, ResultHandler] = getattr(module, "RESULT_HANDLERS", {})
+    return handlers, result_handlers
+
+
+def default_router(version: str) -> Router:
+    """A router wired with the project's handlers for ``version``."""
+    handlers, result_handlers = load_handlers(version)
+    return Router(version, handlers, result_handlers)

@@ -9,6 +9,7 @@ here normalises that to Wh so the rest of the CSMS computes energy in exactly on
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
@@ -43,13 +44,13 @@ def _ordered(readings: Iterable[EnergyReading]) -> list[EnergyReading]:
 def delivered_wh(values: list[float]) -> float:
     """Energy between the first and last of successive register values (in time order).
 
-    Normally last − first. When the register went backwards anywhere (a reset, a rollover,
+    Normally last - first. When the register went backwards anywhere (a reset, a rollover,
     a replaced meter) that difference is meaningless, so the positive steps are summed
     instead: the energy counted before the drop is kept, the drop itself is ignored.
     """
     if len(values) < 2:
         return 0.0
-    steps = [later - earlier for earlier, later in zip(values, values[1:], strict=False)]
+    steps = [later - earlier for earlier, later in itertools.pairwise(values)]
     if all(step >= 0 for step in steps):
         return max(values[-1] - values[0], 0.0)
     return sum(step for step in steps if step > 0)

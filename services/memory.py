@@ -26,7 +26,7 @@ from services.models import (
     Transaction,
 )
 
-_T = TypeVar("_T", StationRecord, TokenRecord, Transaction, ConnectorStatus)
+_T = TypeVar("_T", StationRecord, BootInfo, TokenRecord, Transaction, ConnectorStatus)
 
 _encoder = msgspec.json.Encoder()
 
@@ -218,7 +218,7 @@ class MemoryIdempotencyStore:
         self._sweep_every = sweep_every
         self._claims = 0
 
-    async def claim(self, key: str, ttl: float) -> bytes | None | bool:
+    async def claim(self, key: str, ttl: float) -> bytes | bool:
         now = self._clock()
         self._claims += 1
         if self._claims % self._sweep_every == 0:

@@ -135,7 +135,9 @@ def with_connection(
     )
 
 
-def without_connection(record: StationRecord | None, connection: str, at: str) -> StationRecord | None:
+def without_connection(
+    record: StationRecord | None, connection: str, at: str
+) -> StationRecord | None:
     """``record`` offline after ``connection`` closed; None when that connection no longer
     owns the station (a newer socket took over, or the disconnect was already applied)."""
     if record is None or record.connection != connection:

@@ -1,0 +1,444 @@
+"""The manager worker: reads the shared ``in`` and ``events`` topics and answers stations.
+
+A :class:`Manager` is stateless apart from what is in flight: any instance can take any
+message because station state lives in the services and answers to CSMS calls carry their
+original request. Messages are handled concurrently (bounded by
+``settings.manager_concurrency``) yet in arrival order per station: each station with work
+pending has a small queue ("lane") drained by one task, and the lane disappears when empty, so
+memory follows the stations active right now, not every station ever seen.
+
+A semaphore slot is taken when a message is read and given back when it is done, so a slow
+store makes the reader wait (back-pressure into the broker) instead of queueing without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import socket
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+
+import ocpp_schemas
+from csms.bus import Bus, BusUnavailable, Message
+from csms.config import Settings
+from csms.envelope import (
+    ConnectionEventKind,
+    Envelope,
+    Kind,
+    decode_envelope,
+    decode_event,
+    encode,
+)
+from csms.rpc import OCPP16, OCPP201, RpcError, error_code
+from csms.topics import Topics
+from manager.call_maker import CallMaker
+from manager.context import CallHandler, ResultHandler, iso
+from manager.idempotency import idempotency_key, replay
+from manager.router import Deps, Router, error_answer, load_handlers
+from services import Services, StoreUnavailable
+
+_log = structlog.get_logger("manager.worker")
+
+_INBOUND = "in"
+_EVENTS = "events"
+
+
+@dataclass(slots=True)
+class ManagerStats:
+    """Counters of what this instance did (tests and the metrics endpoint read them)."""
+
+    calls: int = 0
+    """Station Calls answered (including refusals and replays)."""
+    results: int = 0
+    """Answers to CSMS calls (results, errors, timeouts, undelivered) routed."""
+    events: int = 0
+    """Connection events applied to the station registry."""
+    replayed: int = 0
+    """Duplicate Calls answered from the idempotency store."""
+    duplicates_dropped: int = 0
+    """Duplicate Calls dropped because another worker was handling the first copy."""
+    internal_errors: int = 0
+    """InternalError answers sent."""
+    publish_failures: int = 0
+    """Answers the bus would not take."""
+    dropped: int = 0
+    """Bus messages that could not be decoded or routed."""
+
+
+@dataclass(slots=True)
+class _Item:
+    message: Message
+    direction: str
+
+
+def _iso_at(unix_time: float) -> str:
+    return iso(dt.datetime.fromtimestamp(unix_time, dt.UTC))
+
+
+def default_instance_id() -> str:
+    """``host-pid-random``: unique even with several managers in one process (tests)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Manager:
+    """One manager instance: ``async with Manager(...) as m: await m.run_forever()``.
+
+    The bus is owned by the caller (it may be shared with other components of the process);
+    the manager subscribes on enter and unsubscribes on exit. Handler registries default to
+    :mod:`manager.v16` / :mod:`manager.v201`; passing ``handlers_*`` or ``result_handlers_*``
+    for a version replaces both registries of that version (missing one = empty).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus,
+        services: Services,
+        *,
+        instance_id: str | None = None,
+        handlers_v16: Mapping[str, CallHandler] | None = None,
+        result_handlers_v16: Mapping[str, ResultHandler] | None = None,
+        handlers_v201: Mapping[str, CallHandler] | None = None,
+        result_handlers_v201: Mapping[str, ResultHandler] | None = None,
+        compile_schemas: bool = True,
+        drain_timeout: float = 5.0,
+        claim_ttl: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.services = services
+        self.instance_id = instance_id or default_instance_id()
+        self.topics = Topics(prefix=settings.topic_prefix, group=settings.shared_group)
+        self.calls = CallMaker(bus, self.topics, origin=f"manager:{self.instance_id}")
+        self.deps = Deps(services=services, settings=settings, calls=self.calls)
+        self.routers: dict[str, Router] = {
+            OCPP16: _router(OCPP16, handlers_v16, result_handlers_v16),
+            OCPP201: _router(OCPP201, handlers_v201, result_handlers_v201),
+        }
+        self.stats = ManagerStats()
+        self._compile_schemas = compile_schemas
+        self._drain_timeout = drain_timeout
+        # A claim only has to outlive the work: the gateway gives up on the answer after
+        # answer_timeout anyway. Holding it for the full idempotency TTL would make a worker
+        # crash mid-call swallow the station's retries for an hour.
+        self._claim_ttl = claim_ttl or float(
+            min(settings.idempotency_ttl, max(2 * settings.answer_timeout, 10.0))
+        )
+        self._slots = asyncio.Semaphore(settings.manager_concurrency)
+        self._lanes: dict[str, deque[_Item]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._consumer: asyncio.Task[None] | None = None
+        self._subscriptions = (self.topics.shared_inbound(), self.topics.shared_events())
+        self._log = _log.bind(instance=self.instance_id)
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Manager:
+        if self._compile_schemas:
+            # ~2 s of CPU: off the loop so a co-hosted gateway keeps serving sockets.
+            count = await asyncio.to_thread(ocpp_schemas.compile_all)
+            self._log.debug("schemas compiled", validators=count)
+        for topic_filter in self._subscriptions:
+            await self.bus.subscribe(topic_filter)
+        self._consumer = asyncio.create_task(self._consume(), name=f"manager:{self.instance_id}")
+        self._log.info("manager started", subscriptions=list(self._subscriptions))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for topic_filter in self._subscriptions:
+            try:
+                await self.bus.unsubscribe(topic_filter)
+            except Exception as exc:  # broker gone: nothing more will arrive anyway
+                self._log.debug("unsubscribe failed", topic=topic_filter, error=str(exc))
+        if self._consumer is not None:
+            self._consumer.cancel()
+            await asyncio.gather(self._consumer, return_exceptions=True)
+            self._consumer = None
+        if self._tasks:
+            # Let in-flight work finish (answers published, idempotency completed).
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self._drain_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self._log.warning("in-flight work cancelled at shutdown", lanes=len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+        self._log.info("manager stopped")
+
+    async def run_forever(self) -> None:
+        """Wait until the consumer stops (it only does on a bus failure, which is raised)."""
+        if self._consumer is None:
+            raise RuntimeError("use 'async with Manager(...)' before run_forever()")
+        await asyncio.shield(self._consumer)
+
+    @property
+    def active_stations(self) -> int:
+        """Stations with messages queued or in progress on this instance."""
+        return len(self._lanes)
+
+    @property
+    def pending(self) -> int:
+        """Messages read from the bus and not finished yet."""
+        return sum(len(lane) for lane in self._lanes.values())
+
+    async def idle(self) -> None:
+        """Wait until nothing read from the bus is still in progress (tests)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    # -- reading and ordering ---------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        async for message in self.bus.messages():
+            try:
+                direction, _, station = self.topics.parse(message.topic)
+            except ValueError:
+                self.stats.dropped += 1
+                self._log.warning("message on an unknown topic dropped", topic=message.topic)
+                continue
+            if direction not in (_INBOUND, _EVENTS):
+                self._log.debug("message not for the manager ignored", topic=message.topic)
+                continue
+            await self._slots.acquire()
+            self._enqueue(station, _Item(message, direction))
+
+    def _enqueue(self, station: str, item: _Item) -> None:
+        lane = self._lanes.get(station)
+        if lane is not None:
+            lane.append(item)
+            return
+        lane = deque((item,))
+        self._lanes[station] = lane
+        task = asyncio.create_task(self._drain(station, lane))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, station: str, lane: deque[_Item]) -> None:
+        """Handle one station's messages in order; the lane is removed once empty."""
+        try:
+            while lane:
+                item = lane[0]
+                try:
+                    await self._process(item)
+                except Exception:
+                    self.stats.dropped += 1
+                    self._log.exception("message handling failed", topic=item.message.topic)
+                finally:
+                    lane.popleft()
+                    self._slots.release()
+        finally:
+            # Reached with an empty lane, or on cancellation at shutdown.
+            for _ in lane:
+                self._slots.release()
+            lane.clear()
+            if self._lanes.get(station) is lane:
+                del self._lanes[station]
+
+    async def _process(self, item: _Item) -> None:
+        message = item.message
+        if item.direction == _EVENTS:
+            await self._on_event(message)
+            return
+        try:
+            envelope = decode_envelope(message.payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.stats.dropped += 1
+            self._log.warning("undecodable envelope dropped", topic=message.topic, error=str(exc))
+            return
+        router = self.routers.get(envelope.version)
+        if router is None:
+            self.stats.dropped += 1
+            self._log.warning(
+                "envelope of an unknown OCPP version dropped",
+                station=envelope.station,
+                version=envelope.version,
+            )
+            return
+        if envelope.kind is Kind.CALL:
+            await self._on_call(envelope, router)
+        else:
+            await self._on_result(envelope, router)
+
+    # -- station Calls ----------------------------------------------------------------------
+
+    async def _on_call(self, envelope: Envelope, router: Router) -> None:
+        self.stats.calls += 1
+        rejection, handler = router.check_call(envelope)
+        if handler is None:
+            # Deterministic refusals need no idempotency round trip and work during a store
+            # outage.
+            assert rejection is not None
+            await self._answer(rejection)
+            await self._touch(envelope)
+            return
+        log = self._log.bind(
+            station=envelope.station,
+            version=envelope.version,
+            action=envelope.action,
+            message_id=envelope.message_id,
+        )
+        internal = router.code(RpcError.INTERNAL_ERROR)
+        idempotency = self.services.idempotency
+        key = idempotency_key(envelope)
+        try:
+            claim = await idempotency.claim(key, self._claim_ttl)
+        except Exception as exc:
+            if isinstance(exc, StoreUnavailable):
+                log.warning("idempotency store unavailable", error=str(exc))
+            else:
+                log.exception("idempotency claim failed")
+            await self._answer(error_answer(envelope, internal, "storage temporarily unavailable"))
+            return
+        if claim is False:
+            self.stats.duplicates_dropped += 1
+            log.debug("duplicate call in progress elsewhere, dropped")
+            return
+        if isinstance(claim, bytes):
+            try:
+                stored = replay(claim, envelope)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("stored answer unreadable, handling again", error=str(exc))
+            else:
+                self.stats.replayed += 1
+                log.debug("duplicate call answered from the idempotency store")
+                await self._answer(stored)
+                await self._touch(envelope)
+                return
+        answer = await router.call_handler(envelope, handler, self.deps)
+        encoded = await self._answer(answer)
+        if encoded is None or (answer.kind is Kind.ERROR and answer.error_code == internal):
+            # Transient (store outage, bug): let a retry of the station do the work again.
+            await self._store(idempotency.release(key), log, "idempotency release failed")
+        else:
+            await self._store(
+                idempotency.complete(key, encoded, float(self.settings.idempotency_ttl)),
+                log,
+                "idempotency complete failed",
+            )
+        await self._touch(envelope)
+
+    async def _answer(self, answer: Envelope) -> bytes | None:
+        """Publish an answer on the station's ``out`` topic; returns the encoded answer
+        (None when it could not be encoded). Bus failures are logged: the gateway times the
+        station's call out with an InternalError of its own."""
+        try:
+            encoded = encode(answer)
+        except (msgspec.EncodeError, TypeError, ValueError, OverflowError) as exc:
+            self._log.error(
+                "answer could not be encoded",
+                station=answer.station,
+                action=answer.action,
+                message_id=answer.message_id,
+                error=str(exc),
+            )
+            answer = error_answer(
+                answer, error_code(answer.version, RpcError.INTERNAL_ERROR), "internal error"
+            )
+            encoded = encode(answer)
+            stored: bytes | None = None
+        else:
+            stored = encoded
+        if answer.kind is Kind.ERROR and answer.error_code == error_code(
+            answer.version, RpcError.INTERNAL_ERROR
+        ):
+            self.stats.internal_errors += 1
+        try:
+            await self.bus.publish(
+                self.topics.outbound(answer.version, answer.station),
+                encoded,
+                properties={"message_id": answer.message_id, "station": answer.station},
+            )
+        except BusUnavailable as exc:
+            self.stats.publish_failures += 1
+            self._log.warning(
+                "answer not published: bus unavailable",
+                station=answer.station,
+                message_id=answer.message_id,
+                error=str(exc),
+            )
+        except Exception:
+            self.stats.publish_failures += 1
+            self._log.exception(
+                "answer not published", station=answer.station, message_id=answer.message_id
+            )
+        return stored
+
+    async def _store(self, operation: Awaitable[None], log: Any, failure: str) -> None:
+        """Await an idempotency bookkeeping step; its failure must not affect the answer."""
+        try:
+            await operation
+        except StoreUnavailable as exc:
+            log.warning(failure, error=str(exc))
+        except Exception:
+            log.exception(failure)
+
+    async def _touch(self, envelope: Envelope) -> None:
+        """Record last-seen; after the answer, and a failure here is only logged."""
+        try:
+            await self.services.stations.touch(envelope.station, _iso_at(envelope.at))
+        except Exception as exc:
+            self._log.warning("last-seen update failed", station=envelope.station, error=str(exc))
+
+    # -- answers to CSMS calls --------------------------------------------------------------
+
+    async def _on_result(self, envelope: Envelope, router: Router) -> None:
+        self.stats.results += 1
+        if envelope.kind in (Kind.RESULT, Kind.ERROR):
+            await self._touch(envelope)
+        await router.handle_result(envelope, self.deps)
+
+    # -- connection events ------------------------------------------------------------------
+
+    async def _on_event(self, message: Message) -> None:
+        try:
+            event = decode_event(message.payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.stats.dropped += 1
+            self._log.warning(
+                "undecodable connection event dropped", topic=message.topic, error=str(exc)
+            )
+            return
+        stations = self.services.stations
+        at = _iso_at(event.at)
+        try:
+            if event.kind is ConnectionEventKind.CONNECTED:
+                await stations.mark_connected(
+                    event.station, event.version, event.gateway, event.connection, at
+                )
+                owned = True
+            else:
+                owned = await stations.mark_disconnected(event.station, event.connection, at)
+        except Exception as exc:
+            self._log.warning(
+                "connection event not recorded",
+                station=event.station,
+                event=event.kind.value,
+                error=str(exc),
+            )
+            return
+        self.stats.events += 1
+        self._log.info(
+            "station " + event.kind.value,
+            station=event.station,
+            version=event.version,
+            gateway=event.gateway,
+            connection=event.connection,
+            current=owned,
+        )
+
+
+def _router(
+    version: str,
+    handlers: Mapping[str, CallHandler] | None,
+    result_handlers: Mapping[str, ResultHandler] | None,
+) -> Router:
+    if handlers is None and result_handlers is None:
+        handlers, result_handlers = load_handlers(version)
+    return Router(version, handlers or {}, result_handlers or {})
