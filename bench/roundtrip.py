@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import websockets  # noqa: E402
+import websockets
 
-from csms.app import all_in_one  # noqa: E402
-from csms.config import load_settings  # noqa: E402
-from csms.logs import configure_logging  # noqa: E402
+from csms.app import all_in_one
+from csms.config import load_settings
+from csms.logs import configure_logging
 
 
 async def _station(url: str, calls: int, latencies: list[float], version: str) -> None:
@@ -44,7 +44,9 @@ async def _station(url: str, calls: int, latencies: list[float], version: str) -
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--stations", type=int, default=50)
     parser.add_argument("--calls", type=int, default=40, help="sequential Heartbeats per station")
     parser.add_argument("--version", default="ocpp2.0.1", choices=["ocpp2.0.1", "ocpp1.6"])

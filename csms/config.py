@@ -64,7 +64,8 @@ class Settings(BaseSettings):
 
     # Transport and storage
     broker_url: str | None = Field(
-        default=None, description="mqtt://user:pass@host:1883 or mqtts://...; unset = in-process bus"
+        default=None,
+        description="mqtt://user:pass@host:1883 or mqtts://...; unset = in-process bus",
     )
     broker_ca_file: str | None = None
     broker_cert_file: str | None = None
@@ -81,7 +82,9 @@ class Settings(BaseSettings):
     path_prefix: str = Field(default="/ocpp", description="stations connect to {prefix}/{id}")
     gateway_id: str | None = Field(default=None, description="instance id; default host-pid")
     max_frame_bytes: int = Field(default=65_536, ge=1024, le=16 * 1024 * 1024)
-    call_timeout: float = Field(default=30.0, gt=0, description="station must answer a CSMS call within")
+    call_timeout: float = Field(
+        default=30.0, gt=0, description="station must answer a CSMS call within"
+    )
     call_queue_size: int = Field(default=16, ge=1, le=10_000)
     answer_timeout: float = Field(
         default=20.0, gt=0, description="CSMS must answer a station call within, else InternalError"
@@ -104,7 +107,9 @@ class Settings(BaseSettings):
 
     # Services
     tariff: TariffSettings = TariffSettings()
-    tariff_service: str | None = Field(default=None, description="module:factory of a TariffService")
+    tariff_service: str | None = Field(
+        default=None, description="module:factory of a TariffService"
+    )
     token_store: str | None = Field(default=None, description="module:factory of a TokenStore")
     tokens: list[TokenSettings] = []
     stations: list[StationSettings] = []

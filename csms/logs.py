@@ -9,9 +9,7 @@ from typing import Literal
 import structlog
 
 
-def configure_logging(
-    fmt: Literal["console", "json"] = "console", level: str = "info"
-) -> None:
+def configure_logging(fmt: Literal["console", "json"] = "console", level: str = "info") -> None:
     """Configure structlog (and the stdlib loggers libraries use) once per process."""
     numeric_level = getattr(logging, level.upper())
     renderer: structlog.types.Processor

@@ -224,9 +224,7 @@ def encode_result(message_id: str, payload: Any) -> str:
     return _json_encoder.encode([MessageType.CALL_RESULT, message_id, payload]).decode()
 
 
-def encode_error(
-    message_id: str, code: str, description: str = "", details: Any = None
-) -> str:
+def encode_error(message_id: str, code: str, description: str = "", details: Any = None) -> str:
     """Encode a CallError. Descriptions are capped at 255 characters as the spec asks."""
     return _json_encoder.encode(
         [MessageType.CALL_ERROR, message_id, code, description[:255], details or {}]

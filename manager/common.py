@@ -19,13 +19,14 @@ from typing import Any
 import msgspec
 
 from csms.rpc import RpcError
-from manager.context import CallContext, OcppError, ResultContext
+from manager.context import CallContext, OcppError, ResultContext, iso
 from services import energy
 from services.models import (
     Authorization,
     AuthorizationStatus,
     BootInfo,
     ConnectorStatus,
+    Cost,
     EnergyReading,
     RegistrationStatus,
     Transaction,
@@ -135,10 +136,13 @@ _V16_STATUSES = frozenset(
         AuthorizationStatus.CONCURRENT_TX,
     }
 )
-_V16_PARENT_ID_MAX = 20
+_V16_ID_TAG_MAX = 20
+_V201_ID_TOKEN_MAX = 36
 
 
-async def authorize(ctx: CallContext, id_token: str, token_type: str | None = None) -> Authorization:
+async def authorize(
+    ctx: CallContext, id_token: str, token_type: str | None = None
+) -> Authorization:
     """The token store's decision for one presentation of a token at this station.
 
     A 2.0.1 ``NoAuthorization`` token carries no identity to check (the station charges
@@ -178,25 +182,37 @@ async def authorize_start(
     return decision
 
 
+def _wire_time(value: str | None) -> str | None:
+    """An operator-provisioned time as an OCPP date-time (UTC, ``Z``); None if unreadable.
+
+    Token expiries come from configuration, not from a schema-checked message, so they are
+    normalised here rather than risking a response that fails its schema.
+    """
+    moment = parse_time(value)
+    return iso(moment) if moment is not None else None
+
+
 def id_tag_info(decision: Authorization) -> dict[str, Any]:
-    """OCPP 1.6 ``IdTagInfo``: statuses 1.6 lacks (Unknown, NoCredit, ...) become Invalid."""
-    status = (
-        decision.status if decision.status in _V16_STATUSES else AuthorizationStatus.INVALID
-    )
+    """OCPP 1.6 ``IdTagInfo``: statuses 1.6 lacks (Unknown, NoCredit, ...) become Invalid;
+    a group id longer than a 1.6 idTag (20) cannot be a parentIdTag and is left out."""
+    status = decision.status if decision.status in _V16_STATUSES else AuthorizationStatus.INVALID
     info: dict[str, Any] = {"status": status.value}
-    if decision.expiry is not None:
-        info["expiryDate"] = decision.expiry
-    if decision.group_id is not None and len(decision.group_id) <= _V16_PARENT_ID_MAX:
+    expiry = _wire_time(decision.expiry)
+    if expiry is not None:
+        info["expiryDate"] = expiry
+    if decision.group_id is not None and len(decision.group_id) <= _V16_ID_TAG_MAX:
         info["parentIdTag"] = decision.group_id
     return info
 
 
 def id_token_info(decision: Authorization) -> dict[str, Any]:
-    """OCPP 2.0.1 ``IdTokenInfoType``; the group is a CSMS-issued (``Central``) token."""
+    """OCPP 2.0.1 ``IdTokenInfoType``; the group is a CSMS-issued (``Central``) token, left out
+    when longer than an idToken (36)."""
     info: dict[str, Any] = {"status": decision.status.value}
-    if decision.expiry is not None:
-        info["cacheExpiryDateTime"] = decision.expiry
-    if decision.group_id is not None:
+    expiry = _wire_time(decision.expiry)
+    if expiry is not None:
+        info["cacheExpiryDateTime"] = expiry
+    if decision.group_id is not None and len(decision.group_id) <= _V201_ID_TOKEN_MAX:
         info["groupIdToken"] = {"idToken": decision.group_id, "type": "Central"}
     return info
 
@@ -265,7 +281,7 @@ async def settle(ctx: CallContext, tx: Transaction, *, reprice: bool = False) ->
         def set_cost(
             current: Transaction | None,
             basis: Transaction = basis,
-            cost: Any = cost,
+            cost: Cost = cost,
         ) -> Transaction:
             if current is None:
                 return msgspec.structs.replace(basis, cost=cost)

@@ -56,7 +56,7 @@ class ManagerStats:
     """Counters of what this instance did (tests and the metrics endpoint read them)."""
 
     calls: int = 0
-    """Station Calls answered (including refusals and replays)."""
+    """Station Calls received (answered, refused, replayed or dropped as duplicates)."""
     results: int = 0
     """Answers to CSMS calls (results, errors, timeouts, undelivered) routed."""
     events: int = 0
@@ -149,6 +149,7 @@ class Manager:
         for topic_filter in self._subscriptions:
             await self.bus.subscribe(topic_filter)
         self._consumer = asyncio.create_task(self._consume(), name=f"manager:{self.instance_id}")
+        self._consumer.add_done_callback(self._consumer_done)
         self._log.info("manager started", subscriptions=list(self._subscriptions))
         return self
 
@@ -171,6 +172,11 @@ class Manager:
                 self._log.warning("in-flight work cancelled at shutdown", lanes=len(pending))
                 await asyncio.gather(*pending, return_exceptions=True)
         self._log.info("manager stopped")
+
+    def _consumer_done(self, task: asyncio.Task[None]) -> None:
+        # The process may never await run_forever(): a dead reader must at least be loud.
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error("manager stopped reading the bus", exc_info=task.exception())
 
     async def run_forever(self) -> None:
         """Wait until the consumer stops (it only does on a bus failure, which is raised)."""
@@ -313,6 +319,7 @@ class Manager:
                 return
         answer = await router.call_handler(envelope, handler, self.deps)
         encoded = await self._answer(answer)
+        log.debug("call handled", outcome=str(answer.kind), error_code=answer.error_code)
         if encoded is None or (answer.kind is Kind.ERROR and answer.error_code == internal):
             # Transient (store outage, bug): let a retry of the station do the work again.
             await self._store(idempotency.release(key), log, "idempotency release failed")

@@ -50,6 +50,13 @@ class MemoryStationRegistry:
     async def put(self, record: StationRecord) -> None:
         self._stations[record.station_id] = _copy(record)
 
+    async def provision(self, station_id: str, registration: RegistrationStatus) -> None:
+        """Declare the station known with ``registration``, keeping its other state (used to
+        apply configuration at start-up without wiping connection or boot facts)."""
+        record = rules.provisioned(self._stations.get(station_id), station_id, registration)
+        if record is not None:
+            self._stations[station_id] = record
+
     async def set_registration(self, station_id: str, status: RegistrationStatus) -> None:
         self._stations[station_id] = rules.with_registration(
             self._stations.get(station_id), station_id, status

@@ -91,6 +91,18 @@ def with_registration(
     return msgspec.structs.replace(base, registration=status)
 
 
+def provisioned(
+    record: StationRecord | None, station_id: str, registration: RegistrationStatus
+) -> StationRecord | None:
+    """``record`` as the operator's configuration declares it (known, with ``registration``),
+    keeping everything else it holds; None when it already is."""
+    if record is None:
+        return StationRecord(station_id=station_id, registration=registration, known=True)
+    if record.known and record.registration == registration:
+        return None
+    return msgspec.structs.replace(record, known=True, registration=registration)
+
+
 def with_boot(
     record: StationRecord | None,
     station_id: str,

@@ -120,7 +120,9 @@ def mosquitto_server() -> Iterator[tuple[str, ServerProcess | None]]:
             wait_for_port(port, 30)
             yield f"mqtt://{host}:{port}", None
         return
-    raise RuntimeError(INSTALL_HINT.format(what="MQTT broker", binary="mosquitto", package="mosquitto"))
+    raise RuntimeError(
+        INSTALL_HINT.format(what="MQTT broker", binary="mosquitto", package="mosquitto")
+    )
 
 
 @contextlib.contextmanager
@@ -131,8 +133,17 @@ def redis_server() -> Iterator[tuple[str, ServerProcess | None]]:
         with tempfile.TemporaryDirectory(prefix="csms-redis-") as tmp:
             port = free_port()
             argv = [
-                binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", tmp,
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tmp,
             ]
             server = ServerProcess("redis", argv, port, Path(tmp))
             server.start()
@@ -149,4 +160,6 @@ def redis_server() -> Iterator[tuple[str, ServerProcess | None]]:
             port = int(container.get_exposed_port(6379))
             yield f"redis://{host}:{port}/0", None
         return
-    raise RuntimeError(INSTALL_HINT.format(what="Redis", binary="redis-server", package="redis-server"))
+    raise RuntimeError(
+        INSTALL_HINT.format(what="Redis", binary="redis-server", package="redis-server")
+    )

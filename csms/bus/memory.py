@@ -8,6 +8,7 @@ Semantics follow MQTT v5 as the project relies on them: topic filters with ``+``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Mapping
 
@@ -85,12 +86,10 @@ class MemoryBus:
         self._filters.discard(topic_filter)
 
     def _deliver(self, message: Message) -> None:
-        try:
+        # Same outcome as an MQTT client whose incoming queue overflows: the message is
+        # dropped for this client. Sized so the embedded default never gets here.
+        with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(message)
-        except asyncio.QueueFull:
-            # Same outcome as an MQTT client whose incoming queue overflows: the message
-            # is dropped for this client. Sized so the embedded default never gets here.
-            pass
 
     async def messages(self) -> AsyncIterator[Message]:
         while True:

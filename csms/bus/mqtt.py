@@ -76,7 +76,9 @@ class MqttBus:
         max_incoming_queue: int = 100_000,
     ) -> None:
         self._address = BrokerAddress.parse(url)
-        self._client_id = f"{client_id_prefix}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._client_id = (
+            f"{client_id_prefix}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
         self._publish_timeout = publish_timeout
         self._max_backoff = max_backoff
         self._keepalive = keepalive
@@ -100,7 +102,7 @@ class MqttBus:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    async def wait_connected(self, timeout: float | None = None) -> bool:
+    async def wait_connected(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Wait until connected; False when ``timeout`` passes first."""
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
@@ -149,7 +151,9 @@ class MqttBus:
                     if attempt:
                         log.info("broker reconnected", broker=self._address.host, attempts=attempt)
                     else:
-                        log.info("broker connected", broker=self._address.host, port=self._address.port)
+                        log.info(
+                            "broker connected", broker=self._address.host, port=self._address.port
+                        )
                     attempt = 0
                     async for received in client.messages:
                         await self._incoming.put(self._to_message(received))
@@ -191,7 +195,7 @@ class MqttBus:
             raise BusUnavailable("MQTT broker is not connected")
         mqtt_properties = None
         if properties:
-            mqtt_properties = Properties(PacketTypes.PUBLISH)
+            mqtt_properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             mqtt_properties.UserProperty = list(properties.items())
         try:
             await client.publish(
@@ -208,7 +212,9 @@ class MqttBus:
                 await client.subscribe(topic_filter, qos=1)
             except aiomqtt.MqttError as exc:
                 # Kept in the set: the reconnect loop subscribes it again.
-                log.warning("subscribe failed; will retry on reconnect", filter=topic_filter, error=str(exc))
+                log.warning(
+                    "subscribe failed; will retry on reconnect", filter=topic_filter, error=str(exc)
+                )
 
     async def unsubscribe(self, topic_filter: str) -> None:
         self._filters.discard(topic_filter)

@@ -60,9 +60,8 @@ class CsmsProcess:
             if self.process is not None and self.process.poll() is not None:
                 break
             time.sleep(0.1)
-        raise RuntimeError(
-            f"{self.role} did not log {event!r}:\n{self.log_path.read_text(errors='replace')[-3000:]}"
-        )
+        tail = self.log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{self.role} did not log {event!r}:\n{tail}")
 
 
 @dataclass

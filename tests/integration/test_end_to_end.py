@@ -53,7 +53,7 @@ class Station201(ChargePoint201):
     resets: list[str]
 
     @on("Reset")
-    async def on_reset(self, type: str, **_: Any) -> result201.Reset:  # noqa: A002
+    async def on_reset(self, type: str, **_: Any) -> result201.Reset:
         self.resets.append(type)
         return result201.Reset(status="Accepted")
 
@@ -98,7 +98,9 @@ def _energy(wh: float, timestamp: str, context: str = "Sample.Periodic") -> list
     ]
 
 
-async def test_full_201_session_energy_and_cost_in_redis(fleet: Fleet, redis: aioredis.Redis) -> None:
+async def test_full_201_session_energy_and_cost_in_redis(
+    fleet: Fleet, redis: aioredis.Redis
+) -> None:
     token = f"TOK{uuid.uuid4().hex[:8]}"
     added = fleet.cli("token", "add", token, "--group", "FLEET-A")
     assert added.returncode == 0, added.stderr
@@ -197,7 +199,9 @@ async def test_full_16_session_with_fleet_unique_transaction_ids(
         auth = await station.call(call16.Authorize(id_tag=token))
         assert auth.id_tag_info["status"] == "Accepted"
         start = await station.call(
-            call16.StartTransaction(connector_id=1, id_tag=token, meter_start=1000, timestamp="2026-11-23T10:00:00Z")
+            call16.StartTransaction(
+                connector_id=1, id_tag=token, meter_start=1000, timestamp="2026-11-23T10:00:00Z"
+            )
         )
         assert start.id_tag_info["status"] == "Accepted"
         assert isinstance(start.transaction_id, int) and start.transaction_id > 0
@@ -209,7 +213,11 @@ async def test_full_16_session_with_fleet_unique_transaction_ids(
                     {
                         "timestamp": "2026-11-23T10:30:00Z",
                         "sampled_value": [
-                            {"value": "4.5", "unit": "kWh", "measurand": "Energy.Active.Import.Register"}
+                            {
+                                "value": "4.5",
+                                "unit": "kWh",
+                                "measurand": "Energy.Active.Import.Register",
+                            }
                         ],
                     }
                 ],
@@ -226,7 +234,9 @@ async def test_full_16_session_with_fleet_unique_transaction_ids(
         )
         assert stop.id_tag_info["status"] == "Accepted"
         second = await station.call(
-            call16.StartTransaction(connector_id=2, id_tag=token, meter_start=0, timestamp="2026-11-23T12:00:00Z")
+            call16.StartTransaction(
+                connector_id=2, id_tag=token, meter_start=0, timestamp="2026-11-23T12:00:00Z"
+            )
         )
         assert second.transaction_id != start.transaction_id
     finally:
@@ -255,7 +265,11 @@ async def test_both_managers_receive_work(fleet: Fleet) -> None:
         for ws in stations:
             await ws.close()
     handled = [
-        sum(1 for r in m.log_records() if r.get("action") == "Heartbeat" and r.get("event") == "call handled")
+        sum(
+            1
+            for r in m.log_records()
+            if r.get("action") == "Heartbeat" and r.get("event") == "call handled"
+        )
         for m in fleet.manager_processes
     ]
     assert sum(handled) >= 36
@@ -267,7 +281,12 @@ async def test_repeated_call_gets_same_answer_and_work_is_done_once(fleet: Fleet
     assert fleet.cli("token", "add", token).returncode == 0
     async with websockets.connect(fleet.url(f"RETRY-{token}"), subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
         frame = json.dumps(
-            [2, "start-1", "StartTransaction", {"connectorId": 1, "idTag": token, "meterStart": 0, "timestamp": _now()}]
+            [
+                2,
+                "start-1",
+                "StartTransaction",
+                {"connectorId": 1, "idTag": token, "meterStart": 0, "timestamp": _now()},
+            ]
         )
         await ws.send(frame)
         first = json.loads(await asyncio.wait_for(ws.recv(), 10))
@@ -283,7 +302,9 @@ async def test_csms_call_result_comes_back_with_original_request(fleet: Fleet) -
     reply_topic = f"{fleet.prefix}/replies/{uuid.uuid4().hex}"
     try:
         await station.call(
-            call201.BootNotification(charging_station={"model": "M", "vendor_name": "V"}, reason="PowerUp")
+            call201.BootNotification(
+                charging_station={"model": "M", "vendor_name": "V"}, reason="PowerUp"
+            )
         )
         async with MqttBus(fleet.mqtt_url) as bus:
             assert await bus.wait_connected(5)
@@ -291,7 +312,12 @@ async def test_csms_call_result_comes_back_with_original_request(fleet: Fleet) -
             await asyncio.sleep(0.2)
             maker = CallMaker(bus, topics, origin="test")
             message_id = await maker.call(
-                station.id, "ocpp2.0.1", "Reset", {"type": "OnIdle"}, meta={"ticket": "42"}, reply_to=reply_topic
+                station.id,
+                "ocpp2.0.1",
+                "Reset",
+                {"type": "OnIdle"},
+                meta={"ticket": "42"},
+                reply_to=reply_topic,
             )
             message = await asyncio.wait_for(anext(aiter(bus.messages())), 10)
         envelope = decode_envelope(message.payload)
@@ -311,7 +337,12 @@ async def test_csms_call_result_comes_back_with_original_request(fleet: Fleet) -
 @pytest.mark.parametrize(
     ("version", "frame", "code", "field"),
     [
-        ("ocpp2.0.1", [2, "v1", "Authorize", {"idToken": {"idToken": "A"}}], "OccurrenceConstraintViolation", "idToken.type"),
+        (
+            "ocpp2.0.1",
+            [2, "v1", "Authorize", {"idToken": {"idToken": "A"}}],
+            "OccurrenceConstraintViolation",
+            "idToken.type",
+        ),
         ("ocpp1.6", [2, "v2", "Authorize", {}], "OccurenceConstraintViolation", "idTag"),
         ("ocpp1.6", [2, "v3", "Authorize", {"idTag": 7}], "TypeConstraintViolation", "idTag"),
         ("ocpp2.0.1", [2, "v4", "Heartbeat", {"extra": 1}], "FormatViolation", ""),
@@ -321,7 +352,9 @@ async def test_csms_call_result_comes_back_with_original_request(fleet: Fleet) -
 async def test_bad_payloads_get_the_right_call_error(
     fleet: Fleet, version: str, frame: list[Any], code: str, field: str | None
 ) -> None:
-    async with websockets.connect(fleet.url(f"BAD-{uuid.uuid4().hex[:6]}"), subprotocols=[version]) as ws:  # type: ignore[list-item]
+    async with websockets.connect(
+        fleet.url(f"BAD-{uuid.uuid4().hex[:6]}"), subprotocols=[version]
+    ) as ws:  # type: ignore[list-item]
         await ws.send(json.dumps(frame))
         reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert reply[:3] == [4, frame[1], code]

@@ -10,11 +10,13 @@ from pydantic import ValidationError
 from csms.config import load_settings
 
 
-def test_precedence_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precedence_flags_over_env_over_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "csms.toml"
     config.write_text(
         'topic_prefix = "file"\nheartbeat_interval = 60\nlisten_port = 9100\n'
-        "[tariff]\nenergy_price_per_kwh = \"0.42\"\ncurrency = \"USD\"\n"
+        '[tariff]\nenergy_price_per_kwh = "0.42"\ncurrency = "USD"\n'
     )
     monkeypatch.setenv("CSMS_HEARTBEAT_INTERVAL", "120")
     settings = load_settings(str(config), listen_port=9200)

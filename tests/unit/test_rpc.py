@@ -23,7 +23,9 @@ from csms.rpc import (
 def test_parses_each_message_type() -> None:
     assert parse_frame('[2,"1","Heartbeat",{}]') == Call("1", "Heartbeat", {})
     assert parse_frame(b'[3,"1",{"currentTime":"x"}]') == CallResult("1", {"currentTime": "x"})
-    assert parse_frame('[4,"1","NotImplemented","no",{}]') == CallError("1", "NotImplemented", "no", {})
+    assert parse_frame('[4,"1","NotImplemented","no",{}]') == CallError(
+        "1", "NotImplemented", "no", {}
+    )
 
 
 @pytest.mark.parametrize(
@@ -68,19 +70,32 @@ def test_error_codes_differ_per_version() -> None:
 
 def _allowed(version: str) -> set[str]:
     common = {
-        "GenericError", "InternalError", "NotImplemented", "NotSupported",
-        "PropertyConstraintViolation", "ProtocolError", "SecurityError", "TypeConstraintViolation",
+        "GenericError",
+        "InternalError",
+        "NotImplemented",
+        "NotSupported",
+        "PropertyConstraintViolation",
+        "ProtocolError",
+        "SecurityError",
+        "TypeConstraintViolation",
     }
     if version == OCPP16:
         return common | {"FormationViolation", "OccurenceConstraintViolation"}
     return common | {
-        "FormatViolation", "MessageTypeNotSupported", "OccurrenceConstraintViolation",
+        "FormatViolation",
+        "MessageTypeNotSupported",
+        "OccurrenceConstraintViolation",
         "RpcFrameworkError",
     }
 
 
 def test_encoders_round_trip() -> None:
-    assert json_loads(encode_call("a", "Reset", {"type": "Soft"})) == [2, "a", "Reset", {"type": "Soft"}]
+    assert json_loads(encode_call("a", "Reset", {"type": "Soft"})) == [
+        2,
+        "a",
+        "Reset",
+        {"type": "Soft"},
+    ]
     error = json_loads(encode_error("a", "InternalError", "d" * 300))
     assert error[:3] == [4, "a", "InternalError"]
     assert len(error[3]) == 255

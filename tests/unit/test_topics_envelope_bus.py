@@ -61,7 +61,11 @@ def test_envelope_round_trip_keeps_original_call() -> None:
     assert decoded == envelope
     assert decoded.request is not None and decoded.request.action == "Reset"
     event = ConnectionEvent(
-        kind=ConnectionEventKind.CONNECTED, station="CP1", version="ocpp1.6", gateway="g", connection="c"
+        kind=ConnectionEventKind.CONNECTED,
+        station="CP1",
+        version="ocpp1.6",
+        gateway="g",
+        connection="c",
     )
     assert decode_event(encode(event)) == event
 

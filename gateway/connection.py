@@ -1,0 +1,269 @@
+"""The I/O around one station's :class:`~gateway.pipe.Pipe`: socket writes, bus publishes, timer.
+
+Everything that feeds the pipe (the socket reader, the gateway's bus consumer, the timer) calls
+it synchronously and hands the resulting actions to two small ordered lanes: one writing to the
+socket, one publishing to the bus. Nobody else ever awaits this connection's I/O, so a slow or
+silent station, or a slow publish, only ever delays that one station. A lane's task exists only
+while it has work, and the timer is a plain ``loop.call_at`` handle: an idle connection costs
+the pipe, this object and the websockets connection, nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+import structlog
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from csms.bus import Bus, BusUnavailable
+from csms.envelope import Envelope, encode
+from csms.topics import Topics
+from gateway.pipe import Action, Pipe, Publish, Report, SendToStation
+
+__all__ = ["Connection"]
+
+_T = TypeVar("_T")
+
+MAX_BACKLOG = 64
+"""Actions a lane may hold before the socket reader waits for it: a station flooding the
+gateway with frames is slowed down to the pace at which its frames can be handled."""
+
+
+class _Lane(Generic[_T]):
+    """An ordered queue of work run by a task that only exists while there is work."""
+
+    __slots__ = ("_items", "_log", "_run", "_task")
+
+    def __init__(
+        self, run: Callable[[_T], Awaitable[None]], log: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        self._run = run
+        self._log = log
+        self._items: deque[_T] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: _T) -> None:
+        self._items.append(item)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._items:
+                item = self._items.popleft()
+                try:
+                    await self._run(item)
+                except Exception:
+                    self._log.exception("gateway lane step failed")
+        finally:
+            self._task = None
+
+    async def wait_idle(self) -> None:
+        """Return once every item put so far has been run."""
+        while (task := self._task) is not None:
+            await asyncio.wait({task})
+
+    def cancel(self) -> None:
+        """Drop pending work and stop the running step."""
+        self._items.clear()
+        if self._task is not None:
+            self._task.cancel()
+
+
+class Connection:
+    """One open station socket and its pipe."""
+
+    __slots__ = (
+        "_bus",
+        "_closer",
+        "_publish_lane",
+        "_publish_timeout",
+        "_send_lane",
+        "_timer",
+        "_timer_deadline",
+        "_topics",
+        "connected_at",
+        "log",
+        "pipe",
+        "retired",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: ServerConnection,
+        pipe: Pipe,
+        *,
+        bus: Bus,
+        topics: Topics,
+        publish_timeout: float,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self.ws = ws
+        self.pipe = pipe
+        self.log = log
+        self.connected_at = time.time()
+        """Unix time the socket opened; orders duplicate connections (newest wins)."""
+        self.retired: str | None = None
+        """Why the gateway is closing this connection (replaced), None while it is in use."""
+        self._bus = bus
+        self._topics = topics
+        self._publish_timeout = publish_timeout
+        self._send_lane: _Lane[str] = _Lane(self._send, log)
+        self._publish_lane: _Lane[Publish] = _Lane(self._publish, log)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline: float | None = None
+        self._closer: asyncio.Task[None] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.pipe.connection
+
+    @property
+    def station(self) -> str:
+        return self.pipe.station
+
+    @property
+    def version(self) -> str:
+        return self.pipe.version
+
+    # -- events in -----------------------------------------------------------------------
+
+    def feed_frame(self, data: str | bytes) -> None:
+        """A message read from the station's socket."""
+        self._apply(self.pipe.receive_station_frame(data, time.time()))
+
+    def feed_envelope(self, envelope: Envelope) -> None:
+        """An envelope from the station's ``out`` topic."""
+        self._apply(self.pipe.receive_bus_envelope(envelope, time.time()))
+
+    async def throttle(self) -> None:
+        """Called by the socket reader after each frame; waits while a lane is backed up."""
+        if len(self._send_lane) > MAX_BACKLOG:
+            await self._send_lane.wait_idle()
+        if len(self._publish_lane) > MAX_BACKLOG:
+            await self._publish_lane.wait_idle()
+
+    def retire(self, reason: str, code: int = 1000) -> None:
+        """Take this connection out of service (a newer one holds the station).
+
+        Its CSMS calls become UNDELIVERED at once, then the socket is closed; the reader's
+        cleanup (:meth:`finish`) runs when the close completes.
+        """
+        if self.retired is not None:
+            return
+        self.retired = reason
+        self.log.info("connection replaced", reason=reason)
+        self._apply(self.pipe.close(time.time(), reason))
+        self._closer = asyncio.get_running_loop().create_task(self._close_socket(code, reason))
+
+    async def finish(self, reason: str) -> None:
+        """The socket is closed: publish the pipe's last outcomes and stop everything."""
+        self._cancel_timer()
+        self._send_lane.cancel()
+        self._apply(self.pipe.close(time.time(), reason))
+        try:
+            async with asyncio.timeout(self._publish_timeout * 2):
+                await self._publish_lane.wait_idle()
+        except TimeoutError:
+            self.log.warning(
+                "connection outcomes not all published", pending=len(self._publish_lane)
+            )
+            self._publish_lane.cancel()
+
+    # -- actions out ---------------------------------------------------------------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendToStation):
+                self._send_lane.put(action.text)
+            elif isinstance(action, Publish):
+                self._publish_lane.put(action)
+            else:
+                self._report(action)
+        self._arm_timer()
+
+    def _report(self, report: Report) -> None:
+        getattr(self.log, report.level)(report.event, **report.fields)
+
+    async def _send(self, text: str) -> None:
+        try:
+            await self.ws.send(text)
+        except ConnectionClosed:
+            self.log.debug("frame not sent: socket closed")
+
+    async def _publish(self, action: Publish) -> None:
+        envelope = action.envelope
+        topic = action.reply_to or self._topics.inbound(self.version, self.station)
+        properties: dict[str, str] = {
+            **envelope.meta,
+            "kind": str(envelope.kind),
+            "message_id": envelope.message_id,
+            "station": self.station,
+        }
+        if envelope.action:
+            properties["action"] = envelope.action
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                await self._bus.publish(topic, encode(envelope), properties=properties)
+        except (BusUnavailable, TimeoutError) as exc:
+            self.log.warning(
+                "publish failed",
+                error=str(exc) or type(exc).__name__,
+                kind=str(envelope.kind),
+                message_id=envelope.message_id,
+                topic=topic,
+            )
+            self._apply(self.pipe.publish_failed(envelope, time.time()))
+
+    async def _close_socket(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close(code, reason[:120])
+
+    # -- timer ---------------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        deadline = self.pipe.next_deadline()
+        if deadline == self._timer_deadline and (deadline is None or self._timer is not None):
+            return
+        self._cancel_timer()
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, deadline - time.time())
+        self._timer_deadline = deadline
+        self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_deadline = None
+        try:
+            self._apply(self.pipe.tick(time.time()))
+        except Exception:
+            self.log.exception("pipe tick failed")
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_deadline = None
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for logs and debugging."""
+        return {
+            "station": self.station,
+            "version": self.version,
+            "connection": self.id,
+            "in_flight": self.pipe.in_flight,
+            "queued": self.pipe.queued,
+            "pending": len(self.pipe.pending_station_calls),
+        }

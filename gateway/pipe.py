@@ -1,0 +1,542 @@
+"""The per-connection pipe: OCPP-J correlation rules as a sans-I/O state machine.
+
+One :class:`Pipe` lives beside each station socket. It is fed events (a frame from the
+station, an envelope from the bus, the passing of time, the end of the connection) and
+returns the :data:`Action` values the I/O layer must carry out, in order. It never touches a
+socket, the bus or the clock itself: ``now`` (Unix time, seconds) is passed in, so every rule
+is testable synchronously, as in the websockets protocol core.
+
+Rules kept here (see ``DESIGN.md``, "Correlation and in-flight rules"):
+
+- CSMS → station: at most one CSMS call in flight; later calls wait in a bounded FIFO; a full
+  queue, a station that goes away or a connection replaced by a newer one turn calls into
+  explicit ``UNDELIVERED`` outcomes; an unanswered call becomes ``TIMEOUT`` after
+  ``call_timeout``; the station's answer is published with the original call attached.
+- station → CSMS: independent of the other direction. Every station Call gets exactly one
+  answer: the CSMS's, or the pipe's own ``InternalError`` when the CSMS is late or the bus
+  refused the Call. Late or duplicate CSMS answers are dropped.
+- framing faults get the CallError code of the negotiated version; faulty CallResult /
+  CallError frames are only reported, never answered.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from csms import rpc
+from csms.config import Settings
+from csms.envelope import Envelope, Kind, OriginalCall
+from csms.rpc import RpcError
+
+__all__ = [
+    "Action",
+    "Limits",
+    "Pipe",
+    "Publish",
+    "Report",
+    "SendToStation",
+]
+
+# Descriptions the pipe puts on the wire or in outcomes; stable so tests and operators can
+# rely on them.
+CSMS_LATE = "CSMS did not answer in time"
+CSMS_UNAVAILABLE = "CSMS temporarily unavailable"
+QUEUE_FULL = "call queue full"
+STATION_DISCONNECTED = "station disconnected"
+
+_RECENT_CSMS_IDS = 32
+"""How many finished CSMS call ids a pipe remembers, to drop QoS 1 redeliveries of calls it
+already handled and to tell a late station answer from an unknown one."""
+
+_FRAME_HEAD = re.compile(
+    r'\s*\[\s*(\d+)\s*,\s*"([^"\\]{1,' + str(rpc.MAX_MESSAGE_ID_LENGTH) + r'})"'
+)
+"""Type id and message id at the head of a frame too large to be parsed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-connection limits, normally taken from :class:`csms.config.Settings`."""
+
+    call_timeout: float = 30.0
+    """Seconds the station has to answer a CSMS call before it becomes ``TIMEOUT``."""
+    call_queue_size: int = 16
+    """CSMS calls that may wait behind the one in flight."""
+    answer_timeout: float = 20.0
+    """Seconds the CSMS has to answer a station Call before the pipe answers InternalError."""
+    max_frame_bytes: int = 65_536
+    """Largest frame (UTF-8 bytes) handled; larger Calls get a FormatViolation CallError."""
+    max_station_calls: int = 16
+    """Unanswered station Calls kept at once. OCPP-J allows one; some stations pipeline, so a
+    few are tolerated, but the bound keeps a misbehaving station's memory small."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            call_timeout=settings.call_timeout,
+            call_queue_size=settings.call_queue_size,
+            answer_timeout=settings.answer_timeout,
+            max_frame_bytes=settings.max_frame_bytes,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SendToStation:
+    """Write this text frame to the station's socket."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish ``envelope`` on the bus.
+
+    ``reply_to`` is None for the station's inbound topic (``{prefix}/in/{version}/{station}``),
+    else the topic the originator of a CSMS call asked its outcome to go to.
+    """
+
+    envelope: Envelope
+    reply_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Something the I/O layer should log; the pipe has no logger of its own."""
+
+    level: Literal["debug", "info", "warning"]
+    event: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Action = SendToStation | Publish | Report
+
+
+@dataclass(slots=True)
+class _InFlight:
+    call: Envelope
+    sent_at: float
+    deadline: float
+
+
+class Pipe:
+    """OCPP-J correlation state of one station connection (no I/O; see module docstring)."""
+
+    __slots__ = (
+        "_closed",
+        "_in_flight",
+        "_pending",
+        "_queue",
+        "_recent",
+        "connection",
+        "gateway",
+        "limits",
+        "station",
+        "version",
+    )
+
+    def __init__(
+        self,
+        station: str,
+        version: str,
+        *,
+        connection: str,
+        gateway: str,
+        limits: Limits | None = None,
+    ) -> None:
+        if version not in rpc.SUPPORTED_VERSIONS:
+            raise ValueError(f"unsupported OCPP version {version!r}")
+        self.station = station
+        self.version = version
+        self.connection = connection
+        self.gateway = gateway
+        self.limits = limits or Limits()
+        self._in_flight: _InFlight | None = None
+        self._queue: deque[Envelope] = deque()
+        self._pending: dict[str, float] = {}
+        """Station Call ids awaiting the CSMS's answer → deadline."""
+        self._recent: deque[str] = deque(maxlen=_RECENT_CSMS_IDS)
+        self._closed = False
+
+    # -- introspection -------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def in_flight(self) -> str | None:
+        """Message id of the CSMS call awaiting the station's answer, if any."""
+        return self._in_flight.call.message_id if self._in_flight else None
+
+    @property
+    def queued(self) -> int:
+        """CSMS calls waiting behind the one in flight."""
+        return len(self._queue)
+
+    @property
+    def pending_station_calls(self) -> frozenset[str]:
+        """Ids of station Calls the CSMS has not answered yet."""
+        return frozenset(self._pending)
+
+    def next_deadline(self) -> float | None:
+        """Earliest time :meth:`tick` has something to do, or None."""
+        deadline = self._in_flight.deadline if self._in_flight else None
+        if self._pending:
+            earliest = min(self._pending.values())
+            if deadline is None or earliest < deadline:
+                deadline = earliest
+        return deadline
+
+    # -- events --------------------------------------------------------------------------
+
+    def receive_station_frame(self, data: str | bytes, now: float) -> list[Action]:
+        """A WebSocket message from the station (``bytes`` for a binary frame)."""
+        if self._closed:
+            return []
+        size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode())
+        if size > self.limits.max_frame_bytes:
+            return self._oversized(data, size)
+        if isinstance(data, bytes):
+            return self._binary(data)
+        try:
+            frame = rpc.parse_frame(data)
+        except rpc.FrameFault as fault:
+            return self._fault(fault)
+        if isinstance(frame, rpc.Call):
+            return self._station_call(frame, now)
+        return self._station_answer(frame, now)
+
+    def receive_bus_envelope(self, envelope: Envelope, now: float) -> list[Action]:
+        """An envelope from the station's ``out`` topic: a CSMS call or an answer."""
+        if envelope.station != self.station or envelope.version != self.version:
+            return [
+                Report(
+                    "warning",
+                    "envelope for another station or version dropped",
+                    {
+                        "envelope_station": envelope.station,
+                        "envelope_version": envelope.version,
+                        "message_id": envelope.message_id,
+                    },
+                )
+            ]
+        if envelope.kind is Kind.CALL:
+            return self._csms_call(envelope, now)
+        if envelope.kind in (Kind.RESULT, Kind.ERROR):
+            return self._csms_answer(envelope)
+        return [
+            Report(
+                "warning",
+                "unexpected envelope kind on out topic dropped",
+                {"kind": str(envelope.kind), "message_id": envelope.message_id},
+            )
+        ]
+
+    def tick(self, now: float) -> list[Action]:
+        """Apply every deadline that has passed at ``now``."""
+        actions: list[Action] = []
+        if self._closed:
+            return actions
+        expired = [mid for mid, deadline in self._pending.items() if deadline <= now]
+        for message_id in expired:
+            del self._pending[message_id]
+            actions.append(self._error(message_id, RpcError.INTERNAL_ERROR, CSMS_LATE))
+            actions.append(Report("warning", "CSMS answer late", {"message_id": message_id}))
+        current = self._in_flight
+        if current is not None and current.deadline <= now:
+            self._in_flight = None
+            self._recent.append(current.call.message_id)
+            actions.append(
+                self._outcome(
+                    current.call,
+                    Kind.TIMEOUT,
+                    now,
+                    sent_at=current.sent_at,
+                    error_description=(
+                        f"station did not answer within {self.limits.call_timeout:g} s"
+                    ),
+                )
+            )
+            self._send_next(now, actions)
+        return actions
+
+    def publish_failed(self, envelope: Envelope, now: float) -> list[Action]:
+        """The bus refused ``envelope`` (from a :class:`Publish` of this pipe).
+
+        A station Call is answered at once with InternalError, so the station is not left
+        waiting for an answer that cannot come. Lost outcomes can only be reported.
+        """
+        if envelope.kind is Kind.CALL:
+            if self._closed or self._pending.pop(envelope.message_id, None) is None:
+                return []
+            return [self._error(envelope.message_id, RpcError.INTERNAL_ERROR, CSMS_UNAVAILABLE)]
+        return [
+            Report(
+                "warning",
+                "outcome of CSMS call lost: bus unavailable",
+                {"kind": str(envelope.kind), "message_id": envelope.message_id},
+            )
+        ]
+
+    def close(self, now: float, reason: str = STATION_DISCONNECTED) -> list[Action]:
+        """The socket is gone: every CSMS call in flight or queued becomes ``UNDELIVERED``.
+
+        Station Calls still awaiting the CSMS are forgotten (there is no one left to answer).
+        Later events on a closed pipe do nothing, except that a CSMS call is still turned into
+        ``UNDELIVERED`` so that it is never dropped silently.
+        """
+        if self._closed:
+            return []
+        self._closed = True
+        actions: list[Action] = []
+        current, self._in_flight = self._in_flight, None
+        if current is not None:
+            actions.append(
+                self._outcome(
+                    current.call,
+                    Kind.UNDELIVERED,
+                    now,
+                    sent_at=current.sent_at,
+                    error_description=reason,
+                )
+            )
+        while self._queue:
+            call = self._queue.popleft()
+            actions.append(self._outcome(call, Kind.UNDELIVERED, now, error_description=reason))
+        self._pending.clear()
+        return actions
+
+    # -- station → CSMS ------------------------------------------------------------------
+
+    def _station_call(self, call: rpc.Call, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if call.message_id in self._pending:
+            # A retry of a Call still awaiting its answer: forward it again but keep one entry,
+            # so the station gets exactly one answer for that id.
+            actions.append(
+                Report("info", "station repeated a pending call", {"message_id": call.message_id})
+            )
+        elif len(self._pending) >= self.limits.max_station_calls:
+            return [
+                self._error(
+                    call.message_id,
+                    RpcError.RPC_FRAMEWORK,
+                    f"too many unanswered calls (at most {self.limits.max_station_calls}); "
+                    "OCPP-J allows one call in flight",
+                ),
+                Report(
+                    "warning", "station exceeded unanswered calls", {"message_id": call.message_id}
+                ),
+            ]
+        self._pending[call.message_id] = now + self.limits.answer_timeout
+        actions.append(
+            Publish(
+                Envelope(
+                    kind=Kind.CALL,
+                    station=self.station,
+                    version=self.version,
+                    message_id=call.message_id,
+                    action=call.action,
+                    payload=call.payload,
+                    gateway=self.gateway,
+                    connection=self.connection,
+                    at=now,
+                )
+            )
+        )
+        return actions
+
+    def _csms_answer(self, envelope: Envelope) -> list[Action]:
+        message_id = envelope.message_id
+        if self._closed or self._pending.pop(message_id, None) is None:
+            return [
+                Report(
+                    "info",
+                    "CSMS answer for no pending call dropped (late or duplicate)",
+                    {"message_id": message_id, "kind": str(envelope.kind)},
+                )
+            ]
+        if envelope.kind is Kind.RESULT:
+            payload = envelope.payload if envelope.payload is not None else {}
+            return [SendToStation(rpc.encode_result(message_id, payload))]
+        code = envelope.error_code or rpc.error_code(self.version, RpcError.INTERNAL_ERROR)
+        return [
+            SendToStation(
+                rpc.encode_error(
+                    message_id,
+                    code,
+                    envelope.error_description or "",
+                    envelope.error_details,
+                )
+            )
+        ]
+
+    # -- CSMS → station ------------------------------------------------------------------
+
+    def _csms_call(self, call: Envelope, now: float) -> list[Action]:
+        message_id = call.message_id
+        if self._closed:
+            return [
+                self._outcome(call, Kind.UNDELIVERED, now, error_description=STATION_DISCONNECTED)
+            ]
+        if not call.action or not isinstance(call.payload, dict) or not message_id:
+            return [
+                self._outcome(
+                    call,
+                    Kind.UNDELIVERED,
+                    now,
+                    error_description="invalid call: needs a message id, an action and an "
+                    "object payload",
+                )
+            ]
+        if (
+            (self._in_flight is not None and self._in_flight.call.message_id == message_id)
+            or message_id in self._recent
+            or any(queued.message_id == message_id for queued in self._queue)
+        ):
+            # QoS 1 is at-least-once: a redelivered call must not reach the station twice.
+            return [Report("info", "duplicate CSMS call dropped", {"message_id": message_id})]
+        if self._in_flight is None:
+            actions: list[Action] = []
+            self._send(call, now, actions)
+            return actions
+        if len(self._queue) >= self.limits.call_queue_size:
+            return [self._outcome(call, Kind.UNDELIVERED, now, error_description=QUEUE_FULL)]
+        self._queue.append(call)
+        return []
+
+    def _station_answer(self, frame: rpc.CallResult | rpc.CallError, now: float) -> list[Action]:
+        current = self._in_flight
+        if current is None or current.call.message_id != frame.message_id:
+            late = frame.message_id in self._recent
+            return [
+                Report(
+                    "warning",
+                    "late answer from station dropped"
+                    if late
+                    else "answer to unknown call dropped",
+                    {"message_id": frame.message_id},
+                )
+            ]
+        self._in_flight = None
+        self._recent.append(frame.message_id)
+        actions: list[Action] = []
+        if isinstance(frame, rpc.CallResult):
+            actions.append(
+                self._outcome(
+                    current.call, Kind.RESULT, now, sent_at=current.sent_at, payload=frame.payload
+                )
+            )
+        else:
+            actions.append(
+                self._outcome(
+                    current.call,
+                    Kind.ERROR,
+                    now,
+                    sent_at=current.sent_at,
+                    error_code=frame.error_code,
+                    error_description=frame.error_description,
+                    error_details=frame.error_details,
+                )
+            )
+        self._send_next(now, actions)
+        return actions
+
+    def _send(self, call: Envelope, now: float, actions: list[Action]) -> None:
+        assert call.action is not None
+        self._in_flight = _InFlight(call, sent_at=now, deadline=now + self.limits.call_timeout)
+        actions.append(SendToStation(rpc.encode_call(call.message_id, call.action, call.payload)))
+
+    def _send_next(self, now: float, actions: list[Action]) -> None:
+        if self._queue:
+            self._send(self._queue.popleft(), now, actions)
+
+    def _outcome(
+        self,
+        call: Envelope,
+        kind: Kind,
+        now: float,
+        *,
+        sent_at: float | None = None,
+        payload: Any = None,
+        error_code: str | None = None,
+        error_description: str | None = None,
+        error_details: Any = None,
+    ) -> Publish:
+        """The envelope telling a CSMS call's originator what became of it."""
+        request = OriginalCall(
+            message_id=call.message_id,
+            action=call.action or "",
+            payload=call.payload if isinstance(call.payload, dict) else {},
+            meta=call.meta,
+            sent_at=sent_at,
+        )
+        envelope = Envelope(
+            kind=kind,
+            station=self.station,
+            version=self.version,
+            message_id=call.message_id,
+            action=call.action,
+            payload=payload,
+            error_code=error_code,
+            error_description=error_description,
+            error_details=error_details,
+            request=request,
+            meta=call.meta,
+            gateway=self.gateway,
+            connection=self.connection,
+            at=now,
+        )
+        return Publish(envelope, call.reply_to)
+
+    # -- framing faults ------------------------------------------------------------------
+
+    def _error(self, message_id: str, error: RpcError, description: str) -> SendToStation:
+        return SendToStation(
+            rpc.encode_error(message_id, rpc.error_code(self.version, error), description)
+        )
+
+    def _fault(self, fault: rpc.FrameFault) -> list[Action]:
+        fields: dict[str, Any] = {"error": fault.error.value, "description": fault.description}
+        if fault.message_id is not None:
+            fields["message_id"] = fault.message_id
+        if not fault.answerable:
+            return [Report("warning", "malformed answer frame dropped", fields)]
+        message_id = fault.message_id or rpc.UNKNOWN_MESSAGE_ID
+        return [
+            self._error(message_id, fault.error, fault.description),
+            Report("warning", "malformed frame rejected", fields),
+        ]
+
+    def _binary(self, data: bytes) -> list[Action]:
+        """OCPP-J frames are text; say so, and use the frame's id when it can be read."""
+        description = "binary frame: OCPP-J messages must be sent as text frames"
+        try:
+            frame = rpc.parse_frame(data)
+        except rpc.FrameFault as fault:
+            message_id, answerable = fault.message_id, fault.answerable
+        else:
+            message_id, answerable = frame.message_id, isinstance(frame, rpc.Call)
+        return self._fault(
+            rpc.FrameFault(RpcError.RPC_FRAMEWORK, description, message_id, answerable)
+        )
+
+    def _oversized(self, data: str | bytes, size: int) -> list[Action]:
+        """Too large to parse: answer a Call whose head is readable with FormatViolation.
+
+        OCPP 2.0.1 answers messages over a size limit with FormatViolation (1.6:
+        FormationViolation). Only the head is examined, so the cost stays bounded.
+        """
+        head = data[:128]
+        head_text = head.decode("utf-8", "replace") if isinstance(head, bytes) else head
+        match = _FRAME_HEAD.match(head_text)
+        type_id = int(match.group(1)) if match else None
+        message_id = match.group(2) if match else None
+        description = f"frame of {size} bytes exceeds the limit of {self.limits.max_frame_bytes}"
+        answerable = type_id not in (rpc.MessageType.CALL_RESULT, rpc.MessageType.CALL_ERROR)
+        return self._fault(
+            rpc.FrameFault(RpcError.FORMAT_VIOLATION, description, message_id, answerable)
+        )

@@ -1,0 +1,47 @@
+"""OCPP 1.6 (with the security extension) handlers, assembled for the 1.6 router.
+
+``HANDLERS`` maps each station-initiated action to its handler; ``RESULT_HANDLERS`` maps
+CSMS-initiated actions whose answers need more than the router's generic logging.
+"""
+
+from __future__ import annotations
+
+from manager.context import CallHandler, ResultHandler
+from manager.v16.handlers import (
+    authorize,
+    boot_notification,
+    data_transfer,
+    diagnostics_status_notification,
+    firmware_status_notification,
+    heartbeat,
+    log_status_notification,
+    meter_values,
+    security_event_notification,
+    signed_firmware_status_notification,
+    start_transaction,
+    status_notification,
+    stop_transaction,
+)
+from manager.v16.results import change_configuration
+
+HANDLERS: dict[str, CallHandler] = {
+    authorize.ACTION: authorize.handle,
+    boot_notification.ACTION: boot_notification.handle,
+    data_transfer.ACTION: data_transfer.handle,
+    diagnostics_status_notification.ACTION: diagnostics_status_notification.handle,
+    firmware_status_notification.ACTION: firmware_status_notification.handle,
+    heartbeat.ACTION: heartbeat.handle,
+    log_status_notification.ACTION: log_status_notification.handle,
+    meter_values.ACTION: meter_values.handle,
+    security_event_notification.ACTION: security_event_notification.handle,
+    signed_firmware_status_notification.ACTION: signed_firmware_status_notification.handle,
+    start_transaction.ACTION: start_transaction.handle,
+    status_notification.ACTION: status_notification.handle,
+    stop_transaction.ACTION: stop_transaction.handle,
+}
+
+RESULT_HANDLERS: dict[str, ResultHandler] = {
+    change_configuration.ACTION: change_configuration.handle_result,
+}
+
+__all__ = ["HANDLERS", "RESULT_HANDLERS"]

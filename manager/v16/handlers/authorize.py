@@ -1,0 +1,22 @@
+"""OCPP 1.6 Authorize (§4.1): may this idTag charge?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from manager import common
+from manager.context import CallContext
+
+ACTION = "Authorize"
+
+
+async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """The token store decides; statuses 1.6 lacks are answered Invalid.
+
+    No ConcurrentTx check here: a driver presents the same tag to stop a running
+    transaction, and that Authorize must succeed.
+    """
+    await common.require_accepted(ctx)
+    decision = await common.authorize(ctx, payload["idTag"])
+    ctx.log.info("authorize", id_tag=payload["idTag"], status=decision.status.value)
+    return {"idTagInfo": common.id_tag_info(decision)}

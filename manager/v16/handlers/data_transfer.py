@@ -1,0 +1,15 @@
+"""OCPP 1.6 DataTransfer (§4.3): vendor-specific messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from manager import common
+from manager.context import CallContext
+
+ACTION = "DataTransfer"
+
+
+async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """No vendor extension is configured: UnknownVendorId, as the spec prescribes."""
+    return await common.data_transfer(ctx, payload)

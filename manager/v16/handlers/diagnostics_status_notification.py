@@ -1,0 +1,19 @@
+"""OCPP 1.6 DiagnosticsStatusNotification: diagnostics upload status (GetDiagnostics)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from manager import common
+from manager.context import CallContext
+
+ACTION = "DiagnosticsStatusNotification"
+
+
+async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Log and acknowledge; the response is empty."""
+    return await common.acknowledge(
+        ctx,
+        "diagnostics_status_notification",
+        status=payload["status"],
+    )

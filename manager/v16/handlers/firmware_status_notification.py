@@ -1,0 +1,19 @@
+"""OCPP 1.6 FirmwareStatusNotification: firmware update progress (UpdateFirmware)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from manager import common
+from manager.context import CallContext
+
+ACTION = "FirmwareStatusNotification"
+
+
+async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Log and acknowledge; the response is empty."""
+    return await common.acknowledge(
+        ctx,
+        "firmware_status_notification",
+        status=payload["status"],
+    )

@@ -1,0 +1,15 @@
+"""OCPP 1.6 Heartbeat (§4.6): the CSMS time, and proof of life."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from manager import common
+from manager.context import CallContext
+
+ACTION = "Heartbeat"
+
+
+async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Answer ``currentTime`` (stations may sync their clock to it); record last-seen."""
+    return await common.heartbeat(ctx)

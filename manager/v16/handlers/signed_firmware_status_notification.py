@@ -1,0 +1,21 @@
+"""OCPP 1.6 SignedFirmwareStatusNotification: signed firmware update progress (security
+extension)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from manager import common
+from manager.context import CallContext
+
+ACTION = "SignedFirmwareStatusNotification"
+
+
+async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Log and acknowledge; the response is empty."""
+    return await common.acknowledge(
+        ctx,
+        "signed_firmware_status_notification",
+        status=payload["status"],
+        request_id=payload.get("requestId"),
+    )

@@ -1,0 +1,45 @@
+"""OCPP 2.0.1 handlers, assembled for the 2.0.1 router.
+
+``HANDLERS`` maps each station-initiated action to its handler; ``RESULT_HANDLERS`` maps
+CSMS-initiated actions whose answers need more than the router's generic logging.
+"""
+
+from __future__ import annotations
+
+from manager.context import CallHandler, ResultHandler
+from manager.v201.handlers import (
+    authorize,
+    boot_notification,
+    data_transfer,
+    firmware_status_notification,
+    heartbeat,
+    log_status_notification,
+    meter_values,
+    notify_event,
+    notify_report,
+    security_event_notification,
+    status_notification,
+    transaction_event,
+)
+from manager.v201.results import set_variables
+
+HANDLERS: dict[str, CallHandler] = {
+    authorize.ACTION: authorize.handle,
+    boot_notification.ACTION: boot_notification.handle,
+    data_transfer.ACTION: data_transfer.handle,
+    firmware_status_notification.ACTION: firmware_status_notification.handle,
+    heartbeat.ACTION: heartbeat.handle,
+    log_status_notification.ACTION: log_status_notification.handle,
+    meter_values.ACTION: meter_values.handle,
+    notify_event.ACTION: notify_event.handle,
+    notify_report.ACTION: notify_report.handle,
+    security_event_notification.ACTION: security_event_notification.handle,
+    status_notification.ACTION: status_notification.handle,
+    transaction_event.ACTION: transaction_event.handle,
+}
+
+RESULT_HANDLERS: dict[str, ResultHandler] = {
+    set_variables.ACTION: set_variables.handle_result,
+}
+
+__all__ = ["HANDLERS", "RESULT_HANDLERS"]

@@ -1,0 +1,28 @@
+"""OCPP 2.0.1 Authorize (C01): may this idToken charge?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from manager import common
+from manager.context import CallContext
+
+ACTION = "Authorize"
+
+
+async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """The token store decides, per token and type.
+
+    No ConcurrentTx check here: the same token is presented to stop its own transaction.
+    ISO 15118 certificate data is not checked (no certificateStatus is answered).
+    """
+    await common.require_accepted(ctx)
+    token = payload["idToken"]
+    decision = await common.authorize(ctx, token["idToken"], token["type"])
+    ctx.log.info(
+        "authorize",
+        id_token=token["idToken"],
+        token_type=token["type"],
+        status=decision.status.value,
+    )
+    return {"idTokenInfo": common.id_token_info(decision)}

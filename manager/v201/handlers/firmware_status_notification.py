@@ -1,0 +1,20 @@
+"""OCPP 2.0.1 FirmwareStatusNotification (L01): firmware update progress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from manager import common
+from manager.context import CallContext
+
+ACTION = "FirmwareStatusNotification"
+
+
+async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Log and acknowledge; the response is empty."""
+    return await common.acknowledge(
+        ctx,
+        "firmware_status_notification",
+        status=payload["status"],
+        request_id=payload.get("requestId"),
+    )

@@ -1,0 +1,28 @@
+"""OCPP 2.0.1 MeterValues (J01): readings outside transactions (those go in TransactionEvent)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from manager import common
+from manager.context import CallContext
+from services import energy
+
+ACTION = "MeterValues"
+
+
+async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Log the readings (evseId 0 is the station's main meter) and record last-seen.
+
+    2.0.1 MeterValues never belong to a transaction, so nothing is merged anywhere.
+    """
+    await common.require_accepted(ctx)
+    readings = energy.readings_from_meter_values(payload["meterValue"], ctx.version)
+    ctx.log.info(
+        "meter_values",
+        evse_id=payload["evseId"],
+        samples=len(payload["meterValue"]),
+        register_wh=readings[-1].wh if readings else None,
+    )
+    await ctx.services.stations.touch(ctx.station_id, ctx.now_iso())
+    return {}

@@ -1,0 +1,56 @@
+"""OCPP 2.0.1 SetVariables answer (B05): the outcome for each variable that was set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from manager import common
+from manager.context import ResultContext
+
+ACTION = "SetVariables"
+
+_TOOK_VALUE = ("Accepted", "RebootRequired")
+
+
+def _key(entry: dict[str, Any]) -> tuple[Any, ...]:
+    component, variable = entry["component"], entry["variable"]
+    evse = component.get("evse") or {}
+    return (
+        component["name"],
+        component.get("instance"),
+        evse.get("id"),
+        evse.get("connectorId"),
+        variable["name"],
+        variable.get("instance"),
+        entry.get("attributeType", "Actual"),
+    )
+
+
+async def handle_result(ctx: ResultContext) -> None:
+    """Log one line per variable with the value asked for and the status answered.
+
+    Accepted and RebootRequired took the value (the latter after a reboot); Rejected,
+    UnknownComponent, UnknownVariable and NotSupportedAttributeType are warnings.
+    """
+    if common.result_failed(ctx) or ctx.payload is None:
+        return
+    requested = {
+        _key(entry): entry.get("attributeValue")
+        for entry in ctx.request.payload.get("setVariableData") or ()
+    }
+    for result in ctx.payload["setVariableResult"]:
+        status = result["attributeStatus"]
+        log = ctx.log.info if status in _TOOK_VALUE else ctx.log.warning
+        evse = result["component"].get("evse") or {}
+        log(
+            "variable_set",
+            component=result["component"]["name"],
+            component_instance=result["component"].get("instance"),
+            evse_id=evse.get("id"),
+            variable=result["variable"]["name"],
+            variable_instance=result["variable"].get("instance"),
+            attribute=result.get("attributeType", "Actual"),
+            value=requested.get(_key(result)),
+            status=status,
+            reason=(result.get("attributeStatusInfo") or {}).get("reasonCode"),
+        )

@@ -1,0 +1,473 @@
+"""The gateway pipe's correlation and framing rules, driven synchronously with a fake clock."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from csms import rpc
+from csms.envelope import Envelope, Kind, OriginalCall
+from gateway.pipe import (
+    CSMS_LATE,
+    CSMS_UNAVAILABLE,
+    QUEUE_FULL,
+    STATION_DISCONNECTED,
+    Action,
+    Limits,
+    Pipe,
+    Publish,
+    Report,
+    SendToStation,
+)
+
+T0 = 1_000_000.0
+LIMITS = Limits(call_timeout=10, call_queue_size=2, answer_timeout=5, max_frame_bytes=1024)
+
+
+def make_pipe(version: str = rpc.OCPP201, **limits: Any) -> Pipe:
+    base = {
+        "call_timeout": LIMITS.call_timeout,
+        "call_queue_size": LIMITS.call_queue_size,
+        "answer_timeout": LIMITS.answer_timeout,
+        "max_frame_bytes": LIMITS.max_frame_bytes,
+    }
+    base.update(limits)
+    return Pipe("CP-1", version, connection="c1", gateway="g1", limits=Limits(**base))
+
+
+def csms_call(
+    message_id: str = "m1",
+    action: str = "Reset",
+    payload: Any = None,
+    *,
+    version: str = rpc.OCPP201,
+    reply_to: str | None = None,
+    meta: dict[str, str] | None = None,
+) -> Envelope:
+    return Envelope(
+        kind=Kind.CALL,
+        station="CP-1",
+        version=version,
+        message_id=message_id,
+        action=action,
+        payload={"type": "Immediate"} if payload is None else payload,
+        meta=meta or {"origin": "test"},
+        reply_to=reply_to,
+    )
+
+
+def csms_answer(message_id: str, kind: Kind = Kind.RESULT, **fields: Any) -> Envelope:
+    return Envelope(kind=kind, station="CP-1", version=rpc.OCPP201, message_id=message_id, **fields)
+
+
+def sent(actions: list[Action]) -> list[list[Any]]:
+    return [json.loads(a.text) for a in actions if isinstance(a, SendToStation)]
+
+
+def published(actions: list[Action]) -> list[Publish]:
+    return [a for a in actions if isinstance(a, Publish)]
+
+
+def reports(actions: list[Action]) -> list[Report]:
+    return [a for a in actions if isinstance(a, Report)]
+
+
+# -- station → CSMS ----------------------------------------------------------------------
+
+
+def test_station_call_is_published_and_remembered() -> None:
+    pipe = make_pipe()
+    actions = pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0)
+    [publish] = published(actions)
+    assert publish.reply_to is None
+    env = publish.envelope
+    assert (env.kind, env.station, env.version, env.message_id) == (
+        Kind.CALL,
+        "CP-1",
+        rpc.OCPP201,
+        "s1",
+    )
+    assert (env.action, env.payload, env.gateway, env.connection, env.at) == (
+        "Heartbeat",
+        {},
+        "g1",
+        "c1",
+        T0,
+    )
+    assert sent(actions) == []
+    assert pipe.pending_station_calls == {"s1"}
+    assert pipe.next_deadline() == T0 + 5
+
+
+def test_csms_answer_goes_to_station_once() -> None:
+    pipe = make_pipe()
+    pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0)
+    actions = pipe.receive_bus_envelope(
+        csms_answer("s1", payload={"currentTime": "2024-01-01T00:00:00Z"}), T0 + 1
+    )
+    assert sent(actions) == [[3, "s1", {"currentTime": "2024-01-01T00:00:00Z"}]]
+    assert pipe.pending_station_calls == frozenset()
+    assert pipe.next_deadline() is None
+    # A duplicate (QoS 1 redelivery) or late answer is dropped.
+    again = pipe.receive_bus_envelope(csms_answer("s1", payload={}), T0 + 2)
+    assert sent(again) == []
+    assert reports(again)
+
+
+def test_csms_error_answer_goes_to_station() -> None:
+    pipe = make_pipe()
+    pipe.receive_station_frame('[2,"s1","Authorize",{}]', T0)
+    actions = pipe.receive_bus_envelope(
+        csms_answer(
+            "s1",
+            Kind.ERROR,
+            error_code="FormatViolation",
+            error_description="idToken missing",
+            error_details={"field": "idToken"},
+        ),
+        T0,
+    )
+    assert sent(actions) == [[4, "s1", "FormatViolation", "idToken missing", {"field": "idToken"}]]
+
+
+def test_answer_for_unknown_station_call_is_dropped() -> None:
+    pipe = make_pipe()
+    actions = pipe.receive_bus_envelope(csms_answer("nope", payload={}), T0)
+    assert sent(actions) == [] and reports(actions)
+
+
+def test_csms_late_gets_internal_error_from_pipe() -> None:
+    pipe = make_pipe()
+    pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0)
+    assert sent(pipe.tick(T0 + 4.9)) == []
+    actions = pipe.tick(T0 + 5)
+    assert sent(actions) == [[4, "s1", "InternalError", CSMS_LATE, {}]]
+    assert pipe.next_deadline() is None
+    # The CSMS's late answer is then dropped: exactly one answer per Call.
+    assert sent(pipe.receive_bus_envelope(csms_answer("s1", payload={}), T0 + 6)) == []
+
+
+def test_publish_failure_answers_station_promptly() -> None:
+    pipe = make_pipe(rpc.OCPP16)
+    [publish] = published(pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0))
+    actions = pipe.publish_failed(publish.envelope, T0)
+    assert sent(actions) == [[4, "s1", "InternalError", CSMS_UNAVAILABLE, {}]]
+    assert pipe.pending_station_calls == frozenset()
+    assert pipe.tick(T0 + 100) == []
+
+
+def test_station_retry_of_pending_call_is_forwarded_but_answered_once() -> None:
+    pipe = make_pipe()
+    pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0)
+    actions = pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0 + 3)
+    assert len(published(actions)) == 1
+    assert pipe.next_deadline() == T0 + 3 + 5
+    assert sent(pipe.receive_bus_envelope(csms_answer("s1", payload={}), T0 + 4)) == [[3, "s1", {}]]
+    assert sent(pipe.receive_bus_envelope(csms_answer("s1", payload={}), T0 + 4)) == []
+
+
+def test_too_many_unanswered_station_calls_are_refused() -> None:
+    pipe = Pipe(
+        "CP-1",
+        rpc.OCPP201,
+        connection="c",
+        gateway="g",
+        limits=Limits(max_station_calls=2),
+    )
+    pipe.receive_station_frame('[2,"a","Heartbeat",{}]', T0)
+    pipe.receive_station_frame('[2,"b","Heartbeat",{}]', T0)
+    actions = pipe.receive_station_frame('[2,"c","Heartbeat",{}]', T0)
+    assert published(actions) == []
+    [[_, mid, code, _desc, _]] = sent(actions)
+    assert (mid, code) == ("c", "RpcFrameworkError")
+
+
+# -- CSMS → station ----------------------------------------------------------------------
+
+
+def test_csms_call_sent_and_result_published_with_original_request() -> None:
+    pipe = make_pipe()
+    actions = pipe.receive_bus_envelope(csms_call(meta={"origin": "api", "req": "7"}), T0)
+    assert sent(actions) == [[2, "m1", "Reset", {"type": "Immediate"}]]
+    assert pipe.in_flight == "m1"
+    assert pipe.next_deadline() == T0 + 10
+    actions = pipe.receive_station_frame('[3,"m1",{"status":"Accepted"}]', T0 + 2)
+    [publish] = published(actions)
+    env = publish.envelope
+    assert publish.reply_to is None
+    assert (env.kind, env.message_id, env.action, env.payload) == (
+        Kind.RESULT,
+        "m1",
+        "Reset",
+        {"status": "Accepted"},
+    )
+    assert env.request == OriginalCall(
+        message_id="m1",
+        action="Reset",
+        payload={"type": "Immediate"},
+        meta={"origin": "api", "req": "7"},
+        sent_at=T0,
+    )
+    assert env.meta == {"origin": "api", "req": "7"}
+    assert (env.gateway, env.connection) == ("g1", "c1")
+    assert pipe.in_flight is None
+
+
+def test_csms_call_error_answer_published_with_request_and_reply_to() -> None:
+    pipe = make_pipe()
+    pipe.receive_bus_envelope(csms_call(reply_to="api/replies/1"), T0)
+    actions = pipe.receive_station_frame('[4,"m1","NotSupported","no reset",{"x":1}]', T0 + 1)
+    [publish] = published(actions)
+    assert publish.reply_to == "api/replies/1"
+    env = publish.envelope
+    assert (env.kind, env.error_code, env.error_description, env.error_details) == (
+        Kind.ERROR,
+        "NotSupported",
+        "no reset",
+        {"x": 1},
+    )
+    assert env.request is not None and env.request.action == "Reset"
+
+
+def test_only_one_csms_call_in_flight_others_queue_in_order() -> None:
+    pipe = make_pipe()
+    assert sent(pipe.receive_bus_envelope(csms_call("m1"), T0)) == [
+        [2, "m1", "Reset", {"type": "Immediate"}]
+    ]
+    assert pipe.receive_bus_envelope(csms_call("m2", "GetVariables", {"a": 1}), T0) == []
+    assert pipe.receive_bus_envelope(csms_call("m3", "GetVariables", {"a": 2}), T0) == []
+    assert pipe.queued == 2
+    actions = pipe.receive_station_frame('[3,"m1",{}]', T0 + 1)
+    assert [p.envelope.message_id for p in published(actions)] == ["m1"]
+    assert sent(actions) == [[2, "m2", "GetVariables", {"a": 1}]]
+    actions = pipe.receive_station_frame('[3,"m2",{}]', T0 + 2)
+    assert sent(actions) == [[2, "m3", "GetVariables", {"a": 2}]]
+    # sent_at records when each call was written, not when it was queued.
+    actions = pipe.receive_station_frame('[3,"m3",{}]', T0 + 3)
+    [publish] = published(actions)
+    assert publish.envelope.request is not None
+    assert publish.envelope.request.sent_at == T0 + 2
+
+
+def test_full_queue_gives_undelivered_not_silence() -> None:
+    pipe = make_pipe()
+    pipe.receive_bus_envelope(csms_call("m1"), T0)
+    pipe.receive_bus_envelope(csms_call("m2"), T0)
+    pipe.receive_bus_envelope(csms_call("m3"), T0)
+    actions = pipe.receive_bus_envelope(
+        csms_call("m4", "ClearCache", {}, reply_to="r/4", meta={"k": "v"}), T0
+    )
+    [publish] = published(actions)
+    assert publish.reply_to == "r/4"
+    env = publish.envelope
+    assert (env.kind, env.message_id, env.error_description, env.meta) == (
+        Kind.UNDELIVERED,
+        "m4",
+        QUEUE_FULL,
+        {"k": "v"},
+    )
+    assert env.request == OriginalCall(
+        message_id="m4", action="ClearCache", payload={}, meta={"k": "v"}
+    )
+    assert sent(actions) == []
+    assert pipe.queued == 2
+
+
+def test_unanswered_csms_call_times_out_then_next_is_sent() -> None:
+    pipe = make_pipe()
+    pipe.receive_bus_envelope(csms_call("m1", reply_to="r/1"), T0)
+    pipe.receive_bus_envelope(csms_call("m2", "ClearCache", {}), T0 + 1)
+    assert pipe.tick(T0 + 9.99) == []
+    actions = pipe.tick(T0 + 10)
+    [publish] = published(actions)
+    assert publish.reply_to == "r/1"
+    env = publish.envelope
+    assert (env.kind, env.message_id) == (Kind.TIMEOUT, "m1")
+    assert env.request is not None and env.request.sent_at == T0
+    assert env.error_description and "did not answer" in env.error_description
+    assert sent(actions) == [[2, "m2", "ClearCache", {}]]
+    assert pipe.next_deadline() == T0 + 20
+    # The station's late answer to m1 is dropped, and does not complete m2.
+    late = pipe.receive_station_frame('[3,"m1",{}]', T0 + 11)
+    assert published(late) == [] and reports(late)
+    assert pipe.in_flight == "m2"
+
+
+def test_answer_with_unknown_id_is_ignored() -> None:
+    pipe = make_pipe()
+    pipe.receive_bus_envelope(csms_call("m1"), T0)
+    actions = pipe.receive_station_frame('[3,"other",{}]', T0)
+    assert published(actions) == [] and sent(actions) == []
+    assert reports(actions)[0].level == "warning"
+    assert pipe.in_flight == "m1"
+
+
+def test_redelivered_csms_call_is_not_sent_twice() -> None:
+    pipe = make_pipe()
+    pipe.receive_bus_envelope(csms_call("m1"), T0)
+    pipe.receive_bus_envelope(csms_call("m2"), T0)
+    assert sent(pipe.receive_bus_envelope(csms_call("m1"), T0)) == []
+    assert pipe.receive_bus_envelope(csms_call("m2"), T0)[0] == Report(
+        "info", "duplicate CSMS call dropped", {"message_id": "m2"}
+    )
+    pipe.receive_station_frame('[3,"m1",{}]', T0)
+    # m1 finished: a late redelivery still is not sent again.
+    actions = pipe.receive_bus_envelope(csms_call("m1"), T0)
+    assert sent(actions) == [] and published(actions) == []
+    assert pipe.queued == 0 and pipe.in_flight == "m2"
+
+
+def test_invalid_csms_call_is_undelivered() -> None:
+    pipe = make_pipe()
+    actions = pipe.receive_bus_envelope(csms_call("m1", payload=[1, 2]), T0)
+    [publish] = published(actions)
+    assert publish.envelope.kind is Kind.UNDELIVERED
+    assert sent(actions) == []
+
+
+def test_envelope_of_other_version_is_dropped() -> None:
+    pipe = make_pipe(rpc.OCPP16)
+    actions = pipe.receive_bus_envelope(csms_call("m1", version=rpc.OCPP201), T0)
+    assert sent(actions) == [] and published(actions) == [] and reports(actions)
+
+
+def test_directions_are_independent() -> None:
+    pipe = make_pipe()
+    pipe.receive_bus_envelope(csms_call("m1"), T0)
+    # The station sends its own Call while the CSMS call is in flight: published at once.
+    actions = pipe.receive_station_frame('[2,"s1","TransactionEvent",{}]', T0 + 1)
+    assert [p.envelope.kind for p in published(actions)] == [Kind.CALL]
+    # CSMS answers the station while its own call is still in flight.
+    assert sent(pipe.receive_bus_envelope(csms_answer("s1", payload={}), T0 + 2)) == [[3, "s1", {}]]
+    assert pipe.in_flight == "m1"
+    actions = pipe.receive_station_frame('[3,"m1",{}]', T0 + 3)
+    assert published(actions)[0].envelope.kind is Kind.RESULT
+
+
+def test_close_turns_in_flight_and_queued_calls_into_undelivered() -> None:
+    pipe = make_pipe()
+    pipe.receive_bus_envelope(csms_call("m1", reply_to="r/1"), T0)
+    pipe.receive_bus_envelope(csms_call("m2"), T0)
+    pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0)
+    actions = pipe.close(T0 + 1)
+    outcomes = [(p.envelope.kind, p.envelope.message_id, p.reply_to) for p in published(actions)]
+    assert outcomes == [(Kind.UNDELIVERED, "m1", "r/1"), (Kind.UNDELIVERED, "m2", None)]
+    first, second = (p.envelope for p in published(actions))
+    assert first.error_description == STATION_DISCONNECTED
+    assert first.request is not None and first.request.sent_at == T0
+    assert second.request is not None and second.request.sent_at is None
+    assert pipe.closed and pipe.next_deadline() is None
+    assert pipe.close(T0 + 2) == []
+    assert pipe.tick(T0 + 100) == []
+    assert pipe.receive_station_frame('[2,"s2","Heartbeat",{}]', T0) == []
+    # A call reaching a closed pipe is still never dropped silently.
+    [late] = published(pipe.receive_bus_envelope(csms_call("m9"), T0 + 3))
+    assert late.envelope.kind is Kind.UNDELIVERED
+
+
+def test_close_reason_is_used() -> None:
+    pipe = make_pipe()
+    pipe.receive_bus_envelope(csms_call("m1"), T0)
+    [publish] = published(pipe.close(T0, "replaced by a newer connection"))
+    assert publish.envelope.error_description == "replaced by a newer connection"
+
+
+# -- framing faults ----------------------------------------------------------------------
+
+FAULTS = [
+    # (frame, message id answered, 1.6 code, 2.0.1 code)
+    ("not json", "-1", "FormationViolation", "RpcFrameworkError"),
+    ('{"a": 1}', "-1", "FormationViolation", "RpcFrameworkError"),
+    ('[2, "x"]', "x", "FormationViolation", "RpcFrameworkError"),
+    ('[2, 17, "Heartbeat", {}]', "-1", "FormationViolation", "RpcFrameworkError"),
+    ('["2", "x", "Heartbeat", {}]', "x", "FormationViolation", "RpcFrameworkError"),
+    ('[7, "x", "Heartbeat", {}]', "x", "FormationViolation", "MessageTypeNotSupported"),
+    ('[2, "x", "Heartbeat", {}, 5]', "x", "FormationViolation", "RpcFrameworkError"),
+    ('[2, "x", 5, {}]', "x", "FormationViolation", "FormatViolation"),
+    ('[2, "x", "Heartbeat", []]', "x", "FormationViolation", "FormatViolation"),
+    (f'[2, "{"y" * 37}", "Heartbeat", {{}}]', "-1", "FormationViolation", "RpcFrameworkError"),
+]
+
+
+@pytest.mark.parametrize("version", [rpc.OCPP16, rpc.OCPP201])
+@pytest.mark.parametrize(("frame", "message_id", "code16", "code201"), FAULTS)
+def test_framing_faults_get_version_specific_call_error(
+    version: str, frame: str, message_id: str, code16: str, code201: str
+) -> None:
+    pipe = make_pipe(version)
+    actions = pipe.receive_station_frame(frame, T0)
+    [[type_id, mid, code, description, details]] = sent(actions)
+    assert (type_id, mid, details) == (4, message_id, {})
+    assert code == (code16 if version == rpc.OCPP16 else code201)
+    assert description
+    assert published(actions) == []
+    assert pipe.pending_station_calls == frozenset()
+
+
+@pytest.mark.parametrize(
+    "frame",
+    ['[3, "x"]', '[3, "x", 5]', '[4, "x", "E"]', '[4, "x", "E", "d", []]', "[3, 17, {}]"],
+)
+def test_malformed_answers_are_reported_never_answered(frame: str) -> None:
+    pipe = make_pipe()
+    pipe.receive_bus_envelope(csms_call("x"), T0)
+    actions = pipe.receive_station_frame(frame, T0)
+    assert sent(actions) == [] and published(actions) == []
+    assert reports(actions)
+    assert pipe.in_flight == "x"
+
+
+@pytest.mark.parametrize(
+    ("version", "code"), [(rpc.OCPP16, "FormationViolation"), (rpc.OCPP201, "RpcFrameworkError")]
+)
+def test_binary_call_is_answered_with_its_id(version: str, code: str) -> None:
+    pipe = make_pipe(version)
+    actions = pipe.receive_station_frame(b'[2,"b1","Heartbeat",{}]', T0)
+    [[_, mid, got, description, _]] = sent(actions)
+    assert (mid, got) == ("b1", code)
+    assert "text frames" in description
+    assert published(actions) == []
+
+
+def test_binary_garbage_and_binary_answers() -> None:
+    pipe = make_pipe()
+    [[_, mid, _, _, _]] = sent(pipe.receive_station_frame(b"\xff\x00", T0))
+    assert mid == "-1"
+    assert sent(pipe.receive_station_frame(b'[3,"m1",{}]', T0)) == []
+
+
+@pytest.mark.parametrize(
+    ("version", "code"), [(rpc.OCPP16, "FormationViolation"), (rpc.OCPP201, "FormatViolation")]
+)
+def test_oversized_call_is_answered_with_format_violation(version: str, code: str) -> None:
+    pipe = make_pipe(version)
+    frame = '[2, "big1", "DataTransfer", {"data": "' + "x" * 2000 + '"}]'
+    actions = pipe.receive_station_frame(frame, T0)
+    [[_, mid, got, description, _]] = sent(actions)
+    assert (mid, got) == ("big1", code)
+    assert "exceeds the limit of 1024" in description
+    assert published(actions) == []
+
+
+def test_oversized_frames_counted_in_utf8_bytes() -> None:
+    pipe = make_pipe()
+    # 600 characters but 1200 bytes in UTF-8.
+    frame = '[2,"u1","DataTransfer",{"data":"' + "é" * 600 + '"}]'
+    assert sent(pipe.receive_station_frame(frame, T0))[0][1] == "u1"
+    # Just under the limit in bytes: handled normally.
+    ok = '[2,"u2","DataTransfer",{"data":"' + "é" * 400 + '"}]'
+    assert published(pipe.receive_station_frame(ok, T0))
+
+
+def test_oversized_unreadable_or_answer_frames() -> None:
+    pipe = make_pipe()
+    [[_, mid, _, _, _]] = sent(pipe.receive_station_frame("x" * 2000, T0))
+    assert mid == "-1"
+    assert sent(pipe.receive_station_frame('[3, "m1", {"d": "' + "x" * 2000 + '"}]', T0)) == []
+
+
+def test_unsupported_version_is_refused() -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        Pipe("CP", "ocpp1.5", connection="c", gateway="g")

@@ -1,0 +1,563 @@
+"""OCPP 1.6 handlers on the in-memory services: decisions, persistence, schema-valid answers.
+
+Every request is checked against its request schema before the handler sees it (as the
+router does) and every answer against its response schema.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from csms.bus.memory import MemoryBroker
+from csms.config import Settings, TariffSettings
+from csms.envelope import OriginalCall
+from csms.rpc import OCPP16, RpcError
+from csms.topics import Topics
+from manager.call_maker import CallMaker
+from manager.context import CallContext, OcppError, ResultContext
+from manager.v16 import HANDLERS, RESULT_HANDLERS
+from ocpp_schemas import Direction, actions, validate
+from services import Services
+from services.memory import (
+    MemoryIdempotencyStore,
+    MemoryStationRegistry,
+    MemoryTokenStore,
+    MemoryTransactionStore,
+)
+from services.models import (
+    AuthorizationStatus,
+    RegistrationStatus,
+    StationRecord,
+    TokenRecord,
+    TransactionState,
+)
+from services.tariff import ConfiguredTariff
+
+NOW = dt.datetime(2025, 1, 15, 12, 0, tzinfo=dt.UTC)
+NOW_ISO = "2025-01-15T12:00:00.000Z"
+STATION = "CP-1"
+
+
+@dataclass
+class Harness:
+    """Calls 1.6 handlers the way the router does, on in-memory services."""
+
+    settings: Settings = field(default_factory=Settings)
+    services: Services = field(init=False)
+    calls: CallMaker = field(init=False)
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        self.services = Services(
+            stations=MemoryStationRegistry(),
+            tokens=MemoryTokenStore(clock=lambda: NOW),
+            transactions=MemoryTransactionStore(),
+            tariff=ConfiguredTariff(self.settings.tariff),
+            idempotency=MemoryIdempotencyStore(),
+        )
+        self.calls = CallMaker(MemoryBroker().client(), Topics())
+
+    def ctx(self, action: str, station: str = STATION) -> CallContext:
+        return CallContext(
+            station_id=station,
+            version=OCPP16,
+            message_id=f"m{next(self._ids)}",
+            action=action,
+            services=self.services,
+            settings=self.settings,
+            calls=self.calls,
+            log=structlog.get_logger().bind(station=station, action=action),
+            received_at=NOW,
+        )
+
+    async def call(
+        self, action: str, payload: dict[str, Any], station: str = STATION
+    ) -> dict[str, Any]:
+        validate(OCPP16, action, Direction.REQUEST, payload)
+        response = await HANDLERS[action](self.ctx(action, station), payload)
+        validate(OCPP16, action, Direction.RESPONSE, response)
+        return response
+
+    async def provision(
+        self, station: str = STATION, registration: RegistrationStatus = RegistrationStatus.ACCEPTED
+    ) -> None:
+        await self.services.stations.put(
+            StationRecord(station_id=station, registration=registration, known=True)
+        )
+
+
+BOOT = {"chargePointVendor": "Acme", "chargePointModel": "Wallbox 22", "firmwareVersion": "1.2"}
+
+
+@pytest.fixture
+async def h() -> Harness:
+    harness = Harness(
+        Settings(
+            tariff=TariffSettings(energy_price_per_kwh=Decimal("0.40")),
+            heartbeat_interval=300,
+            pending_retry_interval=60,
+        )
+    )
+    await harness.provision()
+    await harness.services.tokens.put(TokenRecord(id_token="TAG1", group_id="FLEET"))
+    await harness.services.tokens.put(TokenRecord(id_token="TAG2"))
+    await harness.services.tokens.put(
+        TokenRecord(id_token="BLOCKED", status=AuthorizationStatus.BLOCKED)
+    )
+    await harness.services.tokens.put(
+        TokenRecord(id_token="OLD", expiry="2024-12-31T23:59:59Z", group_id="FLEET")
+    )
+    return harness
+
+
+def test_handler_tables_name_real_actions() -> None:
+    assert set(HANDLERS) <= actions(OCPP16)
+    assert set(RESULT_HANDLERS) <= actions(OCPP16)
+    for action in ("BootNotification", "Heartbeat", "StatusNotification", "Authorize"):
+        assert action in HANDLERS
+    for action in ("StartTransaction", "StopTransaction", "MeterValues"):
+        assert action in HANDLERS
+
+
+# --- BootNotification ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("registration", "interval"),
+    [
+        (RegistrationStatus.ACCEPTED, 300),
+        (RegistrationStatus.PENDING, 60),
+        (RegistrationStatus.REJECTED, 60),
+    ],
+)
+async def test_boot_known_station_gets_its_registration(
+    registration: RegistrationStatus, interval: int
+) -> None:
+    # The policy says reject: a known station's own registration wins over it.
+    h = Harness(Settings(unknown_stations="reject"))
+    await h.provision(registration=registration)
+    response = await h.call("BootNotification", BOOT)
+    assert response == {"status": registration.value, "currentTime": NOW_ISO, "interval": interval}
+    record = await h.services.stations.get(STATION)
+    assert record is not None and record.boot is not None
+    assert record.known
+    assert (record.boot.vendor, record.boot.model) == ("Acme", "Wallbox 22")
+    assert record.boot.firmware_version == "1.2"
+    assert record.ocpp_version == OCPP16
+    assert record.last_boot_at == NOW_ISO
+
+
+@pytest.mark.parametrize(
+    ("policy", "status", "interval"),
+    [("accept", "Accepted", 300), ("pending", "Pending", 60), ("reject", "Rejected", 60)],
+)
+async def test_boot_unknown_station_follows_policy(policy: Any, status: str, interval: int) -> None:
+    h = Harness(Settings(unknown_stations=policy))
+    response = await h.call(
+        "BootNotification", {**BOOT, "chargeBoxSerialNumber": "BOX-9"}, station="NEW-1"
+    )
+    assert response["status"] == status
+    assert response["interval"] == interval
+    record = await h.services.stations.get("NEW-1")
+    assert record is not None and record.boot is not None
+    assert not record.known
+    assert record.registration == status
+    assert record.boot.serial_number == "BOX-9"
+
+
+async def test_unknown_station_reboot_is_decided_by_policy_again() -> None:
+    h = Harness(Settings(unknown_stations="pending"))
+    assert (await h.call("BootNotification", BOOT, station="NEW-1"))["status"] == "Pending"
+    h.settings = Settings(unknown_stations="accept")
+    assert (await h.call("BootNotification", BOOT, station="NEW-1"))["status"] == "Accepted"
+
+
+async def test_rejected_station_may_only_boot() -> None:
+    h = Harness(Settings(unknown_stations="reject"))
+    await h.call("BootNotification", BOOT, station="NEW-1")
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("Heartbeat", {}),
+        ("Authorize", {"idTag": "TAG1"}),
+        ("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Available"}),
+    ]
+    for action, payload in calls:
+        with pytest.raises(OcppError) as caught:
+            await h.call(action, payload, station="NEW-1")
+        assert caught.value.error is RpcError.SECURITY_ERROR
+    # A station that never booted is judged by the policy too.
+    with pytest.raises(OcppError):
+        await h.call("Heartbeat", {}, station="NEVER-BOOTED")
+    assert (await h.call("BootNotification", BOOT, station="NEW-1"))["status"] == "Rejected"
+
+
+async def test_pending_station_may_send_heartbeat_and_status() -> None:
+    h = Harness(Settings(unknown_stations="pending"))
+    await h.call("BootNotification", BOOT, station="NEW-1")
+    assert await h.call("Heartbeat", {}, station="NEW-1") == {"currentTime": NOW_ISO}
+    status = {"connectorId": 0, "errorCode": "NoError", "status": "Available"}
+    assert await h.call("StatusNotification", status, station="NEW-1") == {}
+
+
+# --- Heartbeat, StatusNotification -----------------------------------------------------------
+
+
+async def test_heartbeat_answers_time_and_records_last_seen(h: Harness) -> None:
+    assert await h.call("Heartbeat", {}) == {"currentTime": NOW_ISO}
+    record = await h.services.stations.get(STATION)
+    assert record is not None and record.last_seen == NOW_ISO
+
+
+async def test_status_notification_is_stored_per_connector(h: Harness) -> None:
+    await h.call(
+        "StatusNotification",
+        {
+            "connectorId": 2,
+            "errorCode": "GroundFailure",
+            "status": "Faulted",
+            "info": "RCD tripped",
+            "vendorErrorCode": "E42",
+            "timestamp": "2025-01-15T11:59:00Z",
+        },
+    )
+    await h.call(
+        "StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Charging"}
+    )
+    statuses = {s.connector_id: s for s in await h.services.stations.connector_statuses(STATION)}
+    assert statuses[2].evse_id == 2
+    assert (statuses[2].status, statuses[2].error_code) == ("Faulted", "GroundFailure")
+    assert (statuses[2].info, statuses[2].vendor_error_code) == ("RCD tripped", "E42")
+    assert statuses[2].at == "2025-01-15T11:59:00Z"
+    assert statuses[1].status == "Charging"
+    assert statuses[1].at == NOW_ISO
+
+
+# --- Authorize -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tag", "expected"),
+    [
+        ("TAG1", {"status": "Accepted", "parentIdTag": "FLEET"}),
+        ("BLOCKED", {"status": "Blocked"}),
+        (
+            "OLD",
+            {"status": "Expired", "expiryDate": "2024-12-31T23:59:59.000Z", "parentIdTag": "FLEET"},
+        ),
+        ("NOBODY", {"status": "Invalid"}),  # Unknown does not exist in 1.6
+    ],
+)
+async def test_authorize(h: Harness, tag: str, expected: dict[str, Any]) -> None:
+    assert await h.call("Authorize", {"idTag": tag}) == {"idTagInfo": expected}
+
+
+async def test_authorize_statuses_1_6_lacks_become_invalid_and_long_groups_are_left_out(
+    h: Harness,
+) -> None:
+    await h.services.tokens.put(
+        TokenRecord(
+            id_token="BROKE",
+            status=AuthorizationStatus.NO_CREDIT,
+            group_id="A-GROUP-NAME-LONGER-THAN-20",
+            expiry="2030-01-01T00:00:00Z",
+        )
+    )
+    response = await h.call("Authorize", {"idTag": "BROKE"})
+    assert response == {
+        "idTagInfo": {"status": "Invalid", "expiryDate": "2030-01-01T00:00:00.000Z"}
+    }
+
+
+async def test_authorize_does_not_refuse_a_tag_with_a_running_transaction(h: Harness) -> None:
+    await start(h, "TAG1", connector=1)
+    assert (await h.call("Authorize", {"idTag": "TAG1"}))["idTagInfo"]["status"] == "Accepted"
+
+
+# --- transactions --------------------------------------------------------------------------
+
+
+async def start(
+    h: Harness, tag: str, connector: int = 1, meter: int = 1000, station: str = STATION
+) -> dict[str, Any]:
+    return await h.call(
+        "StartTransaction",
+        {
+            "connectorId": connector,
+            "idTag": tag,
+            "meterStart": meter,
+            "timestamp": "2025-01-15T10:00:00Z",
+        },
+        station=station,
+    )
+
+
+def sample(at: str, value: str, unit: str = "kWh", **extra: str) -> dict[str, Any]:
+    return {
+        "timestamp": at,
+        "sampledValue": [
+            {"value": "230.1", "measurand": "Voltage", "unit": "V"},
+            {"value": value, "measurand": "Energy.Active.Import.Register", "unit": unit, **extra},
+        ],
+    }
+
+
+async def test_full_session_energy_and_cost(h: Harness) -> None:
+    started = await start(h, "TAG1", connector=1, meter=1000)
+    assert started["idTagInfo"] == {"status": "Accepted", "parentIdTag": "FLEET"}
+    tx_id = started["transactionId"]
+    tx = await h.services.transactions.get(STATION, str(tx_id))
+    assert tx is not None
+    assert (tx.state, tx.connector_id, tx.evse_id) == (TransactionState.ACTIVE, 1, 1)
+    assert (tx.id_token, tx.group_id, tx.meter_start_wh) == ("TAG1", "FLEET", 1000)
+    assert tx.started_at == "2025-01-15T10:00:00Z"
+    assert [r.wh for r in tx.readings] == [1000]
+
+    for at, kwh in [("2025-01-15T10:15:00Z", "2.5"), ("2025-01-15T10:30:00Z", "5.0")]:
+        response = await h.call(
+            "MeterValues",
+            {"connectorId": 1, "transactionId": tx_id, "meterValue": [sample(at, kwh)]},
+        )
+        assert response == {}
+    tx = await h.services.transactions.get(STATION, str(tx_id))
+    assert tx is not None and tx.energy_wh == 4000
+
+    stopped = await h.call(
+        "StopTransaction",
+        {
+            "transactionId": tx_id,
+            "idTag": "TAG1",
+            "meterStop": 8500,
+            "timestamp": "2025-01-15T11:00:00Z",
+            "reason": "EVDisconnected",
+            "transactionData": [sample("2025-01-15T10:45:00Z", "7.25")],
+        },
+    )
+    assert stopped == {"idTagInfo": {"status": "Accepted", "parentIdTag": "FLEET"}}
+    tx = await h.services.transactions.get(STATION, str(tx_id))
+    assert tx is not None
+    assert tx.state is TransactionState.ENDED
+    assert (tx.ended_at, tx.stop_reason, tx.meter_stop_wh) == (
+        "2025-01-15T11:00:00Z",
+        "EVDisconnected",
+        8500,
+    )
+    assert [r.wh for r in tx.readings] == [1000, 2500, 5000, 7250, 8500]
+    assert tx.energy_wh == 7500
+    assert tx.cost is not None
+    assert (tx.cost.total, tx.cost.currency) == ("3.00", "EUR")  # 7.5 kWh x 0.40
+    assert await h.services.transactions.active(STATION) == []
+
+
+async def test_stop_replay_changes_nothing(h: Harness) -> None:
+    tx_id = (await start(h, "TAG1"))["transactionId"]
+    stop = {"transactionId": tx_id, "meterStop": 3000, "timestamp": "2025-01-15T11:00:00Z"}
+    assert await h.call("StopTransaction", stop) == {}
+    first = await h.services.transactions.get(STATION, str(tx_id))
+    assert first is not None and first.cost is not None
+    assert first.stop_reason == "Local"  # the spec's default reason
+    # Replayed, even with a different tariff in force: the ended transaction keeps its price.
+    h.services.tariff = ConfiguredTariff(TariffSettings(energy_price_per_kwh=Decimal("9")))
+    assert await h.call("StopTransaction", {**stop, "meterStop": 9999}) == {}
+    assert await h.services.transactions.get(STATION, str(tx_id)) == first
+    assert first.cost.total == "0.80"
+
+
+async def test_stop_of_unknown_transaction_is_answered_and_recorded(h: Harness) -> None:
+    response = await h.call(
+        "StopTransaction",
+        {
+            "transactionId": 4242,
+            "idTag": "BLOCKED",
+            "meterStop": 5000,
+            "timestamp": "2025-01-15T11:00:00Z",
+            "transactionData": [sample("2025-01-15T10:00:00Z", "1000", unit="Wh")],
+        },
+    )
+    assert response == {"idTagInfo": {"status": "Blocked"}}
+    tx = await h.services.transactions.get(STATION, "4242")
+    assert tx is not None
+    assert tx.state is TransactionState.ENDED
+    assert (tx.id_token, tx.energy_wh) == ("BLOCKED", 4000)
+    assert tx.cost is not None and tx.cost.total == "1.60"
+
+
+async def test_start_with_refused_tag_still_assigns_and_stores(h: Harness) -> None:
+    for tag, status in [("BLOCKED", "Blocked"), ("OLD", "Expired"), ("NOBODY", "Invalid")]:
+        response = await start(h, tag, connector=3)
+        assert response["idTagInfo"]["status"] == status
+        tx = await h.services.transactions.get(STATION, str(response["transactionId"]))
+        assert tx is not None and tx.id_token == tag
+
+
+async def test_concurrent_tx(h: Harness) -> None:
+    await h.provision("CP-2")
+    first = await start(h, "TAG2", connector=1)
+    assert first["idTagInfo"]["status"] == "Accepted"
+    # On the connector of its own (stale: its stop was lost) transaction it is no second
+    # session.
+    assert (await start(h, "TAG2", connector=1))["idTagInfo"]["status"] == "Accepted"
+    # Same token on another connector, here or at another station: ConcurrentTx.
+    assert (await start(h, "TAG2", connector=2))["idTagInfo"]["status"] == "ConcurrentTx"
+    assert (await start(h, "TAG2", station="CP-2"))["idTagInfo"]["status"] == "ConcurrentTx"
+    # A blocked token stays Blocked rather than becoming ConcurrentTx.
+    await start(h, "BLOCKED", connector=4)
+    assert (await start(h, "BLOCKED", connector=5))["idTagInfo"]["status"] == "Blocked"
+
+
+async def test_resent_start_gets_the_same_transaction(h: Harness) -> None:
+    first = await start(h, "TAG1", connector=1, meter=1000)
+    again = await start(h, "TAG1", connector=1, meter=1000)
+    assert again == first
+    assert len(await h.services.transactions.active(STATION)) == 1
+    # Another start on that connector (other meter value) is a new transaction.
+    other = await start(h, "TAG1", connector=1, meter=1200)
+    assert other["transactionId"] != first["transactionId"]
+
+
+async def test_concurrent_tx_ends_with_the_transaction(h: Harness) -> None:
+    tx_id = (await start(h, "TAG2", connector=1))["transactionId"]
+    stop = {"transactionId": tx_id, "meterStop": 2000, "timestamp": "2025-01-15T11:00:00Z"}
+    await h.call("StopTransaction", stop)
+    assert (await start(h, "TAG2", connector=2))["idTagInfo"]["status"] == "Accepted"
+
+
+async def test_transaction_ids_are_unique_across_stations(h: Harness) -> None:
+    await h.provision("CP-2")
+    ids = [
+        (await start(h, f"T{n}", connector=n % 3, station=("CP-2" if n % 2 else STATION)))[
+            "transactionId"
+        ]
+        for n in range(20)
+    ]
+    assert len(set(ids)) == 20
+    assert all(isinstance(i, int) and 0 < i < 2**31 for i in ids)
+
+
+async def test_meter_values_without_or_with_unknown_transaction(h: Harness) -> None:
+    reading = [sample("2025-01-15T10:15:00Z", "2.5")]
+    assert await h.call("MeterValues", {"connectorId": 0, "meterValue": reading}) == {}
+    unknown = {"connectorId": 1, "transactionId": 999, "meterValue": reading}
+    assert await h.call("MeterValues", unknown) == {}
+    assert await h.services.transactions.get(STATION, "999") is None
+
+
+async def test_meter_values_ignore_other_measurands_and_repeats(h: Harness) -> None:
+    tx_id = (await start(h, "TAG1", meter=1000))["transactionId"]
+    power = {
+        "timestamp": "2025-01-15T10:05:00Z",
+        "sampledValue": [{"value": "11000", "measurand": "Power.Active.Import", "unit": "W"}],
+    }
+    energy = sample("2025-01-15T10:10:00Z", "1500", unit="Wh")
+    payload = {"connectorId": 1, "transactionId": tx_id, "meterValue": [power, energy]}
+    await h.call("MeterValues", payload)
+    await h.call("MeterValues", payload)
+    tx = await h.services.transactions.get(STATION, str(tx_id))
+    assert tx is not None
+    assert [r.wh for r in tx.readings] == [1000, 1500]
+    assert tx.energy_wh == 500
+
+
+async def test_late_meter_values_reprice_an_ended_transaction(h: Harness) -> None:
+    tx_id = (await start(h, "TAG1", meter=1000))["transactionId"]
+    stop = {"transactionId": tx_id, "meterStop": 1000, "timestamp": "2025-01-15T10:20:00Z"}
+    await h.call("StopTransaction", stop)
+    # The register moved back and forth: only positive steps count as delivered energy.
+    late = [sample("2025-01-15T10:10:00Z", "3.5")]
+    await h.call("MeterValues", {"connectorId": 1, "transactionId": tx_id, "meterValue": late})
+    tx = await h.services.transactions.get(STATION, str(tx_id))
+    assert tx is not None and tx.energy_wh == 2500
+    assert tx.cost is not None and tx.cost.total == "1.00"
+
+
+# --- small messages ------------------------------------------------------------------------
+
+
+async def test_data_transfer_is_unknown_vendor(h: Harness) -> None:
+    response = await h.call(
+        "DataTransfer", {"vendorId": "com.acme", "messageId": "x", "data": "{}"}
+    )
+    assert response == {"status": "UnknownVendorId"}
+
+
+@pytest.mark.parametrize(
+    ("action", "payload"),
+    [
+        ("DiagnosticsStatusNotification", {"status": "Uploaded"}),
+        ("FirmwareStatusNotification", {"status": "Installed"}),
+        ("SignedFirmwareStatusNotification", {"status": "Installed", "requestId": 3}),
+        ("LogStatusNotification", {"status": "Uploaded", "requestId": 4}),
+        (
+            "SecurityEventNotification",
+            {"type": "FirmwareUpdated", "timestamp": "2025-01-15T11:00:00Z"},
+        ),
+    ],
+)
+async def test_notifications_are_acknowledged(
+    h: Harness, action: str, payload: dict[str, Any]
+) -> None:
+    with capture_logs() as logs:
+        assert await h.call(action, payload) == {}
+    assert any(entry.get("status", entry.get("type")) for entry in logs)
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+def result_ctx(h: Harness, **answer: Any) -> ResultContext:
+    return ResultContext(
+        station_id=STATION,
+        version=OCPP16,
+        request=OriginalCall(
+            message_id="c1",
+            action="ChangeConfiguration",
+            payload={"key": "HeartbeatInterval", "value": "120"},
+        ),
+        services=h.services,
+        settings=h.settings,
+        calls=h.calls,
+        log=structlog.get_logger(),
+        **answer,
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "level"),
+    [
+        ("Accepted", "info"),
+        ("RebootRequired", "info"),
+        ("Rejected", "warning"),
+        ("NotSupported", "warning"),
+    ],
+)
+async def test_change_configuration_result_is_logged(h: Harness, status: str, level: str) -> None:
+    payload = {"status": status}
+    validate(OCPP16, "ChangeConfiguration", Direction.RESPONSE, payload)
+    with capture_logs() as logs:
+        await RESULT_HANDLERS["ChangeConfiguration"](result_ctx(h, payload=payload))
+    assert logs == [
+        {
+            "event": "configuration_change",
+            "key": "HeartbeatInterval",
+            "value": "120",
+            "status": status,
+            "log_level": level,
+        }
+    ]
+
+
+async def test_change_configuration_without_answer_is_a_warning(h: Harness) -> None:
+    with capture_logs() as logs:
+        await RESULT_HANDLERS["ChangeConfiguration"](result_ctx(h, timed_out=True))
+        await RESULT_HANDLERS["ChangeConfiguration"](
+            result_ctx(h, error_code="NotImplemented", error_description="no")
+        )
+    assert [(e["event"], e["log_level"]) for e in logs] == [("call_failed", "warning")] * 2
+    assert logs[0]["timed_out"] is True
+    assert logs[1]["error_code"] == "NotImplemented"

@@ -1,0 +1,379 @@
+"""Behaviour every store implementation must have, run here against the in-memory stores.
+
+tests/integration/test_redis_services.py imports these tests and runs them again against
+Redis by overriding the fixtures below, so both implementations answer the same contract.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import msgspec
+import pytest
+
+from services.interfaces import IdempotencyStore, StationRegistry, TokenStore, TransactionStore
+from services.memory import (
+    MemoryIdempotencyStore,
+    MemoryStationRegistry,
+    MemoryTokenStore,
+    MemoryTransactionStore,
+)
+from services.models import (
+    AuthorizationStatus,
+    BootInfo,
+    ConnectorStatus,
+    EnergyReading,
+    RegistrationStatus,
+    StationRecord,
+    TokenRecord,
+    Transaction,
+    TransactionState,
+)
+
+NOW = dt.datetime(2026, 1, 15, 12, 0, tzinfo=dt.UTC)
+TokenStoreFactory = Callable[..., TokenStore]
+
+
+@pytest.fixture
+def registry() -> StationRegistry:
+    return MemoryStationRegistry()
+
+
+@pytest.fixture
+def make_tokens() -> TokenStoreFactory:
+    def make(*, accept_unknown: bool = False) -> TokenStore:
+        return MemoryTokenStore(accept_unknown=accept_unknown, clock=lambda: NOW)
+
+    return make
+
+
+@pytest.fixture
+def transactions() -> TransactionStore:
+    return MemoryTransactionStore()
+
+
+@pytest.fixture
+def idempotency() -> IdempotencyStore:
+    return MemoryIdempotencyStore()
+
+
+BOOT = BootInfo(vendor="ACME", model="Wallbox", serial_number="S-1")
+
+
+# --- station registry ----------------------------------------------------------------------
+
+
+async def test_registry_satisfies_protocol(registry: StationRegistry) -> None:
+    assert isinstance(registry, StationRegistry)
+
+
+async def test_record_boot_creates_unknown_station(registry: StationRegistry) -> None:
+    record = await registry.record_boot(
+        "CS:1/a", "ocpp2.0.1", BOOT, RegistrationStatus.ACCEPTED, "2026-01-15T12:00:00Z"
+    )
+    assert record.known is False
+    assert record.registration is RegistrationStatus.ACCEPTED
+    assert record.boot == BOOT
+    assert record.ocpp_version == "ocpp2.0.1"
+    assert record.last_boot_at == "2026-01-15T12:00:00Z"
+    assert await registry.get("CS:1/a") == record
+    assert await registry.get("CS:1") is None
+
+
+async def test_record_boot_keeps_provisioned_facts(registry: StationRegistry) -> None:
+    await registry.put(
+        StationRecord(
+            station_id="CS1",
+            registration=RegistrationStatus.PENDING,
+            security_profile=2,
+            password_hash="h",
+            allowed_versions=["ocpp1.6"],
+        )
+    )
+    record = await registry.record_boot(
+        "CS1", "ocpp1.6", BOOT, RegistrationStatus.PENDING, "2026-01-15T12:00:00Z"
+    )
+    assert record.known is True
+    assert record.security_profile == 2
+    assert record.password_hash == "h"
+    assert record.allowed_versions == ["ocpp1.6"]
+    assert record.boot == BOOT
+
+
+async def test_set_registration_creates_or_changes(registry: StationRegistry) -> None:
+    await registry.set_registration("new", RegistrationStatus.REJECTED)
+    created = await registry.get("new")
+    assert created is not None
+    assert created.known is False
+    assert created.registration is RegistrationStatus.REJECTED
+    await registry.put(StationRecord(station_id="p", registration=RegistrationStatus.ACCEPTED))
+    await registry.set_registration("p", RegistrationStatus.PENDING)
+    changed = await registry.get("p")
+    assert changed is not None
+    assert changed.known is True
+    assert changed.registration is RegistrationStatus.PENDING
+
+
+async def test_newest_connection_owns_the_station(registry: StationRegistry) -> None:
+    await registry.mark_connected("CS1", "ocpp1.6", "gw-a", "conn-1", "2026-01-15T12:00:00Z")
+    await registry.mark_connected("CS1", "ocpp1.6", "gw-b", "conn-2", "2026-01-15T12:00:05Z")
+    # The old socket's close arrives after the new one connected: the station stays online.
+    assert await registry.mark_disconnected("CS1", "conn-1", "2026-01-15T12:00:06Z") is False
+    record = await registry.get("CS1")
+    assert record is not None
+    assert (record.online, record.connection, record.gateway) == (True, "conn-2", "gw-b")
+    assert record.known is False
+    assert await registry.mark_disconnected("CS1", "conn-2", "2026-01-15T12:01:00Z") is True
+    record = await registry.get("CS1")
+    assert record is not None
+    assert (record.online, record.connection) == (False, None)
+    assert record.disconnected_at == "2026-01-15T12:01:00Z"
+    # A repeated disconnect changes nothing.
+    assert await registry.mark_disconnected("CS1", "conn-2", "2026-01-15T12:02:00Z") is False
+
+
+async def test_late_connect_event_of_older_socket_is_ignored(registry: StationRegistry) -> None:
+    await registry.mark_connected("CS1", "ocpp2.0.1", "gw-b", "new", "2026-01-15T12:00:05Z")
+    await registry.mark_connected("CS1", "ocpp2.0.1", "gw-a", "old", "2026-01-15T12:00:00Z")
+    record = await registry.get("CS1")
+    assert record is not None
+    assert record.connection == "new"
+
+
+async def test_disconnect_of_unknown_station(registry: StationRegistry) -> None:
+    assert await registry.mark_disconnected("ghost", "c", "2026-01-15T12:00:00Z") is False
+    assert await registry.get("ghost") is None
+
+
+async def test_touch_moves_last_seen_forward_only(registry: StationRegistry) -> None:
+    await registry.touch("absent", "2026-01-15T12:00:00Z")
+    assert await registry.get("absent") is None
+    await registry.put(StationRecord(station_id="CS1"))
+    await registry.touch("CS1", "2026-01-15T12:00:10Z")
+    await registry.touch("CS1", "2026-01-15T12:00:05Z")
+    record = await registry.get("CS1")
+    assert record is not None
+    assert record.last_seen == "2026-01-15T12:00:10Z"
+
+
+async def test_connector_statuses_latest_per_connector(registry: StationRegistry) -> None:
+    at = "2026-01-15T12:00:00Z"
+    await registry.set_connector_status(
+        "CS1", ConnectorStatus(evse_id=2, connector_id=1, status="Available", at=at)
+    )
+    await registry.set_connector_status(
+        "CS1", ConnectorStatus(evse_id=1, connector_id=1, status="Available", at=at)
+    )
+    await registry.set_connector_status(
+        "CS1",
+        ConnectorStatus(evse_id=1, connector_id=1, status="Faulted", at=at, error_code="X"),
+    )
+    statuses = await registry.connector_statuses("CS1")
+    assert [(s.evse_id, s.status) for s in statuses] == [(1, "Faulted"), (2, "Available")]
+    assert await registry.connector_statuses("other") == []
+
+
+async def test_returned_records_are_copies(registry: StationRegistry) -> None:
+    await registry.put(StationRecord(station_id="CS1", allowed_versions=["ocpp1.6"]))
+    record = await registry.get("CS1")
+    assert record is not None
+    record.allowed_versions.append("ocpp2.0.1")
+    again = await registry.get("CS1")
+    assert again is not None
+    assert again.allowed_versions == ["ocpp1.6"]
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+
+async def test_unknown_token(make_tokens: TokenStoreFactory) -> None:
+    tokens = make_tokens()
+    assert isinstance(tokens, TokenStore)
+    decision = await tokens.authorize("nope")
+    assert decision.status is AuthorizationStatus.UNKNOWN
+
+
+async def test_first_try_mode_accepts_unknown_but_not_blocked(
+    make_tokens: TokenStoreFactory,
+) -> None:
+    tokens = make_tokens(accept_unknown=True)
+    assert (await tokens.authorize("nope")).status is AuthorizationStatus.ACCEPTED
+    await tokens.put(TokenRecord(id_token="bad", status=AuthorizationStatus.BLOCKED))
+    assert (await tokens.authorize("bad")).status is AuthorizationStatus.BLOCKED
+
+
+async def test_stored_status_with_expiry_and_group(make_tokens: TokenStoreFactory) -> None:
+    tokens = make_tokens()
+    await tokens.put(TokenRecord(id_token="t:1", expiry="2026-02-01T00:00:00Z", group_id="fleet"))
+    decision = await tokens.authorize("t:1")
+    assert decision.status is AuthorizationStatus.ACCEPTED
+    assert decision.expiry == "2026-02-01T00:00:00Z"
+    assert decision.group_id == "fleet"
+    await tokens.put(TokenRecord(id_token="b", status=AuthorizationStatus.BLOCKED))
+    assert (await tokens.authorize("b")).status is AuthorizationStatus.BLOCKED
+
+
+@pytest.mark.parametrize("status", [AuthorizationStatus.ACCEPTED, AuthorizationStatus.BLOCKED])
+async def test_past_expiry_is_expired_whatever_the_status(
+    make_tokens: TokenStoreFactory, status: AuthorizationStatus
+) -> None:
+    tokens = make_tokens(accept_unknown=True)
+    await tokens.put(TokenRecord(id_token="old", status=status, expiry="2026-01-15T11:59:59+00:00"))
+    decision = await tokens.authorize("old")
+    assert decision.status is AuthorizationStatus.EXPIRED
+    assert decision.expiry == "2026-01-15T11:59:59+00:00"
+
+
+async def test_unreadable_expiry_fails_closed(make_tokens: TokenStoreFactory) -> None:
+    tokens = make_tokens()
+    await tokens.put(TokenRecord(id_token="x", expiry="next tuesday"))
+    assert (await tokens.authorize("x")).status is AuthorizationStatus.EXPIRED
+
+
+async def test_token_type_must_match_when_stored(make_tokens: TokenStoreFactory) -> None:
+    tokens = make_tokens()
+    await tokens.put(TokenRecord(id_token="E1", token_type="eMAID"))
+    await tokens.put(TokenRecord(id_token="ANY"))
+    assert (await tokens.authorize("E1", "eMAID")).status is AuthorizationStatus.ACCEPTED
+    assert (await tokens.authorize("E1")).status is AuthorizationStatus.ACCEPTED
+    assert (await tokens.authorize("E1", "ISO14443")).status is AuthorizationStatus.UNKNOWN
+    assert (await tokens.authorize("ANY", "ISO14443")).status is AuthorizationStatus.ACCEPTED
+
+
+# --- transactions ----------------------------------------------------------------------------
+
+
+def _start(station: str, tx_id: str, token: str | None = "TAG") -> Callable[..., Transaction]:
+    def change(old: Transaction | None) -> Transaction:
+        assert old is None
+        return Transaction(
+            station_id=station,
+            transaction_id=tx_id,
+            version="ocpp2.0.1",
+            id_token=token,
+            started_at="2026-01-15T12:00:00Z",
+            meter_start_wh=100.0,
+        )
+
+    return change
+
+
+def _end(old: Transaction | None) -> Transaction:
+    assert old is not None
+    return msgspec.structs.replace(old, state=TransactionState.ENDED, meter_stop_wh=900.0)
+
+
+async def test_transactions_satisfy_protocol(transactions: TransactionStore) -> None:
+    assert isinstance(transactions, TransactionStore)
+
+
+async def test_next_transaction_id_increases(transactions: TransactionStore) -> None:
+    ids = [await transactions.next_transaction_id() for _ in range(5)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 5
+    assert all(0 < value <= 2**31 - 1 for value in ids)
+
+
+async def test_update_is_read_modify_write(transactions: TransactionStore) -> None:
+    created = await transactions.update("CS:1", "tx/1", _start("CS:1", "tx/1"))
+    assert created.state is TransactionState.ACTIVE
+    assert await transactions.get("CS:1", "tx/1") == created
+
+    def add_reading(old: Transaction | None) -> Transaction:
+        assert old is not None
+        reading = EnergyReading(at="2026-01-15T12:10:00Z", wh=400.0)
+        return msgspec.structs.replace(old, readings=[*old.readings, reading])
+
+    await transactions.update("CS:1", "tx/1", add_reading)
+    updated = await transactions.update("CS:1", "tx/1", add_reading)
+    assert len(updated.readings) == 2
+    assert updated.readings[0] == EnergyReading(at="2026-01-15T12:10:00Z", wh=400.0)
+    assert await transactions.get("CS:1", "tx/1") == updated
+    assert await transactions.get("CS", "1:tx/1") is None
+
+
+async def test_active_and_find_by_token_follow_state(transactions: TransactionStore) -> None:
+    await transactions.update("CS1", "a", _start("CS1", "a", "TAG"))
+    await transactions.update("CS1", "b", _start("CS1", "b", "OTHER"))
+    await transactions.update("CS2", "a", _start("CS2", "a", "TAG"))
+    assert [tx.transaction_id for tx in await transactions.active("CS1")] == ["a", "b"]
+    found = await transactions.find_by_token("TAG")
+    assert sorted((tx.station_id, tx.transaction_id) for tx in found) == [
+        ("CS1", "a"),
+        ("CS2", "a"),
+    ]
+
+    await transactions.update("CS1", "a", _end)
+    assert [tx.transaction_id for tx in await transactions.active("CS1")] == ["b"]
+    assert [tx.station_id for tx in await transactions.find_by_token("TAG")] == ["CS2"]
+    ended = await transactions.get("CS1", "a")
+    assert ended is not None
+    assert ended.state is TransactionState.ENDED
+    assert await transactions.active("nobody") == []
+    assert await transactions.find_by_token("nobody") == []
+
+
+async def test_token_change_moves_index(transactions: TransactionStore) -> None:
+    await transactions.update("CS1", "a", _start("CS1", "a", None))
+    assert await transactions.find_by_token("LATE") == []
+
+    def authorize_late(old: Transaction | None) -> Transaction:
+        assert old is not None
+        return msgspec.structs.replace(old, id_token="LATE")
+
+    await transactions.update("CS1", "a", authorize_late)
+    assert [tx.transaction_id for tx in await transactions.find_by_token("LATE")] == ["a"]
+
+    def swap(old: Transaction | None) -> Transaction:
+        assert old is not None
+        return msgspec.structs.replace(old, id_token="NEW")
+
+    await transactions.update("CS1", "a", swap)
+    assert await transactions.find_by_token("LATE") == []
+    assert len(await transactions.find_by_token("NEW")) == 1
+
+
+async def test_update_cannot_change_keys(transactions: TransactionStore) -> None:
+    with pytest.raises(ValueError, match="keys cannot change"):
+        await transactions.update("CS1", "a", _start("CS1", "b"))
+    assert await transactions.get("CS1", "a") is None
+    assert await transactions.get("CS1", "b") is None
+
+
+async def test_failing_change_stores_nothing(transactions: TransactionStore) -> None:
+    def boom(old: Transaction | None) -> Transaction:
+        raise RuntimeError("handler bug")
+
+    with pytest.raises(RuntimeError):
+        await transactions.update("CS1", "a", boom)
+    assert await transactions.get("CS1", "a") is None
+
+
+# --- idempotency -----------------------------------------------------------------------------
+
+
+async def test_claim_complete_replay(idempotency: IdempotencyStore) -> None:
+    assert isinstance(idempotency, IdempotencyStore)
+    assert await idempotency.claim("k", 60) is True
+    assert await idempotency.claim("k", 60) is False
+    await idempotency.complete("k", b'[3,"1",{}]', 60)
+    assert await idempotency.claim("k", 60) == b'[3,"1",{}]'
+    assert await idempotency.claim("k", 60) == b'[3,"1",{}]'
+
+
+async def test_release_lets_a_retry_work_but_keeps_answers(idempotency: IdempotencyStore) -> None:
+    assert await idempotency.claim("k", 60) is True
+    await idempotency.release("k")
+    assert await idempotency.claim("k", 60) is True
+    await idempotency.complete("k", b"A", 60)
+    await idempotency.release("k")
+    assert await idempotency.claim("k", 60) == b"A"
+    await idempotency.release("never-claimed")
+
+
+async def test_empty_and_marker_like_answers_round_trip(idempotency: IdempotencyStore) -> None:
+    for key, answer in (("e", b""), ("p", b"P"), ("a", b"A")):
+        assert await idempotency.claim(key, 60) is True
+        await idempotency.complete(key, answer, 60)
+        assert await idempotency.claim(key, 60) == answer

@@ -1,0 +1,576 @@
+"""The manager worker on the in-process bus: answers, idempotency, sharing, ordering, events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from csms.bus import Message
+from csms.bus.memory import MemoryBroker, MemoryBus
+from csms.config import Settings
+from csms.envelope import (
+    ConnectionEvent,
+    ConnectionEventKind,
+    Envelope,
+    Kind,
+    OriginalCall,
+    decode_envelope,
+    encode,
+)
+from csms.rpc import OCPP16, OCPP201, RpcError
+from csms.topics import Topics
+from manager.context import CallContext, CallHandler, OcppError, ResultContext, ResultHandler
+from manager.worker import Manager
+from services import Services, StoreUnavailable
+from services.memory import (
+    MemoryIdempotencyStore,
+    MemoryStationRegistry,
+    MemoryTokenStore,
+    MemoryTransactionStore,
+)
+from services.models import StationRecord
+from services.tariff import ConfiguredTariff
+
+TOPICS = Topics()
+NOW = "2026-01-01T00:00:00.000Z"
+WAIT = 3.0
+
+
+def make_services(idempotency: Any = None) -> Services:
+    return Services(
+        stations=MemoryStationRegistry(),
+        tokens=MemoryTokenStore(),
+        transactions=MemoryTransactionStore(),
+        tariff=ConfiguredTariff(),
+        idempotency=idempotency or MemoryIdempotencyStore(),
+    )
+
+
+def heartbeat_call(
+    station: str = "CP1",
+    message_id: str = "m1",
+    version: str = OCPP16,
+    connection: str = "conn-1",
+    action: str = "Heartbeat",
+    payload: dict[str, Any] | None = None,
+) -> Envelope:
+    return Envelope(
+        kind=Kind.CALL,
+        station=station,
+        version=version,
+        message_id=message_id,
+        action=action,
+        payload=payload if payload is not None else {},
+        gateway="gw-1",
+        connection=connection,
+    )
+
+
+class CountingHeartbeat:
+    """Answers Heartbeat and counts the runs per (station, message id)."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, str]] = []
+
+    async def __call__(self, ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+        self.runs.append((ctx.station_id, ctx.message_id))
+        return {"currentTime": ctx.now_iso()}
+
+
+class StationSide:
+    """What a gateway does, reduced to publishing calls and reading answers."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self.bus: MemoryBus = broker.client()
+        self._messages: AsyncIterator[Message] | None = None
+
+    async def __aenter__(self) -> StationSide:
+        await self.bus.__aenter__()
+        await self.bus.subscribe(f"{TOPICS.prefix}/out/#")
+        self._messages = self.bus.messages()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.bus.__aexit__()
+
+    async def send(self, envelope: Envelope) -> None:
+        await self.bus.publish(TOPICS.inbound(envelope.version, envelope.station), encode(envelope))
+
+    async def event(self, event: ConnectionEvent) -> None:
+        await self.bus.publish(TOPICS.event(event.version, event.station), encode(event))
+
+    async def receive(self) -> tuple[Message, Envelope]:
+        assert self._messages is not None
+        message = await asyncio.wait_for(anext(self._messages), WAIT)
+        return message, decode_envelope(message.payload)
+
+    async def nothing(self, within: float = 0.2) -> None:
+        assert self._messages is not None
+        with contextlib.suppress(TimeoutError):
+            message = await asyncio.wait_for(anext(self._messages), within)
+            raise AssertionError(f"unexpected message on {message.topic}")
+        # wait_for cancelled the generator; start a fresh one on the same queue.
+        self._messages = self.bus.messages()
+
+
+@pytest.fixture
+def broker() -> MemoryBroker:
+    return MemoryBroker()
+
+
+@pytest.fixture
+async def station(broker: MemoryBroker) -> AsyncIterator[StationSide]:
+    async with StationSide(broker) as side:
+        yield side
+
+
+@contextlib.asynccontextmanager
+async def running(
+    broker: MemoryBroker,
+    services: Services | None = None,
+    *,
+    handlers: dict[str, CallHandler] | None = None,
+    result_handlers: dict[str, ResultHandler] | None = None,
+    concurrency: int = 32,
+    **kwargs: Any,
+) -> AsyncIterator[Manager]:
+    settings = Settings(manager_concurrency=concurrency)
+    async with (
+        broker.client() as bus,
+        Manager(
+            settings,
+            bus,
+            services or make_services(),
+            handlers_v16=handlers or {},
+            result_handlers_v16=result_handlers or {},
+            handlers_v201=handlers or {},
+            result_handlers_v201=result_handlers or {},
+            compile_schemas=kwargs.pop("compile_schemas", False),
+            **kwargs,
+        ) as manager,
+    ):
+        yield manager
+
+
+@contextlib.contextmanager
+def no_errors_logged() -> Iterator[list[Any]]:
+    with capture_logs() as logs:
+        yield logs
+    assert [e for e in logs if e["log_level"] in ("error", "critical")] == []
+
+
+# -- answering --------------------------------------------------------------------------------
+
+
+async def test_call_is_answered_on_the_outbound_topic(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    heartbeat = CountingHeartbeat()
+    async with running(broker, handlers={"Heartbeat": heartbeat}, compile_schemas=True) as m:
+        await station.send(heartbeat_call(station="CP/1+#", message_id="abc"))
+        message, answer = await station.receive()
+    assert message.topic == TOPICS.outbound(OCPP16, "CP/1+#")
+    assert message.properties == {"message_id": "abc", "station": "CP/1+#"}
+    assert answer.kind is Kind.RESULT
+    assert (answer.station, answer.version, answer.message_id) == ("CP/1+#", OCPP16, "abc")
+    assert (answer.gateway, answer.connection) == ("gw-1", "conn-1")
+    assert set(answer.payload) == {"currentTime"}
+    assert heartbeat.runs == [("CP/1+#", "abc")]
+    assert m.stats.calls == 1
+
+
+async def test_both_versions_are_routed(broker: MemoryBroker, station: StationSide) -> None:
+    async with running(broker, handlers={"Heartbeat": CountingHeartbeat()}):
+        await station.send(heartbeat_call(version=OCPP201))
+        message, answer = await station.receive()
+    assert message.topic == TOPICS.outbound(OCPP201, "CP1")
+    assert answer.kind is Kind.RESULT and answer.version == OCPP201
+
+
+async def test_refusals_are_answered(broker: MemoryBroker, station: StationSide) -> None:
+    async with running(broker, handlers={"Heartbeat": CountingHeartbeat()}):
+        await station.send(heartbeat_call(action="Reset", payload={"type": "Hard"}))
+        _, answer = await station.receive()
+        assert (answer.kind, answer.error_code) == (Kind.ERROR, "NotSupported")
+        await station.send(heartbeat_call(message_id="m2", payload={"x": 1}))
+        _, answer = await station.receive()
+        assert answer.error_code == "FormationViolation"
+        assert answer.error_details == {"field": "", "rule": "additionalProperties"}
+
+
+async def test_last_seen_is_touched(broker: MemoryBroker, station: StationSide) -> None:
+    services = make_services()
+    await services.stations.put(StationRecord(station_id="CP1"))
+    async with running(broker, services, handlers={"Heartbeat": CountingHeartbeat()}) as m:
+        await station.send(heartbeat_call())
+        await station.receive()
+        await m.idle()
+    record = await services.stations.get("CP1")
+    assert record is not None and record.last_seen is not None
+
+
+# -- idempotency ------------------------------------------------------------------------------
+
+
+async def test_duplicate_call_gets_the_same_answer_without_rerunning(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    heartbeat = CountingHeartbeat()
+    async with running(broker, handlers={"Heartbeat": heartbeat}) as m:
+        await station.send(heartbeat_call())
+        _, first = await station.receive()
+        await m.idle()
+        # The retry arrives on a new socket: the answer must follow it there.
+        await station.send(heartbeat_call(connection="conn-2"))
+        _, second = await station.receive()
+        assert m.stats.replayed == 1
+    assert heartbeat.runs == [("CP1", "m1")]
+    assert (second.kind, second.payload, second.message_id) == (
+        first.kind,
+        first.payload,
+        first.message_id,
+    )
+    assert second.connection == "conn-2"
+
+
+async def test_same_message_id_with_other_payload_is_not_a_duplicate(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def data_transfer(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+        seen.append(payload)
+        return {"status": "Accepted"}
+
+    async with running(broker, handlers={"DataTransfer": data_transfer}) as m:
+        for data in ("a", "b"):
+            payload = {"vendorId": "v", "data": data}
+            await station.send(heartbeat_call(action="DataTransfer", payload=payload))
+            await station.receive()
+            await m.idle()
+    assert [p["data"] for p in seen] == ["a", "b"]
+
+
+async def test_duplicate_in_progress_elsewhere_is_dropped(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    store = MemoryIdempotencyStore()
+    call = heartbeat_call()
+    heartbeat = CountingHeartbeat()
+    async with running(broker, make_services(store), handlers={"Heartbeat": heartbeat}) as m:
+        from manager.idempotency import idempotency_key
+
+        assert await store.claim(idempotency_key(call), 60) is True  # another worker's claim
+        await station.send(call)
+        await station.nothing()
+        assert m.stats.duplicates_dropped == 1
+    assert heartbeat.runs == []
+
+
+async def test_internal_error_is_not_stored_and_next_message_works(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    runs: list[str] = []
+
+    async def flaky(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+        runs.append(ctx.message_id)
+        if len(runs) == 1:
+            raise RuntimeError("boom")
+        return {"currentTime": NOW}
+
+    async with running(broker, handlers={"Heartbeat": flaky}) as m:
+        with capture_logs():
+            await station.send(heartbeat_call())
+            _, answer = await station.receive()
+        assert (answer.kind, answer.error_code) == (Kind.ERROR, "InternalError")
+        await m.idle()
+        # The station retries the same call: the work is done again, not replayed.
+        await station.send(heartbeat_call())
+        _, answer = await station.receive()
+        assert answer.kind is Kind.RESULT
+        await station.send(heartbeat_call(message_id="m2"))
+        _, answer = await station.receive()
+        assert answer.kind is Kind.RESULT
+        assert m.stats.internal_errors == 1
+    assert runs == ["m1", "m1", "m2"]
+
+
+async def test_ocpp_error_answers_are_stored(broker: MemoryBroker, station: StationSide) -> None:
+    runs: list[str] = []
+
+    async def refuse(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+        runs.append(ctx.message_id)
+        raise OcppError(RpcError.GENERIC, "no")
+
+    async with running(broker, handlers={"Heartbeat": refuse}) as m:
+        for _ in range(2):
+            await station.send(heartbeat_call())
+            _, answer = await station.receive()
+            assert answer.error_code == "GenericError"
+            await m.idle()
+    assert runs == ["m1"]
+
+
+class DownStore:
+    async def claim(self, key: str, ttl: float) -> bool:
+        raise StoreUnavailable("redis down")
+
+    async def complete(self, key: str, answer: bytes, ttl: float) -> None:
+        raise StoreUnavailable("redis down")
+
+    async def release(self, key: str) -> None:
+        raise StoreUnavailable("redis down")
+
+
+async def test_idempotency_store_outage_is_answered_promptly(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    heartbeat = CountingHeartbeat()
+    async with running(broker, make_services(DownStore()), handlers={"Heartbeat": heartbeat}):
+        with capture_logs():
+            await station.send(heartbeat_call())
+            _, answer = await asyncio.wait_for(station.receive(), 0.5)
+    assert (answer.error_code, answer.error_description) == (
+        "InternalError",
+        "storage temporarily unavailable",
+    )
+    assert heartbeat.runs == []
+
+
+async def test_answer_lost_to_bus_outage_is_replayed_on_retry(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    runs: list[str] = []
+
+    async def heartbeat(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+        runs.append(ctx.message_id)
+        broker.available = False  # the broker goes down while we work
+        return {"currentTime": NOW}
+
+    async with running(broker, handlers={"Heartbeat": heartbeat}) as m:
+        with capture_logs() as logs:
+            await station.send(heartbeat_call())
+            await station.nothing()
+            await m.idle()
+        assert m.stats.publish_failures == 1
+        assert any(e["log_level"] == "warning" for e in logs)
+        broker.available = True
+        # Retry gets the stored answer; the work is not repeated.
+        await station.send(heartbeat_call())
+        _, answer = await station.receive()
+    assert answer.payload == {"currentTime": NOW}
+    assert runs == ["m1"]
+
+
+# -- fleet and concurrency --------------------------------------------------------------------
+
+
+async def test_two_managers_in_one_group_share_the_work(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    heartbeat = CountingHeartbeat()
+    async with (
+        running(broker, handlers={"Heartbeat": heartbeat}, instance_id="a") as a,
+        running(broker, handlers={"Heartbeat": heartbeat}, instance_id="b") as b,
+    ):
+        for i in range(20):
+            await station.send(heartbeat_call(station=f"CP{i}"))
+        answers = [await station.receive() for _ in range(20)]
+        await station.nothing()
+    assert len(heartbeat.runs) == 20
+    assert {envelope.station for _, envelope in answers} == {f"CP{i}" for i in range(20)}
+    assert a.stats.calls > 0 and b.stats.calls > 0
+    assert a.stats.calls + b.stats.calls == 20
+
+
+async def test_per_station_order_holds_under_concurrency(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    handled: dict[str, list[int]] = {}
+    active = 0
+    peak = 0
+    rng = random.Random(7)
+
+    async def data_transfer(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(rng.random() / 500)
+        handled.setdefault(ctx.station_id, []).append(int(payload["data"]))
+        active -= 1
+        return {"status": "Accepted"}
+
+    stations = [f"CP{i}" for i in range(6)]
+    per_station = 15
+    async with running(broker, handlers={"DataTransfer": data_transfer}, concurrency=8) as m:
+        for n in range(per_station):
+            for name in stations:
+                payload = {"vendorId": "v", "data": str(n)}
+                await station.send(
+                    heartbeat_call(
+                        station=name, message_id=f"m{n}", action="DataTransfer", payload=payload
+                    )
+                )
+        for _ in range(per_station * len(stations)):
+            await station.receive()
+        await m.idle()
+        assert m.active_stations == 0  # lanes are dropped once empty
+        assert m.pending == 0
+    assert handled == {name: list(range(per_station)) for name in stations}
+    assert 1 < peak <= 8
+
+
+async def test_a_slow_station_does_not_hold_up_others(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    release = asyncio.Event()
+
+    async def heartbeat(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+        if ctx.station_id == "slow":
+            await release.wait()
+        return {"currentTime": NOW}
+
+    async with running(broker, handlers={"Heartbeat": heartbeat}):
+        await station.send(heartbeat_call(station="slow"))
+        await station.send(heartbeat_call(station="fast"))
+        _, first = await station.receive()
+        assert first.station == "fast"
+        release.set()
+        _, second = await station.receive()
+        assert second.station == "slow"
+
+
+async def test_shutdown_lets_in_flight_work_finish(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    started = asyncio.Event()
+
+    async def heartbeat(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+        started.set()
+        await asyncio.sleep(0.05)
+        return {"currentTime": NOW}
+
+    async with running(broker, handlers={"Heartbeat": heartbeat}):
+        await station.send(heartbeat_call())
+        await asyncio.wait_for(started.wait(), WAIT)
+    _, answer = await station.receive()
+    assert answer.kind is Kind.RESULT
+
+
+# -- robustness -------------------------------------------------------------------------------
+
+
+async def test_garbage_on_the_bus_is_dropped(broker: MemoryBroker, station: StationSide) -> None:
+    async with running(broker, handlers={"Heartbeat": CountingHeartbeat()}) as m:
+        with no_errors_logged() as logs:
+            await station.bus.publish(TOPICS.inbound(OCPP16, "CP1"), b"not json")
+            await station.bus.publish(TOPICS.inbound(OCPP16, "CP1"), b'{"kind": "call"}')
+            await station.bus.publish(TOPICS.event(OCPP16, "CP1"), b"[]")
+            await station.bus.publish(f"{TOPICS.prefix}/in/extra/levels/here", b"{}")
+            await station.send(heartbeat_call(version="ocpp9"))
+            await station.send(heartbeat_call())
+            _, answer = await station.receive()
+        assert answer.kind is Kind.RESULT
+        assert m.stats.dropped == 5
+        assert len([e for e in logs if e["log_level"] == "warning"]) == 5
+
+
+# -- answers to CSMS calls --------------------------------------------------------------------
+
+
+async def test_results_reach_result_handlers_which_can_call_again(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    contexts: list[ResultContext] = []
+
+    async def on_reset(ctx: ResultContext) -> None:
+        contexts.append(ctx)
+        if ctx.timed_out:
+            await ctx.calls.call(ctx.station_id, ctx.version, "Reset", {"type": "Immediate"})
+
+    request = OriginalCall(message_id="c1", action="Reset", payload={"type": "Immediate"})
+    async with running(broker, result_handlers={"Reset": on_reset}, instance_id="mgr-1") as m:
+        for kind, extra in (
+            (Kind.RESULT, {"payload": {"status": "Accepted"}}),
+            (Kind.ERROR, {"error_code": "NotSupported"}),
+            (Kind.TIMEOUT, {}),
+            (Kind.UNDELIVERED, {"error_description": "queue full"}),
+        ):
+            await station.send(
+                Envelope(
+                    kind=kind,
+                    station="CP1",
+                    version=OCPP201,
+                    message_id="c1",
+                    request=request,
+                    **extra,
+                )
+            )
+        message, follow_up = await station.receive()
+        await m.idle()
+        assert m.stats.results == 4
+    assert [c.ok for c in contexts] == [True, False, False, False]
+    assert contexts[1].error_code == "NotSupported"
+    assert contexts[2].timed_out
+    assert contexts[3].undelivered == "queue full"
+    assert all(c.request == request for c in contexts)
+    assert message.topic == TOPICS.outbound(OCPP201, "CP1")
+    assert (follow_up.kind, follow_up.action) == (Kind.CALL, "Reset")
+    assert follow_up.meta["origin"] == "manager:mgr-1"
+
+
+# -- connection events ------------------------------------------------------------------------
+
+
+async def test_connection_events_update_the_registry(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    services = make_services()
+    registry = services.stations
+
+    def event(kind: ConnectionEventKind, connection: str, at: float) -> ConnectionEvent:
+        return ConnectionEvent(
+            kind=kind,
+            station="CP1",
+            version=OCPP201,
+            gateway="gw-1",
+            connection=connection,
+            at=at,
+        )
+
+    async def settled() -> StationRecord:
+        await asyncio.sleep(0.01)
+        await m.idle()
+        record = await registry.get("CP1")
+        assert record is not None
+        return record
+
+    async with running(broker, services) as m:
+        await station.event(event(ConnectionEventKind.CONNECTED, "conn-1", 1_700_000_000.0))
+        record = await settled()
+        assert record.online and record.connection == "conn-1" and record.gateway == "gw-1"
+        assert record.connected_at == "2023-11-14T22:13:20.000Z"
+        # A stale socket closing does not take the station offline.
+        await station.event(event(ConnectionEventKind.CONNECTED, "conn-2", 1_700_000_010.0))
+        await station.event(event(ConnectionEventKind.DISCONNECTED, "conn-1", 1_700_000_011.0))
+        record = await settled()
+        assert record.online and record.connection == "conn-2"
+        await station.event(event(ConnectionEventKind.DISCONNECTED, "conn-2", 1_700_000_020.0))
+        record = await settled()
+        assert not record.online
+        assert record.disconnected_at == "2023-11-14T22:13:40.000Z"
+        assert m.stats.events == 4
+
+
+def test_default_wiring_loads_the_project_handlers() -> None:
+    manager = Manager(Settings(), MemoryBroker().client(), make_services())
+    for version in (OCPP16, OCPP201):
+        router = manager.routers[version]
+        assert {"BootNotification", "Heartbeat", "Authorize"} <= set(router.handlers)
+        assert "Reset" not in router.handlers  # CSMS -> station only
