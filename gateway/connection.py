@@ -223,7 +223,12 @@ class Connection:
                 message_id=envelope.message_id,
                 topic=topic,
             )
-            self._apply(self.pipe.publish_failed(envelope, time.time()))
+        except Exception:
+            # A bus adapter bug must still leave the station with an answer.
+            self.log.exception("publish failed unexpectedly", kind=str(envelope.kind), topic=topic)
+        else:
+            return
+        self._apply(self.pipe.publish_failed(envelope, time.time()))
 
     async def _close_socket(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):

@@ -127,10 +127,12 @@ def _default_gateway_id() -> str:
 
 
 class Gateway:
-    """WebSocket server for charging stations, bridged to the bus. An async context manager::
+    """WebSocket server for charging stations, bridged to the bus.
 
-    async with bus, Gateway(settings, bus) as gateway:
-        await gateway.serve_forever()
+    An async context manager: ``async with Gateway(settings, bus) as gateway:`` listens and
+    consumes the bus; leaving the block closes every socket (1001) after publishing each
+    connection's outcomes. ``bus`` must already be open and be used by nobody else for
+    receiving.
     """
 
     def __init__(self, settings: Settings, bus: Bus, *, gateway_id: str | None = None) -> None:
@@ -231,7 +233,7 @@ class Gateway:
         self._log.info("gateway stopped")
 
     async def serve_forever(self) -> None:
-        """Serve until cancelled (leaving the ``async with`` block then closes everything)."""
+        """Wait until the gateway is closed; cancel it to stop (then leave the ``async with``)."""
         if self._server is None:
             raise RuntimeError("gateway is not started")
         await self._server.wait_closed()
@@ -380,6 +382,8 @@ class Gateway:
                 event_kind=str(event.kind),
                 error=str(exc) or "timeout",
             )
+        except Exception:
+            conn.log.exception("connection event not published", event_kind=str(event.kind))
 
     # -- bus -----------------------------------------------------------------------------
 
@@ -439,7 +443,11 @@ class Gateway:
         if conn is None or conn.id == notice.connection:
             return
         if (conn.connected_at, conn.id) >= (notice.at, notice.connection):
-            conn.log.info("older connection elsewhere ignored", other_gateway=notice.gateway)
+            conn.log.info(
+                "takeover notice of an older connection ignored",
+                other_gateway=notice.gateway,
+                other_connection=notice.connection,
+            )
             return
         del self._stations[notice.station]
         conn.retire(f"{REPLACED} on gateway {notice.gateway}")

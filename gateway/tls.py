@@ -115,8 +115,9 @@ class CertificateReloader:
     file's mtime, size or inode changed (certbot-style symlink swaps included); :meth:`run`
     polls it.
 
-    CA files can only *add* trust anchors to a live context (OpenSSL has no way to remove
-    one); dropping a CA takes a restart.
+    Limits of a live context: CA files can only *add* trust anchors (OpenSSL cannot remove
+    one), and a certificate of another key type (RSA vs. EC) is loaded next to the old pair
+    rather than over it. Dropping a CA or changing key type takes a restart.
     """
 
     def __init__(
@@ -231,7 +232,5 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> Certifica
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return None
-    verified = ssl_object.context.verify_mode != ssl.CERT_NONE and bool(
-        ssl_object.getpeercert()
-    )
+    verified = ssl_object.context.verify_mode != ssl.CERT_NONE and bool(ssl_object.getpeercert())
     return _identity_from_der(der, verified=verified)

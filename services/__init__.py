@@ -1,6 +1,6 @@
 """Integration points (station registry, tokens, transactions, tariff, idempotency).
 
-:class:`Services` bundles one implementation of each; :func:`services.factory.build_services`
+:class:`Services` bundles one implementation of each; :func:`services.factory.open_services`
 makes it from settings (in-memory or Redis, plus operator plug-ins).
 """
 

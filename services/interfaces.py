@@ -140,7 +140,7 @@ class IdempotencyStore(Protocol):
     """Remembers answers to station Calls so a repeated Call (same station, message id,
     action and payload) gets the same answer without the work being done twice."""
 
-    async def claim(self, key: str, ttl: float) -> bytes | None | bool:
+    async def claim(self, key: str, ttl: float) -> bytes | bool:
         """Try to take ``key``.
 
         Returns ``True`` when claimed (do the work, then :meth:`complete`), the stored answer

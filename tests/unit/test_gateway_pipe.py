@@ -26,15 +26,8 @@ T0 = 1_000_000.0
 LIMITS = Limits(call_timeout=10, call_queue_size=2, answer_timeout=5, max_frame_bytes=1024)
 
 
-def make_pipe(version: str = rpc.OCPP201, **limits: Any) -> Pipe:
-    base = {
-        "call_timeout": LIMITS.call_timeout,
-        "call_queue_size": LIMITS.call_queue_size,
-        "answer_timeout": LIMITS.answer_timeout,
-        "max_frame_bytes": LIMITS.max_frame_bytes,
-    }
-    base.update(limits)
-    return Pipe("CP-1", version, connection="c1", gateway="g1", limits=Limits(**base))
+def make_pipe(version: str = rpc.OCPP201) -> Pipe:
+    return Pipe("CP-1", version, connection="c1", gateway="g1", limits=LIMITS)
 
 
 def csms_call(

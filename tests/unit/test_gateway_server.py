@@ -542,6 +542,20 @@ async def test_broker_unavailable_answers_promptly_and_keeps_socket(
         assert await recv_json(ws) == [3, "s2", {"currentTime": "t"}]
 
 
+async def test_station_connecting_during_outage_is_kept_and_answered(
+    broker: MemoryBroker, gateway: Gateway, manager: Manager
+) -> None:
+    broker.available = False
+    async with connect(gateway.url_for("CP-1"), subprotocols=[V16]) as ws:
+        await ws.send('[2,"s1","BootNotification",{}]')
+        answer = await recv_json(ws)
+        assert answer[:3] == [4, "s1", "InternalError"]
+        broker.available = True
+        # Subscribed despite the outage: CSMS calls reach the station afterwards.
+        await manager.call("m1", version=rpc.OCPP16)
+        assert (await recv_json(ws))[1] == "m1"
+
+
 async def test_misbehaving_station_does_not_affect_others(
     gateway: Gateway, manager: Manager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
