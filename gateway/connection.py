@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
@@ -45,7 +44,7 @@ class _Lane(Generic[_T]):
     ) -> None:
         self._run = run
         self._log = log
-        self._items: deque[_T] = deque()
+        self._items: list[_T] = []  # short-lived and short; an empty deque costs ~600 B
         self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -59,7 +58,7 @@ class _Lane(Generic[_T]):
     async def _drain(self) -> None:
         try:
             while self._items:
-                item = self._items.popleft()
+                item = self._items.pop(0)
                 try:
                     await self._run(item)
                 except Exception:

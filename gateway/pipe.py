@@ -22,7 +22,6 @@ Rules kept here (see ``DESIGN.md``, "Correlation and in-flight rules"):
 from __future__ import annotations
 
 import re
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -154,10 +153,11 @@ class Pipe:
         self.gateway = gateway
         self.limits = limits or Limits()
         self._in_flight: _InFlight | None = None
-        self._queue: deque[Envelope] = deque()
+        # Lists, not deques: an empty deque costs ~600 bytes, and these stay short.
+        self._queue: list[Envelope] = []
         self._pending: dict[str, float] = {}
         """Station Call ids awaiting the CSMS's answer → deadline."""
-        self._recent: deque[str] = deque(maxlen=_RECENT_CSMS_IDS)
+        self._recent: list[str] = []
         self._closed = False
 
     # -- introspection -------------------------------------------------------------------
@@ -248,7 +248,7 @@ class Pipe:
         current = self._in_flight
         if current is not None and current.deadline <= now:
             self._in_flight = None
-            self._recent.append(current.call.message_id)
+            self._remember(current.call.message_id)
             actions.append(
                 self._outcome(
                     current.call,
@@ -304,7 +304,7 @@ class Pipe:
                 )
             )
         while self._queue:
-            call = self._queue.popleft()
+            call = self._queue.pop(0)
             actions.append(self._outcome(call, Kind.UNDELIVERED, now, error_description=reason))
         self._pending.clear()
         return actions
@@ -422,7 +422,7 @@ class Pipe:
                 )
             ]
         self._in_flight = None
-        self._recent.append(frame.message_id)
+        self._remember(frame.message_id)
         actions: list[Action] = []
         if isinstance(frame, rpc.CallResult):
             actions.append(
@@ -452,7 +452,12 @@ class Pipe:
 
     def _send_next(self, now: float, actions: list[Action]) -> None:
         if self._queue:
-            self._send(self._queue.popleft(), now, actions)
+            self._send(self._queue.pop(0), now, actions)
+
+    def _remember(self, message_id: str) -> None:
+        self._recent.append(message_id)
+        if len(self._recent) > _RECENT_CSMS_IDS:
+            del self._recent[0]
 
     def _outcome(
         self,

@@ -94,7 +94,9 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _write(directory: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> CertFiles:
+def _write(
+    directory: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> CertFiles:
     files = CertFiles(directory / f"{name}.pem", directory / f"{name}.key")
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     files.key.write_bytes(
@@ -153,7 +155,9 @@ def _issue(
 ) -> CertFiles:
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
-    not_before, not_after = (now - 10 * _DAY, now - _DAY) if expired else (now - _DAY, now + 30 * _DAY)
+    not_before, not_after = (
+        (now - 10 * _DAY, now - _DAY) if expired else (now - _DAY, now + 30 * _DAY)
+    )
     names: list[x509.GeneralName] = [x509.DNSName(dns) for dns in san_dns]
     if server:
         names.append(x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")))
