@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import InvalidMessage, InvalidStatus
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from gateway.admission import CertificateIdentity, ListenerPolicy, admit, parse_basic_auth
 from gateway.tls import CertificateReloader, peer_identity, server_ssl_context
@@ -33,7 +34,7 @@ from services.models import StationRecord
 from tests.certs import CertFiles, Pki, client_context, make_pki
 
 STATION = "CS001"
-SUBPROTOCOLS = ["ocpp2.0.1", "ocpp1.6"]
+SUBPROTOCOLS = [Subprotocol("ocpp2.0.1"), Subprotocol("ocpp1.6")]
 TLS_VERSIONS = [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3]
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
@@ -45,7 +46,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture
-async def handshake_errors(caplog: pytest.LogCaptureFixture) -> list[ssl.SSLError]:
+async def handshake_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> AsyncIterator[list[ssl.SSLError]]:
     """SSL errors of failed server-side handshakes, as asyncio logs them in debug mode."""
     asyncio.get_running_loop().set_debug(True)
     caplog.set_level(logging.DEBUG, logger="asyncio")
@@ -88,7 +91,7 @@ async def _serve(
         "127.0.0.1",
         0,
         ssl=context,
-        subprotocols=SUBPROTOCOLS,  # type: ignore[arg-type]
+        subprotocols=SUBPROTOCOLS,
         process_request=process_request,
     )
 
@@ -109,13 +112,15 @@ def _client(pki: Pki, cert: CertFiles | None, version: ssl.TLSVersion) -> ssl.SS
     return context
 
 
-async def _open(url: str, context: ssl.SSLContext, **kwargs: object) -> ClientConnection:
+async def _open(
+    url: str, context: ssl.SSLContext, additional_headers: dict[str, str] | None = None
+) -> ClientConnection:
     return await connect(
         url,
         ssl=context,
-        subprotocols=SUBPROTOCOLS,  # type: ignore[arg-type]
+        subprotocols=SUBPROTOCOLS,
         open_timeout=5,
-        **kwargs,  # type: ignore[arg-type]
+        additional_headers=additional_headers,
     )
 
 

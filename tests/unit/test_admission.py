@@ -7,6 +7,7 @@ import dataclasses
 import functools
 from http import HTTPStatus
 
+import msgspec
 import pytest
 
 from gateway.admission import (
@@ -29,7 +30,7 @@ HASH = hash_password(PASSWORD)
 KEY_HASH = hash_password(password_from_authorization_key(KEY_16))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _verify(password: str, encoded: str) -> bool:
     """The real verifier, memoised so the table does not pay scrypt per row."""
     return verify_password(password, encoded)
@@ -43,9 +44,12 @@ TLS_3 = ListenerPolicy(frozenset({3}), tls=True)
 
 
 def record(profile: int, **fields: object) -> StationRecord:
-    values: dict[str, object] = {"password_hash": HASH if profile in (1, 2) else None}
-    values.update(fields)
-    return StationRecord(station_id=STATION, security_profile=profile, **values)  # type: ignore[arg-type]
+    base = StationRecord(
+        station_id=STATION,
+        security_profile=profile,
+        password_hash=HASH if profile in (1, 2) else None,
+    )
+    return msgspec.structs.replace(base, **fields)
 
 
 CERT = CertificateIdentity(common_name=STATION, verified=True)
