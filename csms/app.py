@@ -77,6 +77,11 @@ async def _stop_on_signals() -> AsyncIterator[asyncio.Event]:
             loop.remove_signal_handler(sig)
 
 
+def _station_url(gateway: Gateway) -> str:
+    """The URL stations connect to, with a readable placeholder for the id."""
+    return gateway.url_for("X").removesuffix("X") + "{station_id}"
+
+
 def describe_mode(settings: Settings) -> str:
     bus = f"MQTT broker {_redact(settings.broker_url)}" if settings.broker_url else "in-process bus"
     stores = f"Redis {_redact(settings.redis_url)}" if settings.redis_url else "in-memory stores"
@@ -108,7 +113,7 @@ async def run_all_in_one(settings: Settings) -> None:
         log.info(
             "CSMS ready",
             mode=describe_mode(settings),
-            stations_connect_to=gateway.url_for("{station_id}"),
+            stations_connect_to=_station_url(gateway),
         )
         if not settings.broker_url and not settings.redis_url:
             log.warning(
@@ -132,7 +137,7 @@ async def run_gateway(settings: Settings) -> None:
     async with _stop_on_signals() as stop, _mqtt_bus(settings, "gateway") as bus:
         await _wait_for_broker(bus, settings)
         async with Gateway(settings, bus) as gateway:
-            log.info("gateway ready", stations_connect_to=gateway.url_for("{station_id}"))
+            log.info("gateway ready", stations_connect_to=_station_url(gateway))
             await stop.wait()
 
 

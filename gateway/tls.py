@@ -195,7 +195,7 @@ class CertificateReloader:
             self.reload_if_changed()
 
 
-def _text_values(name: x509.Name) -> list[str]:
+def _common_names(name: x509.Name) -> list[str]:
     return [
         value
         for attribute in name.get_attributes_for_oid(NameOID.COMMON_NAME)
@@ -208,7 +208,7 @@ def _identity_from_der(der: bytes, *, verified: bool) -> CertificateIdentity | N
         certificate = x509.load_der_x509_certificate(der)
     except ValueError:
         return None
-    common_names = _text_values(certificate.subject)
+    common_names = _common_names(certificate.subject)
     san_dns: list[str] = []
     with contextlib.suppress(x509.ExtensionNotFound, ValueError):
         extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)

@@ -17,9 +17,9 @@ round-trips exactly through :func:`hash_password` and :func:`verify_password`.
 
 Length rules, from the OCPP texts:
 
-- 2.0.1 ``BasicAuthPassword``: a ``passwordString`` of at least 16 characters; the maximum is
-  the station's ``BasicAuthPassword`` maxLimit, 40 in 2.0.1 (later editions allow up to 64).
-  ``passwordString`` allows ``a-z A-Z 0-9 * - _ = : + | @ .``.
+- 2.0.1 ``BasicAuthPassword``: a ``passwordString`` of at least 16 characters and at most the
+  station's ``BasicAuthPassword`` maxLimit, which is at least 40 (up to 64 in later editions):
+  40 is what every station accepts. ``passwordString`` allows ``a-z A-Z 0-9 * - _ = : + | @ .``.
 - 1.6 (Security Whitepaper) ``AuthorizationKey``: 16 to 20 octets, sent hex-encoded (at most
   40 hex digits) in ChangeConfiguration.
 
