@@ -8,19 +8,27 @@ nothing about time.
     python bench/roundtrip.py --broker-url mqtt://127.0.0.1:1883 --redis-url redis://127.0.0.1:6379/0
     python bench/roundtrip.py --stations 200 --calls 20
 
-With a broker URL the gateway and manager run in this process on two MQTT connections (as
-separate processes would); run `csms manager` processes alongside to see scale-out.
+With a broker URL the gateway and manager run in this process on two MQTT connections. Add
+``--processes`` to run them as a real fleet instead: one ``csms gateway`` process and
+``--managers`` ``csms manager`` processes, with the stations in this process:
+
+    python bench/roundtrip.py --broker-url mqtt://127.0.0.1:1883 --processes --managers 2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import socket
 import statistics
+import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,18 +51,61 @@ async def _station(url: str, calls: int, latencies: list[float], version: str) -
                 raise RuntimeError(f"unexpected answer {reply}")
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--stations", type=int, default=50)
-    parser.add_argument("--calls", type=int, default=40, help="sequential Heartbeats per station")
-    parser.add_argument("--version", default="ocpp2.0.1", choices=["ocpp2.0.1", "ocpp1.6"])
-    parser.add_argument("--broker-url")
-    parser.add_argument("--redis-url")
-    args = parser.parse_args()
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
-    configure_logging("console", "warning")
+
+@contextlib.asynccontextmanager
+async def _fleet(args: argparse.Namespace) -> AsyncIterator[Callable[[str], str]]:
+    """Start ``csms gateway`` + ``csms manager`` processes; yield the station URL builder."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CSMS_")}
+    env.update(
+        {
+            "CSMS_BROKER_URL": args.broker_url,
+            "CSMS_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}",
+            "CSMS_LISTEN_PORT": str(port),
+            "CSMS_LOG_LEVEL": "warning",
+            "CSMS_UNKNOWN_STATIONS": "accept",
+            "CSMS_ANSWER_TIMEOUT": "2",
+        }
+    )
+    if args.redis_url:
+        env["CSMS_REDIS_URL"] = args.redis_url
+    command = [sys.executable, "-m", "csms"]
+    roles = ["manager"] * args.managers + ["gateway"]
+    processes = [subprocess.Popen([*command, role], env=env) for role in roles]  # noqa: ASYNC220
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("gateway did not start listening") from None
+                await asyncio.sleep(0.2)
+        # Managers compile the schemas before they subscribe; wait until one answers.
+        while True:
+            try:
+                await _station(f"ws://127.0.0.1:{port}/ocpp/warmup", 1, [], args.version)
+                break
+            except RuntimeError:
+                if time.monotonic() > deadline + 30:
+                    raise
+        yield lambda station: f"ws://127.0.0.1:{port}/ocpp/{station}"
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(10)
+
+
+@contextlib.asynccontextmanager
+async def _embedded(args: argparse.Namespace) -> AsyncIterator[Callable[[str], str]]:
+    """Gateway and manager in this process (in-process bus unless a broker URL is given)."""
     settings = load_settings(
         None,
         broker_url=args.broker_url,
@@ -64,13 +115,35 @@ async def main() -> None:
         log_level="warning",
     )
     async with all_in_one(settings) as gateway:
-        latencies: list[float] = []
+        yield gateway.url_for
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--stations", type=int, default=50)
+    parser.add_argument("--calls", type=int, default=40, help="sequential Heartbeats per station")
+    parser.add_argument("--version", default="ocpp2.0.1", choices=["ocpp2.0.1", "ocpp1.6"])
+    parser.add_argument("--broker-url")
+    parser.add_argument("--redis-url")
+    parser.add_argument(
+        "--processes", action="store_true", help="run gateway and managers as separate processes"
+    )
+    parser.add_argument("--managers", type=int, default=1, help="manager processes (--processes)")
+    args = parser.parse_args()
+
+    configure_logging("console", "warning")
+    if args.processes and not args.broker_url:
+        parser.error("--processes needs --broker-url")
+    latencies: list[float] = []
+    async with _fleet(args) if args.processes else _embedded(args) as url_for:
         # Warm-up: one station, a few calls (connection set-up, first validator use).
-        await _station(gateway.url_for("warmup"), 5, [], args.version)
+        await _station(url_for("warmup"), 5, [], args.version)
         started = time.perf_counter()
         await asyncio.gather(
             *(
-                _station(gateway.url_for(f"BENCH-{i}"), args.calls, latencies, args.version)
+                _station(url_for(f"BENCH-{i}"), args.calls, latencies, args.version)
                 for i in range(args.stations)
             )
         )
@@ -82,6 +155,8 @@ async def main() -> None:
         return latencies[min(total - 1, int(total * p))] * 1000
 
     mode = "MQTT" if args.broker_url else "in-process bus"
+    if args.processes:
+        mode += f", 1 gateway + {args.managers} manager process(es)"
     print(f"mode: {mode}, stores: {'Redis' if args.redis_url else 'memory'}, {args.version}")
     print(f"stations: {args.stations}, round trips: {total}, elapsed: {elapsed:.2f} s")
     print(f"throughput: {total / elapsed:,.0f} round trips/s")

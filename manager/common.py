@@ -101,11 +101,12 @@ async def require_accepted(ctx: CallContext) -> None:
 
 
 async def heartbeat(ctx: CallContext) -> dict[str, Any]:
-    """Answer a Heartbeat with the CSMS time and record the station as seen now."""
+    """Answer a Heartbeat with the CSMS time (OCPP's clock synchronisation).
+
+    Last-seen is recorded by the worker for every message a station sends, this one included.
+    """
     await require_accepted(ctx)
-    now = ctx.now_iso()
-    await ctx.services.stations.touch(ctx.station_id, now)
-    return {"currentTime": now}
+    return {"currentTime": ctx.now_iso()}
 
 
 async def connector_status(ctx: CallContext, status: ConnectorStatus) -> dict[str, Any]:

@@ -138,19 +138,58 @@ class _RedisStore:
         )
 
 
+# Move a station's last-seen time forward only (fixed-width UTC ISO strings compare in time
+# order as text). One round trip, no WATCH: this runs once for every message a station sends.
+_TOUCH = """
+local old = redis.call('GET', KEYS[1])
+if (not old) or ARGV[1] > old then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+def _fixed_width_utc(at: str) -> str | None:
+    """``at`` as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (so text order is time order), None if unparsable."""
+    moment = rules.parse_time(at)
+    if moment is None:
+        return None
+    utc = moment.astimezone(dt.UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
 class RedisStationRegistry(_RedisStore):
-    """:class:`~services.interfaces.StationRegistry` in Redis."""
+    """:class:`~services.interfaces.StationRegistry` in Redis.
+
+    The record lives in ``station:{id}``; the last-seen time, written on every station message,
+    in its own ``seen:{id}`` key so that write is one command instead of a read-modify-write of
+    the whole record. :meth:`get` merges the two.
+    """
+
+    def __init__(self, client: aioredis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
+        super().__init__(client, prefix)
+        self._touch = client.register_script(_TOUCH)
 
     def _key(self, station_id: str) -> str:
         return f"{self.prefix}station:{encode_id(station_id)}"
+
+    def _seen_key(self, station_id: str) -> str:
+        return f"{self.prefix}seen:{encode_id(station_id)}"
 
     def _connectors_key(self, station_id: str) -> str:
         return f"{self.prefix}connectors:{encode_id(station_id)}"
 
     async def get(self, station_id: str) -> StationRecord | None:
         with self._guard("get station"):
-            raw = await self.client.get(self._key(station_id))
-        return _station_decoder.decode(raw) if raw is not None else None
+            raw, seen = await self.client.mget(self._key(station_id), self._seen_key(station_id))
+        if raw is None:
+            return None
+        record = _station_decoder.decode(raw)
+        if seen is not None:
+            seen_at = seen.decode() if isinstance(seen, bytes) else str(seen)
+            record = rules.with_last_seen(record, seen_at) or record
+        return record
 
     async def put(self, record: StationRecord) -> None:
         with self._guard("put station"):
@@ -228,7 +267,11 @@ class RedisStationRegistry(_RedisStore):
         return record is not None
 
     async def touch(self, station_id: str, at: str) -> None:
-        await self._change(station_id, lambda old: rules.with_last_seen(old, at), "touch")
+        normalized = _fixed_width_utc(at)
+        if normalized is None:
+            return
+        with self._guard("touch station"):
+            await self._touch(keys=[self._seen_key(station_id)], args=[normalized])
 
     async def set_connector_status(self, station_id: str, status: ConnectorStatus) -> None:
         field = f"{status.evse_id}:{status.connector_id}"

@@ -74,6 +74,7 @@ class MqttBus:
         tls_cert_file: str | None = None,
         tls_key_file: str | None = None,
         max_incoming_queue: int = 100_000,
+        max_inflight: int = 1_000,
     ) -> None:
         self._address = BrokerAddress.parse(url)
         self._client_id = (
@@ -82,6 +83,7 @@ class MqttBus:
         self._publish_timeout = publish_timeout
         self._max_backoff = max_backoff
         self._keepalive = keepalive
+        self._max_inflight = max_inflight
         self._tls_context: ssl.SSLContext | None = None
         if self._address.tls:
             self._tls_context = ssl.create_default_context(cafile=tls_ca_file)
@@ -124,7 +126,7 @@ class MqttBus:
         self._connected.clear()
 
     def _new_client(self) -> aiomqtt.Client:
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self._address.host,
             self._address.port,
             username=self._address.username,
@@ -136,7 +138,12 @@ class MqttBus:
             timeout=self._publish_timeout,
             tls_context=self._tls_context,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            max_inflight_messages=self._max_inflight,
         )
+        # aiomqtt warns from 10 outstanding publishes on; a gateway under load has hundreds
+        # by design (bounded by ``max_inflight``), so warn only when that bound is reached.
+        client.pending_calls_threshold = self._max_inflight
+        return client
 
     async def _run(self) -> None:
         attempt = 0

@@ -264,15 +264,24 @@ async def test_both_managers_receive_work(fleet: Fleet) -> None:
     finally:
         for ws in stations:
             await ws.close()
-    handled = [
-        sum(
-            1
-            for r in m.log_records()
-            if r.get("action") == "Heartbeat" and r.get("event") == "call handled"
-        )
-        for m in fleet.manager_processes
-    ]
-    assert sum(handled) >= 36
+
+    def handled_per_manager() -> list[int]:
+        return [
+            sum(
+                1
+                for r in m.log_records()
+                if r.get("action") == "Heartbeat" and r.get("event") == "call handled"
+            )
+            for m in fleet.manager_processes
+        ]
+
+    # A manager logs "call handled" just after publishing the answer: allow it to land.
+    for _ in range(50):
+        handled = handled_per_manager()
+        if sum(handled) >= 36:
+            break
+        await asyncio.sleep(0.1)
+    assert sum(handled) == 36
     assert all(count > 0 for count in handled), handled
 
 

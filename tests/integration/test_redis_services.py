@@ -35,6 +35,7 @@ from services.redis_store import (
     RedisTokenStore,
     RedisTransactionStore,
 )
+from services.rules import parse_time
 from tests.servers import ServerProcess, free_port
 from tests.unit import test_services_contract as contract
 from tests.unit.test_services_contract import NOW, TokenStoreFactory
@@ -230,7 +231,7 @@ async def test_concurrent_touch_and_boot_keep_both(
     record = await a.get("CS1")
     assert record is not None
     assert record.boot == boot
-    assert record.last_seen == "2026-01-15T12:00:29Z"
+    assert parse_time(record.last_seen) == parse_time("2026-01-15T12:00:29Z")
 
 
 # --- keys, encoding, TTL -----------------------------------------------------------------------

@@ -30,6 +30,7 @@ from services.models import (
     Transaction,
     TransactionState,
 )
+from services.rules import parse_time
 
 NOW = dt.datetime(2026, 1, 15, 12, 0, tzinfo=dt.UTC)
 TokenStoreFactory = Callable[..., TokenStore]
@@ -154,7 +155,7 @@ async def test_touch_moves_last_seen_forward_only(registry: StationRegistry) -> 
     await registry.touch("CS1", "2026-01-15T12:00:05Z")
     record = await registry.get("CS1")
     assert record is not None
-    assert record.last_seen == "2026-01-15T12:00:10Z"
+    assert parse_time(record.last_seen) == parse_time("2026-01-15T12:00:10Z")
 
 
 async def test_connector_statuses_latest_per_connector(registry: StationRegistry) -> None:

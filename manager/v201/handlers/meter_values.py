@@ -24,5 +24,4 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         samples=len(payload["meterValue"]),
         register_wh=readings[-1].wh if readings else None,
     )
-    await ctx.services.stations.touch(ctx.station_id, ctx.now_iso())
     return {}
