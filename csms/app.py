@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 
 import structlog
@@ -23,6 +23,7 @@ from csms.bus import Bus
 from csms.bus.memory import MemoryBroker
 from csms.bus.mqtt import MqttBus
 from csms.config import Settings
+from gateway.listeners import FirstTry, decide_first_try, is_loopback, station_listeners
 from gateway.server import Gateway
 from manager.worker import Manager
 from services.factory import open_services
@@ -77,9 +78,51 @@ async def _stop_on_signals() -> AsyncIterator[asyncio.Event]:
             loop.remove_signal_handler(sig)
 
 
-def _station_url(gateway: Gateway) -> str:
+@contextlib.contextmanager
+def _reload_on_sighup(gateway: Gateway) -> Iterator[None]:
+    """``kill -HUP`` loads renewed TLS certificates at once (they are also polled)."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, gateway.reload_certificates)
+    except (NotImplementedError, RuntimeError, AttributeError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+
+def _security_notes(
+    settings: Settings, gateway: Gateway, first_try: FirstTry
+) -> list[tuple[bool, str]]:
+    """``(is_warning, sentence)`` about who may connect, for the start-up banner and log."""
+    notes = [(gateway.first_try, first_try.reason)]
+    if not gateway.first_try and settings.unknown_stations != "reject":
+        public = not all(is_loopback(item.host) for item in station_listeners(settings))
+        notes.append(
+            (
+                True,
+                "unknown stations are admitted without credentials (unknown_stations = "
+                f"{settings.unknown_stations})"
+                + ("; anyone who can reach a listener may connect" if public else ""),
+            )
+        )
+    return notes
+
+
+def _log_security(settings: Settings, gateway: Gateway, first_try: FirstTry) -> None:
+    for listener in gateway.listeners:
+        log.info("stations connect to", url=_station_url(gateway, listener.index))
+    if settings.listeners and {"listen_host", "listen_port"} & settings.model_fields_set:
+        log.warning("listen_host / listen_port (--host / --port) are not used: listeners is set")
+    for warning, note in _security_notes(settings, gateway, first_try):
+        (log.warning if warning else log.info)(note)
+
+
+def _station_url(gateway: Gateway, listener: int = 0) -> str:
     """The URL stations connect to, with a readable placeholder for the id."""
-    return gateway.url_for("X").removesuffix("X") + "{station_id}"
+    return gateway.url_for("X", listener).removesuffix("X") + "{station_id}"
 
 
 def describe_mode(settings: Settings) -> str:
@@ -90,7 +133,12 @@ def describe_mode(settings: Settings) -> str:
 
 @contextlib.asynccontextmanager
 async def all_in_one(settings: Settings) -> AsyncIterator[Gateway]:
-    """Gateway + manager in this process; yields the running gateway."""
+    """Gateway + manager in this process; yields the running gateway.
+
+    The gateway admits stations from the same registry the manager uses. First-try mode is
+    on unless ``first_try = false`` or a listener is not on loopback (see
+    :func:`gateway.listeners.decide_first_try`).
+    """
     async with AsyncExitStack() as stack:
         services = await stack.enter_async_context(open_services(settings))
         if settings.broker_url:
@@ -103,30 +151,36 @@ async def all_in_one(settings: Settings) -> AsyncIterator[Gateway]:
         await stack.enter_async_context(gateway_bus)
         await _wait_for_broker(manager_bus, settings)
         await stack.enter_async_context(Manager(settings, manager_bus, services))
-        gateway = await stack.enter_async_context(Gateway(settings, gateway_bus))
+        first_try = decide_first_try(settings, embedded=True)
+        gateway = await stack.enter_async_context(
+            Gateway(settings, gateway_bus, registry=services.stations, first_try=first_try.enabled)
+        )
         yield gateway
 
 
 async def run_all_in_one(settings: Settings) -> None:
     """``csms run``: serve until SIGINT/SIGTERM."""
-    async with _stop_on_signals() as stop, all_in_one(settings) as gateway:
+    async with (
+        _stop_on_signals() as stop,
+        all_in_one(settings) as gateway,
+    ):
+        first_try = decide_first_try(settings, embedded=True)
+        print(_banner(settings, gateway, first_try), flush=True)
         log.info(
             "CSMS ready",
             mode=describe_mode(settings),
             stations_connect_to=_station_url(gateway),
         )
+        _log_security(settings, gateway, first_try)
         if not settings.broker_url and not settings.redis_url:
             log.warning(
                 "embedded default: state lives in this process and is lost when it stops; "
                 "set broker_url and redis_url for production"
             )
-        if settings.unknown_stations == "accept" or settings.unknown_tokens == "accept":
-            log.warning(
-                "first-try policies active",
-                unknown_stations=settings.unknown_stations,
-                unknown_tokens=settings.unknown_tokens,
-            )
-        await stop.wait()
+        if settings.unknown_tokens == "accept":
+            log.warning("every idToken is Accepted", unknown_tokens=settings.unknown_tokens)
+        with _reload_on_sighup(gateway):
+            await stop.wait()
         log.info("stopping")
 
 
@@ -134,11 +188,38 @@ async def run_gateway(settings: Settings) -> None:
     """``csms gateway``: one gateway instance on the configured broker."""
     if not settings.broker_url:
         raise SystemExit("csms gateway needs a broker: set --broker-url or CSMS_BROKER_URL")
-    async with _stop_on_signals() as stop, _mqtt_bus(settings, "gateway") as bus:
+    first_try = decide_first_try(settings, embedded=False)
+    if not settings.redis_url:
+        log.warning(
+            "no redis_url: the gateway knows only the [[stations]] of its configuration; "
+            "set redis_url to share the station registry with the managers"
+        )
+    async with (
+        _stop_on_signals() as stop,
+        open_services(settings) as services,
+        _mqtt_bus(settings, "gateway") as bus,
+    ):
         await _wait_for_broker(bus, settings)
-        async with Gateway(settings, bus) as gateway:
+        gateway = Gateway(settings, bus, registry=services.stations, first_try=first_try.enabled)
+        async with gateway:
             log.info("gateway ready", stations_connect_to=_station_url(gateway))
-            await stop.wait()
+            _log_security(settings, gateway, first_try)
+            with _reload_on_sighup(gateway):
+                await stop.wait()
+
+
+def _banner(settings: Settings, gateway: Gateway, first_try: FirstTry) -> str:
+    """What ``csms run`` prints at start: where stations connect and who may."""
+    lines = [f"CSMS running ({describe_mode(settings)})", "Stations connect to:"]
+    for listener in gateway.listeners:
+        profiles = ", ".join(str(p) for p in listener.profiles)
+        noun = "profile" if len(listener.profiles) == 1 else "profiles"
+        proxy = ", behind a TLS-terminating proxy" if listener.offload is not None else ""
+        url = _station_url(gateway, listener.index)
+        lines.append(f"  {url}   (security {noun} {profiles}{proxy})")
+    for warning, note in _security_notes(settings, gateway, first_try):
+        lines.append(("WARNING: " if warning else "") + note)
+    return "\n".join(lines)
 
 
 async def run_manager(settings: Settings) -> None:

@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -47,12 +47,143 @@ class TokenSettings(BaseModel):
 
 
 class StationSettings(BaseModel):
-    """A station preloaded into the registry with its registration status."""
+    """A station preloaded into the registry: registration and, optionally, credentials.
 
-    model_config = {"extra": "forbid"}
+    Credential fields left unset keep what the registry holds. ``password_hash`` is a hash
+    made by ``csms password hash``, never a clear password; it is the station's initial
+    password: once the registry holds a hash (set by ``csms station add`` or a rotation the
+    station accepted) that one wins, so restarting a process never undoes a rotation.
+    """
+
+    # A clear password pasted as password_hash must not be echoed back in the error.
+    model_config = {"extra": "forbid", "hide_input_in_errors": True}
 
     station_id: str = Field(min_length=1, max_length=48)
     registration: Literal["Accepted", "Pending", "Rejected"] = "Accepted"
+    security_profile: int | None = Field(default=None, ge=0, le=3)
+    password_hash: str | None = None
+    certificate_identity: str | None = Field(default=None, min_length=1)
+    allowed_versions: list[Literal["ocpp1.6", "ocpp2.0.1"]] | None = None
+
+    @field_validator("password_hash")
+    @classmethod
+    def _check_password_hash(cls, value: str | None) -> str | None:
+        from services.credentials import is_password_hash
+
+        if value is not None and not is_password_hash(value):
+            raise ValueError(
+                "must be a password hash made by 'csms password hash' (scrypt$...), "
+                "never a clear password"
+            )
+        return value
+
+
+# --- Gateway listeners and security (models; the settings are in Settings below) -----------
+
+SecurityProfile = Literal[1, 2, 3]
+
+
+class ListenerTlsSettings(BaseModel):
+    """TLS terminated by the gateway itself: a ``wss://`` listener (profiles 2 and 3)."""
+
+    model_config = {"extra": "forbid"}
+
+    cert_file: str = Field(min_length=1, description="server certificate chain, PEM")
+    key_file: str = Field(min_length=1, description="its private key, PEM")
+    client_ca_files: list[str] = Field(
+        default=[], description="CAs that issue station client certificates (profile 3)"
+    )
+
+
+class TlsOffloadSettings(BaseModel):
+    """A TLS-terminating proxy or load balancer in front of a listener.
+
+    Only connections from ``trusted_proxies`` may say "the station used TLS" (``tls_header``)
+    and hand over the station's client certificate (``client_cert_header``); the same headers
+    from anyone else are ignored and logged, and the connection counts as plain ``ws://``.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    trusted_proxies: list[str] = Field(
+        min_length=1, description="source addresses or CIDRs of the proxies, e.g. 10.0.0.0/8"
+    )
+    tls_header: str = Field(
+        default="X-Forwarded-Proto", description="header the proxy sets to say the outside was TLS"
+    )
+    tls_header_value: str = Field(default="https", description="its value for TLS")
+    client_cert_header: str = Field(
+        default="X-Forwarded-Client-Cert",
+        description="header carrying the verified client certificate: URL-encoded PEM "
+        "(nginx $ssl_client_escaped_cert), Envoy XFCC Cert=..., or base64 DER",
+    )
+    client_ca_files: list[str] = Field(
+        default=[],
+        description="if set, forwarded certificates must also be issued by one of these CAs "
+        "(checked here as well as by the proxy)",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR") from None
+        return value
+
+    @field_validator("tls_header", "client_cert_header")
+    @classmethod
+    def _check_header(cls, value: str) -> str:
+        if not value or not all(ch.isalnum() or ch in "-_" for ch in value):
+            raise ValueError("must be an HTTP header name")
+        return value
+
+
+class ListenerSettings(BaseModel):
+    """One listening socket for stations and the security profiles it serves.
+
+    Plain listeners serve profile 1; ``tls`` listeners profiles 2 and/or 3 (3 needs
+    ``tls.client_ca_files``); ``offload`` listeners (plain TCP from a TLS-terminating proxy)
+    any of 1-3, decided per connection from the trusted proxy's headers. Left unset,
+    ``profiles`` is [1] for plain, [2] for TLS ([2, 3] with client CAs), [2, 3] for offload.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9000, ge=0, le=65535)
+    profiles: list[SecurityProfile] | None = None
+    tls: ListenerTlsSettings | None = None
+    offload: TlsOffloadSettings | None = None
+
+    @model_validator(mode="after")
+    def _check_profiles(self) -> ListenerSettings:
+        if self.tls is not None and self.offload is not None:
+            raise ValueError("a listener terminates TLS itself (tls) or behind a proxy (offload)")
+        profiles = self.profiles
+        if profiles is None:
+            if self.tls is not None:
+                profiles = [2, 3] if self.tls.client_ca_files else [2]
+            else:
+                profiles = [2, 3] if self.offload is not None else [1]
+        profiles = sorted(set(profiles))
+        if not profiles:
+            raise ValueError("a listener serves at least one security profile")
+        if self.tls is not None:
+            if 1 in profiles:
+                raise ValueError("profile 1 is plain ws://: serve it on a listener without tls")
+            if 3 in profiles and not self.tls.client_ca_files:
+                raise ValueError(
+                    "profile 3 needs tls.client_ca_files to verify station certificates"
+                )
+        elif self.offload is None and profiles != [1]:
+            raise ValueError("profiles 2 and 3 need tls (or offload behind a TLS proxy)")
+        self.profiles = profiles
+        return self
 
 
 class Settings(BaseSettings):
@@ -71,8 +202,12 @@ class Settings(BaseSettings):
     broker_cert_file: str | None = None
     broker_key_file: str | None = None
     redis_url: str | None = Field(
-        default=None, description="redis://host:6379/0 or rediss://...; unset = in-memory stores"
+        default=None,
+        description="redis://[user:pass@]host:6379/0 or rediss://...; unset = in-memory stores",
     )
+    redis_ca_file: str | None = Field(default=None, description="CA bundle to verify rediss://")
+    redis_cert_file: str | None = Field(default=None, description="client certificate (rediss://)")
+    redis_key_file: str | None = Field(default=None, description="its private key (rediss://)")
     topic_prefix: str = Field(default="cs", pattern=r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
     shared_group: str = Field(default="manager", pattern=r"^[A-Za-z0-9_\-]+$")
 
@@ -93,14 +228,72 @@ class Settings(BaseSettings):
     ping_interval: float | None = Field(default=60.0, gt=0)
     ping_timeout: float | None = Field(default=30.0, gt=0)
 
+    # Gateway limits (against hostile or broken clients; see docs/limits.md)
+    handshake_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="seconds a client has for the TLS handshake, then again for the WebSocket "
+        "upgrade; slower clients are disconnected",
+    )
+    message_rate: float | None = Field(
+        default=20.0,
+        gt=0,
+        description="messages per second a station may send on average; over it, its Calls "
+        "get a GenericError CallError; unset = unlimited",
+    )
+    message_burst: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description="messages a station may send at once above message_rate",
+    )
+    flood_close_after: float | None = Field(
+        default=10.0,
+        gt=0,
+        description="seconds a station may keep exceeding message_rate before it is "
+        "disconnected (close code 1008); unset = never",
+    )
+    max_connections_per_address: int | None = Field(
+        default=100,
+        ge=1,
+        description="open connections per source IP (IPv6: per /64); more are refused with "
+        "HTTP 429; unset = unlimited",
+    )
+    max_connections: int | None = Field(
+        default=15_000,
+        ge=1,
+        le=1_000_000,
+        description="TCP connections one gateway process holds at once (stay below the "
+        "open-file limit); more are dropped at accept; unset = unlimited",
+    )
+
+    # Gateway listeners and security (see docs/security.md)
+    listeners: list[ListenerSettings] = Field(
+        default=[],
+        description="where stations connect and the security profiles each listener serves; "
+        "empty = one plain profile-1 listener on listen_host:listen_port",
+    )
+    tls_reload_interval: float = Field(
+        default=60.0, gt=0, description="seconds between checks for renewed TLS certificate files"
+    )
+    unknown_stations: Literal["reject", "pending", "accept"] = Field(
+        default="reject",
+        description="station ids the registry does not know: reject = refused at the gateway "
+        "(HTTP 404); pending = admitted, BootNotification answered Pending until an operator "
+        "registers them; accept = admitted and Accepted (labs only: anyone may connect)",
+    )
+    first_try: bool | None = Field(
+        default=None,
+        description="admit stations without credentials (unknown ones Accepted); only ever on "
+        "when every listener is on loopback; unset = on for `csms run`, off otherwise",
+    )
+
     # Manager
     heartbeat_interval: int = Field(default=300, ge=1, le=86_400)
     pending_retry_interval: int = Field(default=60, ge=1, le=86_400)
     manager_concurrency: int = Field(default=256, ge=1, le=100_000)
     idempotency_ttl: int = Field(default=3600, ge=1)
-    unknown_stations: Literal["accept", "pending", "reject"] = Field(
-        default="accept", description="BootNotification answer for stations not in the registry"
-    )
     unknown_tokens: Literal["reject", "accept"] = Field(
         default="reject", description="accept = first-try mode: every unknown idToken is Accepted"
     )
@@ -136,6 +329,17 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _check_redis_tls(self) -> Settings:
+        files = self.redis_ca_file or self.redis_cert_file or self.redis_key_file
+        if files and not (self.redis_url or "").startswith("rediss://"):
+            raise ValueError(
+                "redis_ca_file / redis_cert_file / redis_key_file need a rediss:// URL"
+            )
+        if self.redis_key_file and not self.redis_cert_file:
+            raise ValueError("redis_key_file needs redis_cert_file")
+        return self
 
     @field_validator("path_prefix")
     @classmethod

@@ -78,6 +78,13 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
             self.at = time.time()
 
 
+ADMITTED_AS = "admitted_as"
+"""``Envelope.meta`` key set by a gateway on every Call of a station the registry did not know
+when it connected (``unknown_stations`` = pending / accept, or first-try mode): the
+registration that admission gives it, ``"Pending"`` or ``"Accepted"``. The manager answers
+such a station's BootNotification with it, so gateway and manager cannot disagree."""
+
+
 class ConnectionEventKind(enum.StrEnum):
     CONNECTED = "connected"
     DISCONNECTED = "disconnected"

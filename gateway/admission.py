@@ -60,9 +60,10 @@ __all__ = [
     "select_version",
 ]
 
-UnknownStations = Literal["reject", "pending"]
-"""What to do with a station id the registry does not know: refuse it (404) or admit it as
-Pending (the manager answers its BootNotification Pending until an operator provisions it)."""
+UnknownStations = Literal["reject", "pending", "accept"]
+"""What to do with a station id the registry does not know: refuse it (404), admit it as
+Pending (the manager answers its BootNotification Pending until an operator provisions it),
+or admit it to be Accepted (labs only)."""
 
 MAX_AUTHORIZATION_HEADER = 4096
 """Longer ``Authorization`` values are garbage, not credentials."""
@@ -298,10 +299,15 @@ def admit(
                 known=False,
             )
         proven = 3 if presented == 3 else 0
-        if listener.first_try:
-            return _accept("unknown station admitted (first-try mode)", proven, known=False)
+        # Pending first: an operator who asked for it gets it in first-try mode too.
         if unknown == "pending":
             return _accept("unknown station admitted as Pending", proven, pending=True, known=False)
+        if listener.first_try:
+            return _accept("unknown station admitted (first-try mode)", proven, known=False)
+        if unknown == "accept":
+            return _accept(
+                "unknown station admitted (unknown_stations = accept)", proven, known=False
+            )
         return _refuse(http.HTTPStatus.NOT_FOUND, "unknown station id", presented, known=False)
 
     required = record.security_profile

@@ -6,6 +6,10 @@ socket, one publishing to the bus. Nobody else ever awaits this connection's I/O
 silent station, or a slow publish, only ever delays that one station. A lane's task exists only
 while it has work, and the timer is a plain ``loop.call_at`` handle: an idle connection costs
 the pipe, this object and the websockets connection, nothing more.
+
+The pipe's reports are logged through a per-connection :class:`~gateway.limits.LogThrottle`
+(created on the first report): a station sending thousands of bad frames produces one
+warning per kind and ``REPORT_INTERVAL``, with the count of those suppressed.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from typing import Any, Generic, TypeVar
 import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 
 from csms.bus import Bus, BusUnavailable
 from csms.envelope import Envelope, encode
 from csms.topics import Topics
-from gateway.pipe import Action, Pipe, Publish, Report, SendToStation
+from gateway.limits import LogThrottle
+from gateway.pipe import Action, Disconnect, Pipe, Publish, Report, SendToStation
 
 __all__ = ["Connection"]
 
@@ -32,6 +38,9 @@ _T = TypeVar("_T")
 MAX_BACKLOG = 64
 """Actions a lane may hold before the socket reader waits for it: a station flooding the
 gateway with frames is slowed down to the pace at which its frames can be handled."""
+
+REPORT_INTERVAL = 10.0
+"""Seconds between two log lines of the same kind from one connection."""
 
 
 class _Lane(Generic[_T]):
@@ -86,6 +95,7 @@ class Connection:
         "_closer",
         "_publish_lane",
         "_publish_timeout",
+        "_reports",
         "_send_lane",
         "_timer",
         "_timer_deadline",
@@ -93,6 +103,7 @@ class Connection:
         "connected_at",
         "log",
         "pipe",
+        "remote",
         "retired",
         "ws",
     )
@@ -114,6 +125,9 @@ class Connection:
         """Unix time the socket opened; orders duplicate connections (newest wins)."""
         self.retired: str | None = None
         """Why the gateway is closing this connection (replaced), None while it is in use."""
+        self.remote = _format_address(ws.remote_address)
+        """The peer's ``host:port``, in every log line about a limit."""
+        self._reports: LogThrottle | None = None
         self._bus = bus
         self._topics = topics
         self._publish_timeout = publish_timeout
@@ -167,6 +181,9 @@ class Connection:
 
     async def finish(self, reason: str) -> None:
         """The socket is closed: publish the pipe's last outcomes and stop everything."""
+        self._log_keepalive_timeout()
+        if self._reports is not None and self._reports.suppressed:
+            self.log.info("similar log lines suppressed", count=self._reports.suppressed)
         self._cancel_timer()
         self._send_lane.cancel()
         self._apply(self.pipe.close(time.time(), reason))
@@ -187,12 +204,47 @@ class Connection:
                 self._send_lane.put(action.text)
             elif isinstance(action, Publish):
                 self._publish_lane.put(action)
+            elif isinstance(action, Disconnect):
+                self._disconnect(action)
             else:
                 self._report(action)
         self._arm_timer()
 
     def _report(self, report: Report) -> None:
-        getattr(self.log, report.level)(report.event, **report.fields)
+        if report.level == "debug":
+            self.log.debug(report.event, **report.fields)
+            return
+        if self._reports is None:
+            self._reports = LogThrottle(REPORT_INTERVAL, max_keys=32)
+        suppressed = self._reports.allow(report.event, time.monotonic())
+        if suppressed is None:
+            return
+        fields = {**report.fields, "remote": self.remote}
+        if suppressed:
+            fields["suppressed"] = suppressed
+        getattr(self.log, report.level)(report.event, **fields)
+
+    def _disconnect(self, action: Disconnect) -> None:
+        """The pipe gave up on this station (a limit): close the socket with its code."""
+        if self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(
+                self._close_socket(action.code, action.reason)
+            )
+
+    def _log_keepalive_timeout(self) -> None:
+        """Say so when websockets closed the socket because pings went unanswered."""
+        sent = self.ws.protocol.close_sent
+        if (
+            sent is not None
+            and sent.code == CloseCode.INTERNAL_ERROR
+            and sent.reason == "keepalive ping timeout"
+        ):
+            self.log.warning(
+                "station stopped answering pings: disconnected",
+                remote=self.remote,
+                ping_interval=self.ws.ping_interval,
+                ping_timeout=self.ws.ping_timeout,
+            )
 
     async def _send(self, text: str) -> None:
         try:
@@ -271,3 +323,9 @@ class Connection:
             "queued": self.pipe.queued,
             "pending": len(self.pipe.pending_station_calls),
         }
+
+
+def _format_address(address: object) -> str | None:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return None if address is None else str(address)

@@ -17,6 +17,13 @@ Rules kept here (see ``DESIGN.md``, "Correlation and in-flight rules"):
   refused the Call. Late or duplicate CSMS answers are dropped.
 - framing faults get the CallError code of the negotiated version; faulty CallResult /
   CallError frames are only reported, never answered.
+- message rate (``message_rate`` / ``message_burst``): every frame from the station spends a
+  token of a :class:`~gateway.limits.TokenBucket`. Without a token, a Call is answered with
+  GenericError ("rate limit exceeded") and not published. Answers to the CSMS call in flight
+  are still handled: they are at most one per CSMS call, so the CSMS sets their pace, and
+  refusing one would lose the outcome of that call. Other frames (faults, stray answers) are
+  handled as usual since none reaches the bus. A station that stays over the limit for
+  ``flood_close_after`` seconds is disconnected with close code 1008 (policy violation).
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ from csms import rpc
 from csms.config import Settings
 from csms.envelope import Envelope, Kind, OriginalCall
 from csms.rpc import RpcError
+from gateway.limits import TokenBucket
 
 __all__ = [
     "Action",
+    "Disconnect",
     "Limits",
     "Pipe",
     "Publish",
@@ -44,6 +53,8 @@ __all__ = [
 CSMS_LATE = "CSMS did not answer in time"
 CSMS_UNAVAILABLE = "CSMS temporarily unavailable"
 QUEUE_FULL = "call queue full"
+RATE_LIMITED = "rate limit exceeded"
+FLOODING = "message rate limit exceeded for too long"
 STATION_DISCONNECTED = "station disconnected"
 
 _RECENT_CSMS_IDS = 32
@@ -54,6 +65,12 @@ _FRAME_HEAD = re.compile(
     r'\s*\[\s*(\d+)\s*,\s*"([^"\\]{1,' + str(rpc.MAX_MESSAGE_ID_LENGTH) + r'})"'
 )
 """Type id and message id at the head of a frame too large to be parsed."""
+
+_BREACH_GAP = 1.0
+"""Seconds without a refused frame that end a rate-limit breach: a station whose frames keep
+being refused with shorter pauses is flooding, one that is refused now and then is not."""
+
+CLOSE_POLICY_VIOLATION = 1008
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +88,12 @@ class Limits:
     max_station_calls: int = 16
     """Unanswered station Calls kept at once. OCPP-J allows one; some stations pipeline, so a
     few are tolerated, but the bound keeps a misbehaving station's memory small."""
+    message_rate: float | None = 20.0
+    """Frames per second a station may send on average; None disables the rate limit."""
+    message_burst: int = 100
+    """Frames a station may send at once on top of ``message_rate`` (the bucket's size)."""
+    flood_close_after: float | None = 10.0
+    """Seconds a station may stay over the rate before it is disconnected; None = never."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -79,6 +102,9 @@ class Limits:
             call_queue_size=settings.call_queue_size,
             answer_timeout=settings.answer_timeout,
             max_frame_bytes=settings.max_frame_bytes,
+            message_rate=settings.message_rate,
+            message_burst=settings.message_burst,
+            flood_close_after=settings.flood_close_after,
         )
 
 
@@ -87,6 +113,15 @@ class SendToStation:
     """Write this text frame to the station's socket."""
 
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """Close the station's socket with this WebSocket close code; the pipe takes no more
+    frames (the I/O layer calls :meth:`Pipe.close` once the socket is closed)."""
+
+    code: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +145,7 @@ class Report:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Action = SendToStation | Publish | Report
+Action = SendToStation | Publish | Report | Disconnect
 
 
 @dataclass(slots=True)
@@ -124,14 +159,20 @@ class Pipe:
     """OCPP-J correlation state of one station connection (no I/O; see module docstring)."""
 
     __slots__ = (
+        "_breach_since",
+        "_bucket",
         "_closed",
+        "_disconnecting",
         "_in_flight",
+        "_last_refused",
         "_pending",
         "_queue",
         "_recent",
+        "_refused",
         "connection",
         "gateway",
         "limits",
+        "meta",
         "station",
         "version",
     )
@@ -144,6 +185,7 @@ class Pipe:
         connection: str,
         gateway: str,
         limits: Limits | None = None,
+        meta: dict[str, str] | None = None,
     ) -> None:
         if version not in rpc.SUPPORTED_VERSIONS:
             raise ValueError(f"unsupported OCPP version {version!r}")
@@ -152,6 +194,8 @@ class Pipe:
         self.connection = connection
         self.gateway = gateway
         self.limits = limits or Limits()
+        self.meta = meta or {}
+        """Facts stamped on every station Call published (e.g. how the station was admitted)."""
         self._in_flight: _InFlight | None = None
         # Lists, not deques: an empty deque costs ~600 bytes, and these stay short.
         self._queue: list[Envelope] = []
@@ -159,12 +203,24 @@ class Pipe:
         """Station Call ids awaiting the CSMS's answer → deadline."""
         self._recent: list[str] = []
         self._closed = False
+        self._disconnecting = False
+        self._bucket: TokenBucket | None = None
+        """Created with the first frame (the pipe is given no clock before)."""
+        self._breach_since: float | None = None
+        """When the current run of refused frames began, None while under the limit."""
+        self._last_refused = 0.0
+        self._refused = 0
 
     # -- introspection -------------------------------------------------------------------
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def disconnecting(self) -> bool:
+        """The pipe asked for the socket to be closed (:class:`Disconnect`)."""
+        return self._disconnecting
 
     @property
     def in_flight(self) -> str | None:
@@ -194,20 +250,35 @@ class Pipe:
 
     def receive_station_frame(self, data: str | bytes, now: float) -> list[Action]:
         """A WebSocket message from the station (``bytes`` for a binary frame)."""
-        if self._closed:
+        if self._closed or self._disconnecting:
             return []
+        within_rate = self._take_token(now)
+        actions: list[Action] = self._end_breach(now)
         size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode())
         if size > self.limits.max_frame_bytes:
-            return self._oversized(data, size)
-        if isinstance(data, bytes):
-            return self._binary(data)
-        try:
-            frame = rpc.parse_frame(data)
-        except rpc.FrameFault as fault:
-            return self._fault(fault)
-        if isinstance(frame, rpc.Call):
-            return self._station_call(frame, now)
-        return self._station_answer(frame, now)
+            actions += self._oversized(data, size)
+        elif isinstance(data, bytes):
+            actions += self._binary(data)
+        else:
+            try:
+                frame = rpc.parse_frame(data)
+            except rpc.FrameFault as fault:
+                actions += self._fault(fault)
+            else:
+                if isinstance(frame, rpc.Call):
+                    if within_rate:
+                        return actions + self._station_call(frame, now)
+                    refusal = self._over_rate(now)
+                    if self._disconnecting:
+                        return refusal
+                    return [*actions, self._rate_limited(frame.message_id, now), *refusal]
+                if not within_rate and frame.message_id == self.in_flight:
+                    within_rate = True  # never lose the outcome of a CSMS call
+                actions += self._station_answer(frame, now)
+        if within_rate:
+            return actions
+        refusal = self._over_rate(now)
+        return refusal if self._disconnecting else actions + refusal
 
     def receive_bus_envelope(self, envelope: Envelope, now: float) -> list[Action]:
         """An envelope from the station's ``out`` topic: a CSMS call or an answer."""
@@ -309,6 +380,87 @@ class Pipe:
         self._pending.clear()
         return actions
 
+    # -- message rate --------------------------------------------------------------------
+
+    def _take_token(self, now: float) -> bool:
+        rate = self.limits.message_rate
+        if rate is None:
+            return True
+        bucket = self._bucket
+        if bucket is None:
+            bucket = self._bucket = TokenBucket(rate, self.limits.message_burst, now)
+        return bucket.take(now)
+
+    def _end_breach(self, now: float) -> list[Action]:
+        """A breach ends once no frame was refused for ``_BREACH_GAP`` seconds."""
+        breach_since = self._breach_since
+        if breach_since is None or now - self._last_refused <= _BREACH_GAP:
+            return []
+        self._breach_since = None
+        return [
+            Report(
+                "info",
+                "station back under the message rate limit",
+                {
+                    "refused": self._refused,
+                    "seconds": round(self._last_refused - breach_since, 3),
+                },
+            )
+        ]
+
+    def _over_rate(self, now: float) -> list[Action]:
+        """Account for a frame over the rate; a breach lasting too long disconnects."""
+        actions: list[Action] = []
+        breach_since = self._breach_since
+        self._last_refused = now
+        if breach_since is None:
+            self._breach_since = now
+            self._refused = 1
+            actions.append(
+                Report(
+                    "warning",
+                    "station over the message rate limit",
+                    {"rate": self.limits.message_rate, "burst": self.limits.message_burst},
+                )
+            )
+            return actions
+        self._refused += 1
+        close_after = self.limits.flood_close_after
+        if close_after is not None and now - breach_since >= close_after:
+            self._disconnecting = True
+            actions.append(
+                Report(
+                    "warning",
+                    "station flooding: disconnecting",
+                    {
+                        "refused": self._refused,
+                        "seconds": round(now - breach_since, 3),
+                        "rate": self.limits.message_rate,
+                        "code": CLOSE_POLICY_VIOLATION,
+                    },
+                )
+            )
+            actions.append(Disconnect(CLOSE_POLICY_VIOLATION, FLOODING))
+        return actions
+
+    def _rate_limited(self, message_id: str, now: float) -> SendToStation:
+        """GenericError: neither version has a code for "too many messages"."""
+        assert self._bucket is not None
+        details = {
+            "limit": "messageRate",
+            "ratePerSecond": self.limits.message_rate,
+            "burst": self.limits.message_burst,
+            "retryAfterSeconds": round(self._bucket.wait_time(now), 3),
+        }
+        return SendToStation(
+            rpc.encode_error(
+                message_id,
+                rpc.error_code(self.version, RpcError.GENERIC),
+                RATE_LIMITED,
+                details,
+            )
+        )
+
     # -- station → CSMS ------------------------------------------------------------------
 
     def _station_call(self, call: rpc.Call, now: float) -> list[Action]:
@@ -343,6 +495,7 @@ class Pipe:
                     payload=call.payload,
                     gateway=self.gateway,
                     connection=self.connection,
+                    meta=dict(self.meta),
                     at=now,
                 )
             )

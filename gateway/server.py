@@ -8,9 +8,14 @@ station, takeover notices on ``{prefix}/ctl/{station}`` to the duplicate-connect
 
 Choices worth knowing:
 
-- **Refuse before accepting.** Path, station id, subprotocol (and later authentication, see
-  :meth:`Gateway.authenticate`) are checked in ``process_request``, so a bad client gets an
-  HTTP 404/400 with a plain-text reason instead of a socket that is opened and then closed.
+- **Refuse before accepting.** Path, station id, subprotocol and the station's credentials
+  (security profiles, see :meth:`Gateway.authenticate` and :mod:`gateway.admission`) are
+  checked in ``process_request``, so a refused client gets an HTTP status (400/401/403/404)
+  with a plain-text reason instead of a socket that is opened and then closed. A refused
+  connection publishes nothing to the bus.
+- **Several listeners.** One server per configured listener (:mod:`gateway.listeners`), e.g.
+  ``ws://`` for profile 1 and ``wss://`` for profiles 2 and 3, all feeding the same stations
+  table and bus; TLS certificates are reloaded in place, so connected stations stay.
 - **Oversized frames.** websockets is given a hard limit of ``4 * max_frame_bytes``; frames
   above ``max_frame_bytes`` but under the hard limit reach the pipe, which answers a Call with
   a FormatViolation (1.6: FormationViolation) CallError and keeps the socket. Frames above the
@@ -32,19 +37,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import http
 import os
 import socket
 import uuid
-from collections.abc import Coroutine, Mapping
+import weakref
+from collections.abc import Coroutine, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import msgspec
 import structlog
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
@@ -52,6 +60,7 @@ from csms import rpc
 from csms.bus import Bus, BusUnavailable, Message
 from csms.config import Settings
 from csms.envelope import (
+    ADMITTED_AS,
     ConnectionEvent,
     ConnectionEventKind,
     decode_envelope,
@@ -59,8 +68,14 @@ from csms.envelope import (
     encode,
 )
 from csms.topics import Topics
+from gateway.admission import Admission, admit, parse_basic_auth, select_version
 from gateway.connection import Connection
+from gateway.guard import Guard
+from gateway.listeners import StationListener, is_loopback, station_listeners
 from gateway.pipe import STATION_DISCONNECTED, Limits, Pipe
+from gateway.tls import peer_identity
+from services.interfaces import StationRegistry
+from services.memory import MemoryStationRegistry
 
 __all__ = ["Gateway", "HandshakeRefused", "parse_station_path"]
 
@@ -133,9 +148,21 @@ class Gateway:
     consumes the bus; leaving the block closes every socket (1001) after publishing each
     connection's outcomes. ``bus`` must already be open and be used by nobody else for
     receiving.
+
+    ``registry`` is the station registry admission reads (default: an empty in-memory one,
+    so only ``unknown_stations`` or first-try mode let stations in). ``first_try`` admits
+    stations without credentials; it is ignored unless every listener is on loopback.
     """
 
-    def __init__(self, settings: Settings, bus: Bus, *, gateway_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus,
+        *,
+        gateway_id: str | None = None,
+        registry: StationRegistry | None = None,
+        first_try: bool = False,
+    ) -> None:
         self._settings = settings
         self._bus = bus
         self._id = gateway_id or settings.gateway_id or _default_gateway_id()
@@ -144,10 +171,28 @@ class Gateway:
         self._control_head = f"{settings.topic_prefix}/ctl/"
         self._control_filter = self._control_head + "+"
         self._stations: dict[str, Connection] = {}
-        self._server: Server | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._log = log.bind(gateway=self._id)
+        self._registry: StationRegistry = (
+            registry if registry is not None else MemoryStationRegistry()
+        )
+        configured = station_listeners(settings)
+        if first_try and not all(is_loopback(item.host) for item in configured):
+            self._log.warning("first-try mode refused: a listener is not on a loopback address")
+            first_try = False
+        self._first_try = first_try
+        self._listeners = [
+            StationListener(index, item, first_try=first_try)
+            for index, item in enumerate(configured)
+        ]
+        self._admitted: weakref.WeakKeyDictionary[ServerConnection, _Admitted] = (
+            weakref.WeakKeyDictionary()
+        )
+        """Admission of each connection between its handshake and its handler."""
+        self._reloaders: list[asyncio.Task[None]] = []
+        self._guard = Guard(settings, self._log)
+        """Connection limits (gateway/guard.py); its counts are released on socket close."""
 
     # -- public surface ------------------------------------------------------------------
 
@@ -158,20 +203,33 @@ class Gateway:
 
     @property
     def port(self) -> int:
-        """The TCP port the server is bound to (useful with ``listen_port = 0``)."""
-        if self._server is None:
-            raise RuntimeError("gateway is not started")
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        """The TCP port of the first listener (useful with ``listen_port = 0``)."""
+        return self._listeners[0].port
 
-    def url_for(self, station_id: str) -> str:
-        """The URL a station with ``station_id`` connects to."""
-        host = self._settings.listen_host
-        if host in ("", "0.0.0.0", "::"):
-            host = "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"ws://{host}:{self.port}{self._settings.path_prefix}/{quote(station_id, safe='')}"
+    def url_for(self, station_id: str, listener: int = 0) -> str:
+        """The URL a station with ``station_id`` connects to (on listener number
+        ``listener``, in the order configured)."""
+        return self._listeners[listener].url_for(station_id, self._settings.path_prefix)
+
+    @property
+    def listeners(self) -> Sequence[StationListener]:
+        """The listeners in the order configured (``.port``, ``.url_for``, ``.reloader``)."""
+        return tuple(self._listeners)
+
+    @property
+    def first_try(self) -> bool:
+        """True when stations without credentials are admitted (loopback listeners only)."""
+        return self._first_try
+
+    @property
+    def registry(self) -> StationRegistry:
+        """The station registry admission reads."""
+        return self._registry
+
+    @property
+    def guard(self) -> Guard:
+        """Open-socket and per-address counts and the limits on them."""
+        return self._guard
 
     @property
     def connections(self) -> Mapping[str, Connection]:
@@ -179,42 +237,187 @@ class Gateway:
         return MappingProxyType(self._stations)
 
     async def authenticate(
-        self, ws: ServerConnection, request: Request, station_id: str
+        self,
+        ws: ServerConnection,
+        request: Request,
+        station_id: str,
+        listener: StationListener | None = None,
     ) -> Response | None:
-        """Hook for security profiles (HTTP Basic auth, client certificates).
+        """Security-profile admission (see :mod:`gateway.admission`): None to accept, else
+        the refusal response.
 
-        Called during the handshake once path and subprotocol are valid. Return None to
-        accept, or a response (e.g. ``ws.respond(401, ...)``) to refuse. Accepts everyone.
+        Called during the handshake once path and subprotocol are valid. Reads the station's
+        record, checks its Basic password off the event loop (scrypt) or its verified client
+        certificate, and picks the subprotocol among the versions the record allows. Every
+        refusal is logged with the station id and the reason, never the password.
         """
+        listener = listener or self._listeners[0]
+        remote = _format_address(ws.remote_address)
+        fields: dict[str, Any] = {"station": station_id, "remote": remote}
+        if listener.offload is not None:
+            host = ws.remote_address[0] if isinstance(ws.remote_address, tuple) else None
+            forwarded = listener.offload.inspect(host, request.headers)
+            if forwarded.ignored:
+                self._log.warning(
+                    "tls offload headers from an untrusted address ignored",
+                    headers=list(forwarded.ignored),
+                    **fields,
+                )
+            if forwarded.client:
+                fields["forwarded_for"] = forwarded.client
+            if forwarded.certificate_error:
+                fields["certificate_error"] = forwarded.certificate_error
+            tls, certificate = forwarded.tls, forwarded.certificate
+        else:
+            tls = listener.ssl_context is not None
+            certificate = peer_identity(ws.transport.get_extra_info("ssl_object")) if tls else None
+        fields["listener"] = listener.describe()
+        policy = listener.policy(tls)
+        if policy is None:
+            reason = (
+                "this listener serves security profiles 2 and 3 only: connect with TLS (wss://)"
+                if not tls
+                else "this listener serves plain ws:// (security profile 1) only"
+            )
+            return self._refuse(ws, http.HTTPStatus.FORBIDDEN, reason, fields)
+        try:
+            record = await self._registry.get(station_id)
+        except Exception as exc:
+            self._log.error("station registry unavailable", error=str(exc), **fields)
+            response = self._refuse(
+                ws, http.HTTPStatus.SERVICE_UNAVAILABLE, "station registry unavailable", fields
+            )
+            response.headers["Retry-After"] = "10"
+            return response
+        offered = _offered_subprotocols(request)
+        ordered = [version for version in rpc.SUPPORTED_VERSIONS if version in offered]
+        version = select_version(
+            ordered, rpc.SUPPORTED_VERSIONS, record.allowed_versions if record else ()
+        )
+        authorization = request.headers.get_all("Authorization")
+        credentials = parse_basic_auth(authorization[0]) if len(authorization) == 1 else None
+        decide = functools.partial(
+            admit,
+            station_id,
+            version,
+            policy,
+            record,
+            unknown=self._settings.unknown_stations,
+            credentials=credentials,
+            certificate=certificate,
+        )
+        if credentials is not None and record is not None and record.password_hash:
+            admission = await asyncio.to_thread(decide)  # scrypt: keep the loop serving
+        else:
+            admission = decide()
+        fields["profile"] = admission.profile
+        if not admission.accepted:
+            response = self._refuse(ws, admission.http_status, admission.reason, fields)
+            for name, value in admission.headers:
+                response.headers[name] = value
+            return response
+        if version is None:  # admit() refuses this; kept so no path accepts without one
+            reason = "no OCPP version offered is allowed for this station"
+            return self._refuse(ws, http.HTTPStatus.FORBIDDEN, reason, fields)
+        self._admitted[ws] = _Admitted(version, admission)
+        self._log.info(
+            "station admitted",
+            reason=admission.reason,
+            version=version,
+            known=admission.known,
+            **fields,
+        )
         return None
+
+    def _refuse(
+        self,
+        ws: ServerConnection,
+        status: http.HTTPStatus,
+        reason: str,
+        fields: dict[str, Any],
+    ) -> Response:
+        self._log.warning("connection refused", status=int(status), reason=reason, **fields)
+        return ws.respond(status, reason + "\n")
+
+    def _select_subprotocol(
+        self, ws: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        """The version admission chose (it honours the record's ``allowed_versions``)."""
+        admitted = self._admitted.get(ws)
+        if admitted is None or admitted.version not in offered:
+            raise NegotiationError("no subprotocol was admitted")
+        return Subprotocol(admitted.version)
+
+    def reload_certificates(self) -> None:
+        """Load renewed TLS certificate files now (also polled every
+        ``tls_reload_interval``); connected stations keep their sessions."""
+        for listener in self._listeners:
+            if listener.reloader is not None:
+                listener.reloader.reload_if_changed()
 
     async def __aenter__(self) -> Self:
         await self._bus.subscribe(self._control_filter)
         self._consumer = asyncio.create_task(self._consume(), name=f"gateway:{self._id}:bus")
-        settings = self._settings
         try:
-            self._server = await serve(
-                self._handle,
-                settings.listen_host,
-                settings.listen_port,
-                subprotocols=[Subprotocol(version) for version in rpc.SUPPORTED_VERSIONS],
-                compression=None,
-                process_request=self._process_request,
-                max_size=settings.max_frame_bytes * HARD_LIMIT_FACTOR,
-                ping_interval=settings.ping_interval,
-                ping_timeout=settings.ping_timeout,
-                close_timeout=CLOSE_TIMEOUT,
-            )
+            for listener in self._listeners:
+                await self._listen(listener)
         except BaseException:
+            await self._close_listeners()
             await self._stop_consumer()
             raise
+        return self
+
+    async def _listen(self, listener: StationListener) -> None:
+        settings = self._settings
+        # One server per listener, all with the same handler, limits and stations table.
+        listener.server = await serve(
+            self._handle,
+            listener.settings.host,
+            listener.settings.port,
+            ssl=listener.ssl_context,
+            subprotocols=[Subprotocol(version) for version in rpc.SUPPORTED_VERSIONS],
+            select_subprotocol=self._select_subprotocol,
+            compression=None,
+            process_request=functools.partial(self._process_request, listener=listener),
+            max_size=settings.max_frame_bytes * HARD_LIMIT_FACTOR,
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
+            close_timeout=CLOSE_TIMEOUT,
+            open_timeout=settings.handshake_timeout,
+            create_connection=self._guard.connection_class,
+        )
+        if listener.reloader is not None:
+            task = asyncio.create_task(
+                listener.reloader.run(settings.tls_reload_interval),
+                name=f"gateway:{self._id}:tls-reload:{listener.index}",
+            )
+            self._reloaders.append(task)
         self._log.info(
             "gateway listening",
-            host=settings.listen_host,
-            port=self.port,
+            host=listener.settings.host,
+            port=listener.port,
             path=settings.path_prefix,
+            tls=listener.ssl_context is not None,
+            offload=listener.offload is not None,
+            profiles=list(listener.profiles),
+            first_try=self._first_try,
         )
-        return self
+
+    async def _close_listeners(self) -> None:
+        for task in self._reloaders:
+            task.cancel()
+        for task in self._reloaders:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._reloaders.clear()
+        servers = [item.server for item in self._listeners if item.server is not None]
+        # Closes every socket with 1001; handlers publish their outcomes and events.
+        for server in servers:
+            server.close()
+        for server in servers:
+            await server.wait_closed()
+        for item in self._listeners:
+            item.server = None
 
     async def __aexit__(
         self,
@@ -222,11 +425,7 @@ class Gateway:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._server is not None:
-            # Closes every socket with 1001; handlers publish their outcomes and events.
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        await self._close_listeners()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT)
         await self._stop_consumer()
@@ -234,13 +433,18 @@ class Gateway:
 
     async def serve_forever(self) -> None:
         """Wait until the gateway is closed; cancel it to stop (then leave the ``async with``)."""
-        if self._server is None:
+        servers = [item.server for item in self._listeners if item.server is not None]
+        if not servers:
             raise RuntimeError("gateway is not started")
-        await self._server.wait_closed()
+        await asyncio.gather(*(server.wait_closed() for server in servers))
 
     # -- handshake -----------------------------------------------------------------------
 
-    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(
+        self, ws: ServerConnection, request: Request, listener: StationListener | None = None
+    ) -> Response | None:
+        if (too_many := self._guard.admit(ws, request)) is not None:
+            return too_many  # per-address limit (429); counts are released on socket close
         try:
             station = parse_station_path(request.path, self._settings.path_prefix)
         except HandshakeRefused as refused:
@@ -259,12 +463,7 @@ class Gateway:
             )
             self._log.info("connection refused", station=station, status=400, reason=reason.strip())
             return ws.respond(http.HTTPStatus.BAD_REQUEST, reason)
-        response = await self.authenticate(ws, request, station)
-        if response is not None:
-            self._log.info(
-                "connection refused by authentication", station=station, status=response.status_code
-            )
-        return response
+        return await self.authenticate(ws, request, station, listener)
 
     # -- connection lifetime -------------------------------------------------------------
 
@@ -273,9 +472,18 @@ class Gateway:
         station = parse_station_path(ws.request.path, self._settings.path_prefix)
         version = str(ws.subprotocol)
         connection_id = uuid.uuid4().hex[:16]
-        conn_log = self._log.bind(station=station, version=version, connection=connection_id)
+        admitted = self._admitted.pop(ws, None)
+        profile = admitted.admission.profile if admitted is not None else None
+        conn_log = self._log.bind(
+            station=station, version=version, connection=connection_id, profile=profile
+        )
         pipe = Pipe(
-            station, version, connection=connection_id, gateway=self._id, limits=self._limits
+            station,
+            version,
+            connection=connection_id,
+            gateway=self._id,
+            limits=self._limits,
+            meta=admitted.meta() if admitted is not None else None,
         )
         conn = Connection(
             ws,
@@ -466,6 +674,21 @@ class Gateway:
             self._consumer = None
         with contextlib.suppress(Exception):
             await self._bus.unsubscribe(self._control_filter)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Admitted:
+    """What the handshake decided for a connection, handed to its handler."""
+
+    version: str
+    admission: Admission
+
+    def meta(self) -> dict[str, str] | None:
+        """Envelope metadata telling the manager how an unknown station was admitted."""
+        if self.admission.known:
+            return None
+        registration = "Pending" if self.admission.pending else "Accepted"
+        return {ADMITTED_AS: registration}
 
 
 def _format_address(address: object) -> str | None:

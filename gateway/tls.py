@@ -29,6 +29,7 @@ from gateway.admission import CertificateIdentity
 __all__ = [
     "OCPP_CIPHERS",
     "CertificateReloader",
+    "certificate_identity",
     "peer_identity",
     "server_ssl_context",
 ]
@@ -208,6 +209,11 @@ def _identity_from_der(der: bytes, *, verified: bool) -> CertificateIdentity | N
         certificate = x509.load_der_x509_certificate(der)
     except ValueError:
         return None
+    return certificate_identity(certificate, verified=verified)
+
+
+def certificate_identity(certificate: x509.Certificate, *, verified: bool) -> CertificateIdentity:
+    """The names a certificate binds (last subject CN, SAN dNSNames), for admission."""
     common_names = _common_names(certificate.subject)
     san_dns: list[str] = []
     with contextlib.suppress(x509.ExtensionNotFound, ValueError):

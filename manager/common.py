@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from csms.envelope import ADMITTED_AS
 from csms.rpc import RpcError
 from manager.context import CallContext, OcppError, ResultContext, iso
 from services import energy
@@ -44,7 +45,15 @@ _POLICY = {
 
 
 def policy_registration(ctx: CallContext) -> RegistrationStatus:
-    """Registration for a station the operator did not provision (``unknown_stations``)."""
+    """Registration for a station the operator did not provision.
+
+    What the gateway's admission gave it (``ADMITTED_AS`` on the envelope: Pending under
+    ``unknown_stations = "pending"``, Accepted in first-try mode) wins; without that mark,
+    the ``unknown_stations`` setting decides.
+    """
+    admitted = ctx.meta.get(ADMITTED_AS)
+    if admitted in (RegistrationStatus.PENDING, RegistrationStatus.ACCEPTED):
+        return RegistrationStatus(admitted)
     return _POLICY[ctx.settings.unknown_stations]
 
 

@@ -62,6 +62,8 @@ class CallContext:
     connection: str | None = None
     gateway: str | None = None
     received_at: dt.datetime = field(default_factory=utc_now)
+    meta: dict[str, str] = field(default_factory=dict)
+    """The envelope's metadata as the gateway stamped it (see ``csms.envelope.ADMITTED_AS``)."""
 
     def now_iso(self) -> str:
         return iso(self.received_at)

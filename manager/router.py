@@ -199,6 +199,7 @@ class Router:
             log=log,
             connection=envelope.connection,
             gateway=envelope.gateway,
+            meta=envelope.meta,
         )
         try:
             response = await handler(ctx, envelope.payload)

@@ -44,6 +44,7 @@ __all__ = [
     "check_password",
     "generate_password",
     "hash_password",
+    "is_password_hash",
     "needs_rehash",
     "password_from_authorization_key",
     "verify_password",
@@ -127,6 +128,15 @@ def verify_password(password: str, encoded: str) -> bool:
     except (ValueError, MemoryError):  # includes UnicodeEncodeError (lone surrogates)
         return False
     return hmac.compare_digest(candidate, digest)
+
+
+def is_password_hash(value: str) -> bool:
+    """True when ``value`` is a stored-hash string this module can check.
+
+    Settings and the registry refuse anything else, so a clear password pasted where a hash
+    belongs is an error instead of a secret sitting in a config file or in Redis.
+    """
+    return _parse(value) is not None
 
 
 def needs_rehash(encoded: str) -> bool:

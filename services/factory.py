@@ -9,19 +9,20 @@ on top, and ``token_store`` / ``tariff_service`` plug-ins replace the built-in o
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
-from csms.config import Settings
+from csms.config import Settings, StationSettings
 from services import Services
-from services.interfaces import StoreUnavailable, TariffService, TokenStore
+from services.interfaces import StationRegistry, StoreUnavailable, TariffService, TokenStore
 from services.loader import instantiate
 from services.memory import (
     MemoryIdempotencyStore,
@@ -29,7 +30,13 @@ from services.memory import (
     MemoryTokenStore,
     MemoryTransactionStore,
 )
-from services.models import AuthorizationStatus, RegistrationStatus, TokenRecord
+from services.models import (
+    AuthorizationStatus,
+    RegistrationStatus,
+    StationCredentials,
+    StationRecord,
+    TokenRecord,
+)
 from services.redis_store import (
     RedisIdempotencyStore,
     RedisStationRegistry,
@@ -57,9 +64,31 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def redis_client(url: str, timeout: float = REDIS_TIMEOUT) -> aioredis.Redis:
+def redis_client(
+    url: str,
+    timeout: float = REDIS_TIMEOUT,
+    *,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+) -> aioredis.Redis:
     """A Redis client that fails fast: socket timeouts and a single quick retry (enough to
-    replace a pooled connection that died with a Redis restart, no more)."""
+    replace a pooled connection that died with a Redis restart, no more).
+
+    Credentials come from the URL (``redis://user:pass@host``, or ``redis://:pass@host`` for
+    ``requirepass``). A ``rediss://`` URL is TLS 1.2+ with the server certificate verified
+    against ``ca_file`` (default: the system's CAs) and its host name checked; ``cert_file``
+    / ``key_file`` present a client certificate (Redis ``tls-auth-clients``).
+    """
+    tls: dict[str, Any] = {}
+    if urlsplit(url).scheme == "rediss":
+        tls = {
+            "ssl_ca_certs": ca_file,
+            "ssl_certfile": cert_file,
+            "ssl_keyfile": key_file,
+            "ssl_cert_reqs": "required",
+            "ssl_min_version": ssl.TLSVersion.TLSv1_2,
+        }
     return aioredis.from_url(
         url,
         decode_responses=False,
@@ -67,6 +96,19 @@ def redis_client(url: str, timeout: float = REDIS_TIMEOUT) -> aioredis.Redis:
         socket_timeout=timeout,
         retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=1),
         health_check_interval=30,
+        **tls,
+    )
+
+
+def settings_redis_client(settings: Settings) -> aioredis.Redis:
+    """The client for ``settings.redis_url`` with its TLS files."""
+    if not settings.redis_url:
+        raise ValueError("redis_url is not set")
+    return redis_client(
+        settings.redis_url,
+        ca_file=settings.redis_ca_file,
+        cert_file=settings.redis_cert_file,
+        key_file=settings.redis_key_file,
     )
 
 
@@ -74,6 +116,11 @@ async def ping(client: aioredis.Redis, url: str) -> None:
     """Check Redis answers; StoreUnavailable naming the (redacted) URL when it does not."""
     try:
         await client.ping()
+    except AuthenticationError as exc:
+        raise StoreUnavailable(
+            f"Redis at {redact_url(url)} refused the credentials ({exc}): put the user name "
+            "and password in redis_url, redis://user:password@host:6379/0"
+        ) from exc
     except (RedisError, OSError) as exc:
         raise StoreUnavailable(f"Redis at {redact_url(url)} is not reachable: {exc}") from exc
 
@@ -108,10 +155,39 @@ async def _tariff(settings: Settings) -> TariffService:
     return ConfiguredTariff(settings.tariff)
 
 
-async def _provision(
-    stations: MemoryStationRegistry | RedisStationRegistry, settings: Settings
-) -> None:
+def configured_credentials(
+    station: StationSettings, stored: StationRecord | None
+) -> StationCredentials | None:
+    """The credentials a ``[[stations]]`` entry sets, None when it sets none.
+
+    The configured ``password_hash`` is an initial password: it is left out when the
+    registry already holds a hash, which may come from a rotation the station accepted.
+    """
+    fields: dict[str, Any] = {}
+    if station.security_profile is not None:
+        fields["security_profile"] = station.security_profile
+    if station.certificate_identity is not None:
+        fields["certificate_identity"] = station.certificate_identity
+    if station.allowed_versions is not None:
+        fields["allowed_versions"] = tuple(station.allowed_versions)
+    if station.password_hash is not None:
+        if stored is None or stored.password_hash is None:
+            fields["password_hash"] = station.password_hash
+        elif stored.password_hash != station.password_hash:
+            log.info(
+                "configured password_hash not applied: the registry holds another one "
+                "(set by 'csms station add' or a rotation); 'csms station add --password' "
+                "replaces it",
+                station=station.station_id,
+            )
+    return StationCredentials(**fields) if fields else None
+
+
+async def _provision(stations: StationRegistry, settings: Settings) -> None:
     for station in settings.stations:
+        credentials = configured_credentials(station, await stations.get(station.station_id))
+        if credentials is not None:
+            await stations.set_credentials(station.station_id, credentials)
         await stations.provision(station.station_id, RegistrationStatus(station.registration))
 
 
@@ -135,7 +211,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         return
 
-    client = redis_client(settings.redis_url)
+    client = settings_redis_client(settings)
     try:
         await ping(client, settings.redis_url)
         redis_stations = RedisStationRegistry(client)

@@ -20,6 +20,7 @@ from services.models import (
     ConnectorStatus,
     Cost,
     RegistrationStatus,
+    StationCredentials,
     StationRecord,
     TokenRecord,
     Transaction,
@@ -42,6 +43,26 @@ class StationRegistry(Protocol):
 
     async def set_registration(self, station_id: str, status: RegistrationStatus) -> None:
         """Change the registration status (creating an unknown station's record if needed)."""
+        ...
+
+    async def provision(self, station_id: str, registration: RegistrationStatus) -> None:
+        """Declare the station known with ``registration``, keeping its other state
+        (connection, boot facts, credentials)."""
+        ...
+
+    async def set_credentials(
+        self, station_id: str, credentials: StationCredentials
+    ) -> StationRecord:
+        """Atomically apply the set fields of ``credentials`` (profile, password hash,
+        certificate identity, allowed versions), keeping live state; returns the record.
+
+        Creates a known, Pending record when the station has none.
+        """
+        ...
+
+    async def set_password_hash(self, station_id: str, password_hash: str) -> bool:
+        """Atomically replace only the password hash (a rotation the station accepted);
+        False when the station has no record. ``ValueError`` unless it is a hash."""
         ...
 
     async def record_boot(

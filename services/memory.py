@@ -21,6 +21,7 @@ from services.models import (
     BootInfo,
     ConnectorStatus,
     RegistrationStatus,
+    StationCredentials,
     StationRecord,
     TokenRecord,
     Transaction,
@@ -61,6 +62,20 @@ class MemoryStationRegistry:
         self._stations[station_id] = rules.with_registration(
             self._stations.get(station_id), station_id, status
         )
+
+    async def set_credentials(
+        self, station_id: str, credentials: StationCredentials
+    ) -> StationRecord:
+        record = rules.with_credentials(self._stations.get(station_id), station_id, credentials)
+        self._stations[station_id] = _copy(record)
+        return _copy(record)
+
+    async def set_password_hash(self, station_id: str, password_hash: str) -> bool:
+        record = rules.with_password_hash(self._stations.get(station_id), password_hash)
+        if record is None:
+            return False
+        self._stations[station_id] = record
+        return True
 
     async def record_boot(
         self,

@@ -8,6 +8,8 @@ import enum
 
 import msgspec
 
+from services.credentials import is_password_hash
+
 
 class RegistrationStatus(enum.StrEnum):
     """BootNotification answer for a station (same names in 1.6 and 2.0.1)."""
@@ -56,6 +58,44 @@ class StationRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     password_hash: str | None = None
     allowed_versions: list[str] = []
     certificate_identity: str | None = None
+
+
+SECURITY_PROFILES = (0, 1, 2, 3)
+OCPP_VERSIONS = ("ocpp1.6", "ocpp2.0.1")
+
+
+class StationCredentials(msgspec.Struct, kw_only=True, frozen=True):
+    """A change to the security facts the gateway checks when a station connects.
+
+    Fields left ``UNSET`` keep what the registry holds, so provisioning one fact (say the
+    certificate identity) never clears another (the password hash). Values are checked on
+    construction: ``ValueError`` for a profile outside 0-3, an unknown OCPP version, or a
+    ``password_hash`` that is not a hash (a clear password must never reach the registry).
+    """
+
+    security_profile: int | msgspec.UnsetType = msgspec.UNSET
+    password_hash: str | msgspec.UnsetType | None = msgspec.UNSET
+    """A :func:`services.credentials.hash_password` value; None removes the password."""
+    certificate_identity: str | msgspec.UnsetType | None = msgspec.UNSET
+    """Profile 3: the name the client certificate must carry (None = the station id)."""
+    allowed_versions: tuple[str, ...] | msgspec.UnsetType = msgspec.UNSET
+    """OCPP versions the station may connect with (empty = any)."""
+
+    def __post_init__(self) -> None:
+        profile = self.security_profile
+        if not isinstance(profile, msgspec.UnsetType) and profile not in SECURITY_PROFILES:
+            raise ValueError(f"security profile must be 0, 1, 2 or 3, not {profile!r}")
+        versions = self.allowed_versions
+        if not isinstance(versions, msgspec.UnsetType):
+            unknown = sorted(set(versions) - set(OCPP_VERSIONS))
+            if unknown:
+                raise ValueError(
+                    f"unknown OCPP version(s) {', '.join(unknown)}; "
+                    f"known: {', '.join(OCPP_VERSIONS)}"
+                )
+        password_hash = self.password_hash
+        if isinstance(password_hash, str) and not is_password_hash(password_hash):
+            raise ValueError("password_hash is not a password hash (see 'csms password hash')")
 
 
 class ConnectorStatus(msgspec.Struct, kw_only=True, omit_defaults=True):

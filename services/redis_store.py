@@ -45,6 +45,7 @@ from services.models import (
     BootInfo,
     ConnectorStatus,
     RegistrationStatus,
+    StationCredentials,
     StationRecord,
     TokenRecord,
     Transaction,
@@ -232,6 +233,26 @@ class RedisStationRegistry(_RedisStore):
             lambda old: rules.with_registration(old, station_id, status),
             "set registration",
         )
+
+    async def set_credentials(
+        self, station_id: str, credentials: StationCredentials
+    ) -> StationRecord:
+        record = await self._change(
+            station_id,
+            lambda old: rules.with_credentials(old, station_id, credentials),
+            "set credentials",
+        )
+        assert record is not None  # with_credentials always yields a record
+        return record
+
+    async def set_password_hash(self, station_id: str, password_hash: str) -> bool:
+        rules.with_password_hash(None, password_hash)  # ValueError before any round trip
+        record = await self._change(
+            station_id,
+            lambda old: rules.with_password_hash(old, password_hash),
+            "set password hash",
+        )
+        return record is not None
 
     async def record_boot(
         self,

@@ -11,11 +11,13 @@ import datetime as dt
 
 import msgspec
 
+from services.credentials import is_password_hash
 from services.models import (
     Authorization,
     AuthorizationStatus,
     BootInfo,
     RegistrationStatus,
+    StationCredentials,
     StationRecord,
     TokenRecord,
     Transaction,
@@ -101,6 +103,37 @@ def provisioned(
     if record.known and record.registration == registration:
         return None
     return msgspec.structs.replace(record, known=True, registration=registration)
+
+
+def with_credentials(
+    record: StationRecord | None, station_id: str, credentials: StationCredentials
+) -> StationRecord:
+    """``record`` with the credentials' set fields replaced and everything else kept.
+
+    A station without a record becomes a provisioned one (``known``) awaiting the operator's
+    registration (Pending): giving a station credentials is provisioning it.
+    """
+    base = record if record is not None else StationRecord(station_id=station_id, known=True)
+    changes: dict[str, object] = {}
+    if not isinstance(credentials.security_profile, msgspec.UnsetType):
+        changes["security_profile"] = credentials.security_profile
+    if not isinstance(credentials.password_hash, msgspec.UnsetType):
+        changes["password_hash"] = credentials.password_hash
+    if not isinstance(credentials.certificate_identity, msgspec.UnsetType):
+        changes["certificate_identity"] = credentials.certificate_identity
+    if not isinstance(credentials.allowed_versions, msgspec.UnsetType):
+        changes["allowed_versions"] = list(credentials.allowed_versions)
+    return msgspec.structs.replace(base, **changes)
+
+
+def with_password_hash(record: StationRecord | None, password_hash: str) -> StationRecord | None:
+    """``record`` with only its password hash replaced; None when there is no record (a
+    rotation never creates a station). ``ValueError`` unless ``password_hash`` is a hash."""
+    if not is_password_hash(password_hash):
+        raise ValueError("password_hash is not a password hash")
+    if record is None:
+        return None
+    return msgspec.structs.replace(record, password_hash=password_hash)
 
 
 def with_boot(

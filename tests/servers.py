@@ -10,6 +10,7 @@ skipped silently.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import shutil
 import socket
 import subprocess
@@ -163,3 +164,78 @@ def redis_server() -> Iterator[tuple[str, ServerProcess | None]]:
     raise RuntimeError(
         INSTALL_HINT.format(what="Redis", binary="redis-server", package="redis-server")
     )
+
+
+def _binary(name: str, *candidates: str, package: str, what: str) -> str:
+    """Path of a server binary; a clear failure naming what to install when it is missing."""
+    found = shutil.which(name) or next((p for p in candidates if Path(p).exists()), None)
+    if found is None:
+        raise RuntimeError(INSTALL_HINT.format(what=what, binary=name, package=package))
+    return found
+
+
+@contextlib.contextmanager
+def mosquitto_with_password(user: str, password: str) -> Iterator[tuple[str, ServerProcess]]:
+    """A private broker that refuses anonymous clients (``password_file``, as in
+    ``deploy/mosquitto.conf``); yields its URL without credentials and the process."""
+    binary = _binary(
+        "mosquitto",
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+        package="mosquitto",
+        what="MQTT broker",
+    )
+    passwd = _binary(
+        "mosquitto_passwd", "/usr/bin/mosquitto_passwd", package="mosquitto", what="MQTT broker"
+    )
+    with tempfile.TemporaryDirectory(prefix="csms-mosquitto-auth-") as tmp:
+        password_file = Path(tmp) / "passwd"
+        subprocess.run(
+            [passwd, "-b", "-c", str(password_file), user, password],
+            check=True,
+            capture_output=True,
+        )
+        password_file.chmod(0o600)
+        port = free_port()
+        conf = Path(tmp) / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {password_file}\n"
+            # Started as root, mosquitto would switch to its own user, who cannot read the
+            # private temporary directory; as anyone else this line changes nothing.
+            f"persistence false\nuser {getpass.getuser()}\n"
+        )
+        server = ServerProcess("mosquitto", [binary, "-c", str(conf)], port, Path(tmp))
+        server.start()
+        try:
+            yield f"mqtt://127.0.0.1:{port}", server
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def redis_with(*args: str, tls: bool = False) -> Iterator[tuple[int, ServerProcess]]:
+    """A private redis-server with extra ``args`` (``--requirepass``, ``--tls-*``...); yields
+    its port (the TLS port when ``tls``) and the process."""
+    binary = _binary("redis-server", package="redis-server", what="Redis")
+    with tempfile.TemporaryDirectory(prefix="csms-redis-auth-") as tmp:
+        port = free_port()
+        listen = ["--port", "0", "--tls-port", str(port)] if tls else ["--port", str(port)]
+        argv = [
+            binary,
+            *listen,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            tmp,
+            *args,
+        ]
+        server = ServerProcess("redis", argv, port, Path(tmp))
+        server.start()
+        try:
+            yield port, server
+        finally:
+            server.stop()

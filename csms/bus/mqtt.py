@@ -59,6 +59,18 @@ class BrokerAddress:
         )
 
 
+_AUTH_REFUSALS = frozenset({4, 5, 134, 135})
+"""CONNACK codes for refused credentials: MQTT 3.1.1 (4, 5) and v5 (0x86, 0x87)."""
+
+
+def _refused_credentials(exc: aiomqtt.MqttError) -> bool:
+    """True when the broker refused the connection for its user name or password."""
+    if not isinstance(exc, aiomqtt.MqttCodeError):
+        return False
+    code = getattr(exc.rc, "value", exc.rc)
+    return isinstance(code, int) and code in _AUTH_REFUSALS
+
+
 class MqttBus:
     """A resilient MQTT v5 connection implementing :class:`csms.bus.Bus`."""
 
@@ -170,12 +182,27 @@ class MqttBus:
                 attempt += 1
                 delay = min(self._max_backoff, 0.1 * 2 ** min(attempt, 10))
                 delay *= random.uniform(0.5, 1.0)
-                log.warning(
-                    "broker connection lost",
-                    error=str(exc),
-                    retry_in=round(delay, 2),
-                    attempt=attempt,
-                )
+                if _refused_credentials(exc):
+                    log.warning(
+                        "broker refused the credentials",
+                        error=str(exc),
+                        broker=self._address.host,
+                        port=self._address.port,
+                        user=self._address.username,
+                        hint="put the broker's user name and password in broker_url, "
+                        "mqtt://user:password@host:1883"
+                        if self._address.username is None
+                        else "check the user name and password in broker_url",
+                        retry_in=round(delay, 2),
+                        attempt=attempt,
+                    )
+                else:
+                    log.warning(
+                        "broker connection lost",
+                        error=str(exc),
+                        retry_in=round(delay, 2),
+                        attempt=attempt,
+                    )
                 await asyncio.sleep(delay)
             finally:
                 self._connected.clear()

@@ -95,6 +95,9 @@ class Fleet:
                 "CSMS_LOG_FORMAT": "json",
                 "CSMS_LOG_LEVEL": "debug",
                 "CSMS_LISTEN_PORT": str(self.port),
+                # Test stations connect without credentials: first-try mode, explicitly
+                # enabled (the gateway listens on loopback). Security tests override it.
+                "CSMS_FIRST_TRY": "true",
                 "CSMS_HEARTBEAT_INTERVAL": "42",
                 "CSMS_CALL_TIMEOUT": "5",
                 "CSMS_TARIFF__ENERGY_PRICE_PER_KWH": "0.40",

@@ -270,7 +270,9 @@ async def test_both_managers_receive_work(fleet: Fleet) -> None:
             sum(
                 1
                 for r in m.log_records()
-                if r.get("action") == "Heartbeat" and r.get("event") == "call handled"
+                if r.get("action") == "Heartbeat"
+                and r.get("event") == "call handled"
+                and str(r.get("message_id", "")).startswith("hb-")  # not other tests' beats
             )
             for m in fleet.manager_processes
         ]

@@ -44,6 +44,8 @@ def make_settings(**overrides: Any) -> Settings:
         "publish_timeout": 0.5,
         "ping_interval": None,
         "ping_timeout": None,
+        # These tests are about framing and routing: stations connect without credentials.
+        "unknown_stations": "accept",
     }
     values.update(overrides)
     return Settings(**values)
@@ -291,6 +293,7 @@ async def test_station_call_published_and_answer_routed_back(
             "message_id": "s1",
             "station": "CP-1",
             "kind": "call",
+            "admitted_as": "Accepted",  # an unknown station, admitted by policy
         }
         assert (env.version, env.message_id, env.action, env.payload, env.gateway) == (
             rpc.OCPP201,

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
+from services.credentials import hash_password
 from services.interfaces import IdempotencyStore, StationRegistry, TokenStore, TransactionStore
 from services.memory import (
     MemoryIdempotencyStore,
@@ -25,6 +26,7 @@ from services.models import (
     ConnectorStatus,
     EnergyReading,
     RegistrationStatus,
+    StationCredentials,
     StationRecord,
     TokenRecord,
     Transaction,
@@ -183,6 +185,108 @@ async def test_returned_records_are_copies(registry: StationRegistry) -> None:
     again = await registry.get("CS1")
     assert again is not None
     assert again.allowed_versions == ["ocpp1.6"]
+
+
+# --- station credentials ---------------------------------------------------------------------
+
+HASH_A = hash_password("first-password-123")
+HASH_B = hash_password("second-password-45")
+
+
+async def _live_station(registry: StationRegistry, station_id: str = "CS1") -> None:
+    """A station that booted and is connected: live state credentials must not wipe."""
+    await registry.provision(station_id, RegistrationStatus.ACCEPTED)
+    await registry.record_boot(
+        station_id, "ocpp2.0.1", BOOT, RegistrationStatus.ACCEPTED, "2026-01-15T12:00:00Z"
+    )
+    await registry.mark_connected(station_id, "ocpp2.0.1", "gw1", "c1", "2026-01-15T12:00:01Z")
+
+
+async def test_set_credentials_keeps_live_state(registry: StationRegistry) -> None:
+    await _live_station(registry)
+    record = await registry.set_credentials(
+        "CS1",
+        StationCredentials(
+            security_profile=2,
+            password_hash=HASH_A,
+            certificate_identity="cs1.example",
+            allowed_versions=("ocpp2.0.1",),
+        ),
+    )
+    stored = await registry.get("CS1")
+    assert stored == record
+    assert (stored.security_profile, stored.password_hash) == (2, HASH_A)
+    assert stored.certificate_identity == "cs1.example"
+    assert stored.allowed_versions == ["ocpp2.0.1"]
+    assert stored.online and stored.connection == "c1" and stored.boot == BOOT
+    assert stored.registration is RegistrationStatus.ACCEPTED and stored.known
+
+
+async def test_set_credentials_changes_only_the_fields_given(registry: StationRegistry) -> None:
+    await registry.set_credentials(
+        "CS1", StationCredentials(security_profile=1, password_hash=HASH_A)
+    )
+    await registry.set_credentials("CS1", StationCredentials(allowed_versions=("ocpp1.6",)))
+    stored = await registry.get("CS1")
+    assert stored is not None
+    assert (stored.security_profile, stored.password_hash) == (1, HASH_A)
+    assert stored.allowed_versions == ["ocpp1.6"]
+    await registry.set_credentials(
+        "CS1", StationCredentials(password_hash=None, allowed_versions=())
+    )
+    cleared = await registry.get("CS1")
+    assert cleared is not None
+    assert cleared.password_hash is None and cleared.allowed_versions == []
+    assert cleared.security_profile == 1
+
+
+async def test_set_credentials_provisions_an_unknown_station_as_pending(
+    registry: StationRegistry,
+) -> None:
+    record = await registry.set_credentials("CS:new/1", StationCredentials(security_profile=3))
+    assert record.known is True
+    assert record.registration is RegistrationStatus.PENDING
+    assert record.security_profile == 3
+    assert await registry.get("CS:new/1") == record
+
+
+async def test_set_password_hash_replaces_only_the_hash(registry: StationRegistry) -> None:
+    await _live_station(registry)
+    await registry.set_credentials(
+        "CS1", StationCredentials(security_profile=2, password_hash=HASH_A)
+    )
+    before = await registry.get("CS1")
+    assert await registry.set_password_hash("CS1", HASH_B) is True
+    after = await registry.get("CS1")
+    assert before is not None and after is not None
+    assert after.password_hash == HASH_B
+    assert msgspec.structs.replace(after, password_hash=HASH_A) == before
+
+
+async def test_set_password_hash_never_creates_a_station(registry: StationRegistry) -> None:
+    assert await registry.set_password_hash("ghost", HASH_A) is False
+    assert await registry.get("ghost") is None
+
+
+async def test_registry_refuses_what_is_not_a_hash(registry: StationRegistry) -> None:
+    await registry.provision("CS1", RegistrationStatus.ACCEPTED)
+    with pytest.raises(ValueError, match="not a password hash"):
+        await registry.set_password_hash("CS1", "clear-text-password")
+    with pytest.raises(ValueError, match="not a password hash"):
+        StationCredentials(password_hash="clear-text-password")
+    stored = await registry.get("CS1")
+    assert stored is not None and stored.password_hash is None
+
+
+async def test_provision_keeps_credentials(registry: StationRegistry) -> None:
+    await registry.set_credentials(
+        "CS1", StationCredentials(security_profile=1, password_hash=HASH_A)
+    )
+    await registry.provision("CS1", RegistrationStatus.ACCEPTED)
+    stored = await registry.get("CS1")
+    assert stored is not None
+    assert stored.registration is RegistrationStatus.ACCEPTED
+    assert (stored.security_profile, stored.password_hash) == (1, HASH_A)
 
 
 # --- tokens ----------------------------------------------------------------------------------

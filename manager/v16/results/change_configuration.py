@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from manager import common
+from manager import common, password_rotation
 from manager.context import ResultContext
 
 ACTION = "ChangeConfiguration"
@@ -10,7 +10,14 @@ ACTION = "ChangeConfiguration"
 
 async def handle_result(ctx: ResultContext) -> None:
     """Log the outcome for the key that was set: Accepted and RebootRequired took the value
-    (the latter only after a reboot), Rejected and NotSupported did not and are warnings."""
+    (the latter only after a reboot), Rejected and NotSupported did not and are warnings.
+
+    An ``AuthorizationKey`` (the Basic auth password, security whitepaper) is never logged;
+    once Accepted its hash replaces the registry's (see :mod:`manager.password_rotation`).
+    """
+    if password_rotation.sets_password(ctx.version, ctx.request):
+        await password_rotation.apply_result(ctx)
+        return
     if common.result_failed(ctx) or ctx.payload is None:
         return
     status = ctx.payload["status"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common
+from manager import common, password_rotation
 from manager.context import ResultContext
 
 ACTION = "SetVariables"
@@ -31,11 +31,21 @@ async def handle_result(ctx: ResultContext) -> None:
 
     Accepted and RebootRequired took the value (the latter after a reboot); Rejected,
     UnknownComponent, UnknownVariable and NotSupportedAttributeType are warnings.
+    ``BasicAuthPassword`` values are never logged; once Accepted the password's hash replaces
+    the registry's (see :mod:`manager.password_rotation`).
     """
+    sets_password = password_rotation.sets_password(ctx.version, ctx.request)
+    if sets_password and not ctx.ok:
+        await password_rotation.apply_result(ctx)  # logs why nothing changed
+        return
     if common.result_failed(ctx) or ctx.payload is None:
         return
     requested = {
-        _key(entry): entry.get("attributeValue")
+        _key(entry): (
+            password_rotation.REDACTED
+            if password_rotation.is_secret_variable(entry["variable"]["name"])
+            else entry.get("attributeValue")
+        )
         for entry in ctx.request.payload.get("setVariableData") or ()
     }
     for result in ctx.payload["setVariableResult"]:
@@ -54,3 +64,5 @@ async def handle_result(ctx: ResultContext) -> None:
             status=status,
             reason=(result.get("attributeStatusInfo") or {}).get("reasonCode"),
         )
+    if sets_password:
+        await password_rotation.apply_result(ctx)
