@@ -51,6 +51,12 @@ async def _station(url: str, calls: int, latencies: list[float], version: str) -
                 raise RuntimeError(f"unexpected answer {reply}")
 
 
+UNTHROTTLED = 1_000_000.0
+"""Per-station message rate for benchmarks: they measure the path, not the rate limiter."""
+ALL_FROM_ONE_ADDRESS = 20_000
+"""Every simulated station connects from this machine's address."""
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -70,6 +76,8 @@ async def _fleet(args: argparse.Namespace) -> AsyncIterator[Callable[[str], str]
             "CSMS_LOG_LEVEL": "warning",
             "CSMS_UNKNOWN_STATIONS": "accept",
             "CSMS_ANSWER_TIMEOUT": "2",
+            "CSMS_MESSAGE_RATE": str(UNTHROTTLED),
+            "CSMS_MAX_CONNECTIONS_PER_ADDRESS": str(ALL_FROM_ONE_ADDRESS),
         }
     )
     if args.redis_url:
@@ -113,6 +121,9 @@ async def _embedded(args: argparse.Namespace) -> AsyncIterator[Callable[[str], s
         listen_port=0,
         topic_prefix=f"bench{uuid.uuid4().hex[:6]}",
         log_level="warning",
+        unknown_stations="accept",
+        message_rate=UNTHROTTLED,
+        max_connections_per_address=ALL_FROM_ONE_ADDRESS,
     )
     async with all_in_one(settings) as gateway:
         yield gateway.url_for

@@ -257,7 +257,9 @@ def admit(
     default costs one scrypt, tens of milliseconds: call ``admit`` off the event loop, or
     pass a caching verifier).
     """
-    known = record is not None
+    # A record the fleet wrote for a station it admitted while unknown (connection events,
+    # boot facts) does not make the station provisioned: only ``known`` records do.
+    known = record is not None and record.known
     challenge = listener.realm
 
     # 1. Which profile does the station present?
@@ -290,7 +292,7 @@ def admit(
 
     # 3. Stations the registry does not know. No password can be checked for them, so the
     #    profile reported is 3 for a verified certificate bound to the id and 0 otherwise.
-    if record is None:
+    if record is None or not record.known:
         if presented == 3 and certificate is not None and not certificate.names(station_id):
             return _refuse(
                 http.HTTPStatus.FORBIDDEN,

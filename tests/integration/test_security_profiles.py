@@ -516,6 +516,10 @@ async def test_unknown_station_admitted_as_pending(pki: Pki) -> None:
         record = await csms.services.stations.get("NEWCOMER")
         assert record is not None and not record.known
         assert record.registration == RegistrationStatus.PENDING
+        # It reconnects (Pending stations retry their boot): still admitted as Pending, the
+        # record the fleet wrote for it is not a provisioning.
+        async with await open_ws(csms.url("NEWCOMER")) as ws:
+            assert await charge_201(ws, "NEWCOMER") == "Pending"
         # A registered station still has to authenticate under this policy.
         await csms.register("CP1", 1, password_hash=hash_password(PASSWORD))
         assert (await refused(csms.url("CP1"))).status_code == 401

@@ -107,6 +107,13 @@ CASES = [
          unknown="accept"),
     Case("unknown accept, certificate of another station", TLS_23, None, HTTPStatus.FORBIDDEN,
          3, "not issued", certificate=CERT_OTHER, unknown="accept"),
+    # A record the fleet wrote for a station admitted while unknown is not a provisioning.
+    Case("unprovisioned record, accept policy", PLAIN, record(0, known=False), OK, 0,
+         "unknown_stations = accept", unknown="accept"),
+    Case("unprovisioned record, pending policy", PLAIN, record(0, known=False), OK, 0,
+         "as Pending", unknown="pending", pending=True),
+    Case("unprovisioned record, reject policy", PLAIN, record(0, known=False),
+         HTTPStatus.NOT_FOUND, 0, "unknown station"),
     # Profile 2: Basic over TLS.
     Case("p2 ok", TLS_23, record(2), OK, 2, "password verified", CREDS),
     Case("p2 wrong password", TLS_23, record(2), HTTPStatus.UNAUTHORIZED, 2, "wrong password",
@@ -203,7 +210,7 @@ def test_admission_rules(case: Case) -> None:
     assert result.profile == case.profile
     assert case.reason in result.reason
     assert result.pending is case.pending
-    assert result.known is (case.record is not None)
+    assert result.known is (case.record is not None and case.record.known)
     assert PASSWORD not in result.reason and KEY_16 not in result.reason
     if case.status == HTTPStatus.UNAUTHORIZED:
         assert result.headers == (("WWW-Authenticate", 'Basic realm="OCPP", charset="UTF-8"'),)
