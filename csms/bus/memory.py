@@ -38,9 +38,13 @@ class MemoryBroker:
 
     def _route(self, message: Message) -> None:
         groups: dict[tuple[str, str], list[MemoryBus]] = {}
+        last_level = message.topic.rsplit("/", 1)[-1]
         for client in self._clients:
             delivered = False
-            for topic_filter in client._filters:
+            # Filters are indexed by their last level (a gateway's filter per held station ends
+            # with the station id), so routing costs the same with ten stations or ten thousand.
+            candidates = client._by_last_level.get(last_level, ())
+            for topic_filter in itertools.chain(candidates, client._open_ended):
                 if not matches(topic_filter, message.topic):
                     continue
                 if topic_filter.startswith("$share/"):
@@ -58,7 +62,10 @@ class MemoryBus:
 
     def __init__(self, broker: MemoryBroker, max_queued: int) -> None:
         self._broker = broker
-        self._filters: set[str] = set()
+        self._by_last_level: dict[str, set[str]] = {}
+        """Filters whose last level is literal, by that level."""
+        self._open_ended: set[str] = set()
+        """Filters ending in ``+`` or ``#``."""
         self._queue: asyncio.Queue[Message] = asyncio.Queue(max_queued)
 
     @property
@@ -80,10 +87,20 @@ class MemoryBus:
         self._broker._route(Message(topic, payload, dict(properties or {})))
 
     async def subscribe(self, topic_filter: str) -> None:
-        self._filters.add(topic_filter)
+        last_level = topic_filter.rsplit("/", 1)[-1]
+        if last_level in ("+", "#"):
+            self._open_ended.add(topic_filter)
+        else:
+            self._by_last_level.setdefault(last_level, set()).add(topic_filter)
 
     async def unsubscribe(self, topic_filter: str) -> None:
-        self._filters.discard(topic_filter)
+        self._open_ended.discard(topic_filter)
+        last_level = topic_filter.rsplit("/", 1)[-1]
+        filters = self._by_last_level.get(last_level)
+        if filters is not None:
+            filters.discard(topic_filter)
+            if not filters:
+                del self._by_last_level[last_level]
 
     def _deliver(self, message: Message) -> None:
         # Same outcome as an MQTT client whose incoming queue overflows: the message is

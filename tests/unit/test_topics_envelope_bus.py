@@ -90,3 +90,23 @@ async def test_memory_bus_outage_raises() -> None:
         assert not client.connected
         with pytest.raises(BusUnavailable):
             await client.publish("t", b"x")
+
+
+async def test_memory_bus_delivers_once_per_client_by_mqtt_filter_rules() -> None:
+    broker = MemoryBroker()
+    async with broker.client() as gateway, broker.client() as sender:
+        # A gateway's per-station filters (wildcard version level, literal station level)
+        # next to open-ended ones; overlapping filters still deliver one copy.
+        for station in ("CP1", "CP2"):
+            await gateway.subscribe(f"cs/out/+/{station}")
+        await gateway.subscribe("cs/ctl/+")
+        await gateway.subscribe("cs/out/#")
+        await gateway.unsubscribe("cs/out/#")
+        await gateway.unsubscribe("cs/out/+/CP2")
+        for topic in ("cs/out/ocpp1.6/CP1", "cs/out/ocpp2.0.1/CP2", "cs/ctl/CP2", "cs/x/y/CP1"):
+            await sender.publish(topic, b"x")
+        messages = aiter(gateway.messages())
+        received = [(await asyncio.wait_for(anext(messages), 1)).topic for _ in range(2)]
+        assert received == ["cs/out/ocpp1.6/CP1", "cs/ctl/CP2"]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(messages), 0.2)
