@@ -84,6 +84,10 @@ log = structlog.get_logger("gateway")
 MAX_STATION_ID_LENGTH = 48
 HARD_LIMIT_FACTOR = 4
 """websockets closes the socket (1009) above ``HARD_LIMIT_FACTOR * max_frame_bytes``."""
+RECEIVE_QUEUE = 4
+"""Frames websockets buffers per connection ahead of the reader (its default is 16). The
+reader is throttled by the connection's lanes, so a flooding station waits in its TCP window
+instead of in this process: at most ``4 * HARD_LIMIT_FACTOR * max_frame_bytes`` per socket."""
 CLOSE_TIMEOUT = 5.0
 """Seconds a closing handshake may take before the TCP connection is dropped."""
 REPLACED = "replaced by a newer connection"
@@ -380,6 +384,7 @@ class Gateway:
             compression=None,
             process_request=functools.partial(self._process_request, listener=listener),
             max_size=settings.max_frame_bytes * HARD_LIMIT_FACTOR,
+            max_queue=RECEIVE_QUEUE,
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
             close_timeout=CLOSE_TIMEOUT,
