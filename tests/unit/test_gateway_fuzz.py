@@ -475,7 +475,10 @@ def test_gateway_survives_hostile_clients_with_bounded_memory(arena: Arena) -> N
     )
     assert growth < 128 * 1024, f"transport heap grew by {growth} bytes"
     assert total_after - total_before < 64 * 2**20
-    assert rss_after - rss_before < 256 * 2**20
+    # The attackers run in this process: at their peak their own buffers (a flooder that
+    # never reads holds what it could not send) are traced too, and the allocator may keep
+    # those pages. Beyond that peak nothing untraced (C-level buffers) may grow.
+    assert rss_after - rss_before < peak + 128 * 2**20
     # Each kind of breach happened (at least in the warm-up) and was logged ...
     assert all(logs.events[event] for event in BREACHES), logs.events
     # ... but a flood of bad frames on one connection makes a handful of lines, not one each.
