@@ -208,6 +208,11 @@ class Settings(BaseSettings):
     redis_ca_file: str | None = Field(default=None, description="CA bundle to verify rediss://")
     redis_cert_file: str | None = Field(default=None, description="client certificate (rediss://)")
     redis_key_file: str | None = Field(default=None, description="its private key (rediss://)")
+    redis_key_prefix: str = Field(
+        default="csms:",
+        pattern=r"^[A-Za-z0-9_\-.:]{1,64}$",
+        description="prefix of every Redis key; lets several CSMS deployments share one Redis",
+    )
     topic_prefix: str = Field(default="cs", pattern=r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
     shared_group: str = Field(default="manager", pattern=r"^[A-Za-z0-9_\-]+$")
 

@@ -214,15 +214,16 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     client = settings_redis_client(settings)
     try:
         await ping(client, settings.redis_url)
-        redis_stations = RedisStationRegistry(client)
+        prefix = settings.redis_key_prefix
+        redis_stations = RedisStationRegistry(client, prefix)
         await _provision(redis_stations, settings)
-        default_tokens = RedisTokenStore(client, accept_unknown=accept_unknown)
+        default_tokens = RedisTokenStore(client, prefix, accept_unknown=accept_unknown)
         yield Services(
             stations=redis_stations,
             tokens=await _token_store(settings, default_tokens),
-            transactions=RedisTransactionStore(client),
+            transactions=RedisTransactionStore(client, prefix),
             tariff=await _tariff(settings),
-            idempotency=RedisIdempotencyStore(client),
+            idempotency=RedisIdempotencyStore(client, prefix),
         )
     finally:
         await client.aclose()

@@ -307,6 +307,26 @@ async def test_open_services_on_redis_preloads_without_wiping(
         assert (await services.tokens.authorize("T2")).status is AuthorizationStatus.UNKNOWN
 
 
+async def test_redis_key_prefix_separates_deployments(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    tenant = f"t{uuid.uuid4().hex[:6]}:"
+    settings = Settings(
+        redis_url=redis_url,
+        redis_key_prefix=tenant,
+        stations=[StationSettings(station_id="CS-P", registration="Accepted")],
+    )
+    async with open_services(settings) as services:
+        assert (await services.stations.get("CS-P")) is not None
+        await services.transactions.next_transaction_id()
+    keys = {key.decode() for key in await redis_client.keys(f"{tenant}*")}
+    assert f"{tenant}station:CS-P" in keys
+    assert any(key.startswith(f"{tenant}") and "tx" in key for key in keys), keys
+    # The default deployment does not see the other one's station.
+    async with open_services(Settings(redis_url=redis_url)) as services:
+        assert (await services.stations.get("CS-P")) is None
+
+
 # --- outages -------------------------------------------------------------------------------------
 
 
