@@ -365,9 +365,12 @@ async def _rotate_password(settings: Settings, station_id: str, wait: float) -> 
             # A plain subscription gets a copy of the station's answer; the managers' shared
             # subscription gets the one that updates the registry.
             await bus.subscribe(topics.inbound(version, station_id))
-            rotation = await rotate_password(
-                CallMaker(bus, topics, origin="cli"), station_id, version
-            )
+            try:
+                rotation = await rotate_password(
+                    CallMaker(bus, topics, origin="cli"), services.stations, station_id, version
+                )
+            except RotationRefused as exc:
+                raise CommandError(str(exc)) from None
             _progress(f"sent {rotation.action} to {station_id} ({version}); waiting for its answer")
             answer = await _station_answer(bus, rotation.message_id, deadline, loop)
         if answer is None:

@@ -21,6 +21,11 @@ and 1 on plain ``ws``; nothing is profile 0. A station is refused when that prof
 than the one it is registered for (no downgrade). Higher is accepted: that is how a station
 moves up (OCPP 2.0.1 A05, security profile upgrade) before the operator updates the registry.
 
+A Basic password is checked against the registry's current hash, then against the pending
+hash of a rotation in flight (``StationRecord.pending_password_hash``): a 1.6 station that
+answers Accepted to a new AuthorizationKey reconnects with it at once, before a manager has
+stored the answer.
+
 HTTP statuses:
 
 - **401** + ``WWW-Authenticate: Basic`` when Basic credentials are missing or wrong (RFC 7235:
@@ -356,18 +361,23 @@ def admit(
         admission = _accept("client certificate verified", 3)
     else:
         assert credentials is not None
-        if record.password_hash is None:
+        current, pending = record.password_hash, record.pending_password_hash
+        if current is None and pending is None:
             return _refuse(
                 http.HTTPStatus.UNAUTHORIZED,
                 "no password provisioned for this station",
                 presented,
                 challenge=challenge,
             )
-        if not _password_matches(credentials[1], record.password_hash, version, verify):
+        if current is not None and _password_matches(credentials[1], current, version, verify):
+            admission = _accept("Basic auth password verified", presented)
+        elif pending is not None and _password_matches(credentials[1], pending, version, verify):
+            # A station may reconnect with a rotated password before its Accepted is stored.
+            admission = _accept("password verified (rotation pending)", presented)
+        else:
             return _refuse(
                 http.HTTPStatus.UNAUTHORIZED, "wrong password", presented, challenge=challenge
             )
-        admission = _accept("Basic auth password verified", presented)
 
     # 7. OCPP versions the operator allows for this station (checked once authenticated, so
     #    an anonymous client learns nothing about the record).

@@ -310,7 +310,10 @@ class Gateway:
             credentials=credentials,
             certificate=certificate,
         )
-        if credentials is not None and record is not None and record.password_hash:
+        has_password = record is not None and (
+            record.password_hash is not None or record.pending_password_hash is not None
+        )
+        if credentials is not None and has_password:
             admission = await asyncio.to_thread(decide)  # scrypt: keep the loop serving
         else:
             admission = decide()

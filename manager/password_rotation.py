@@ -7,15 +7,21 @@
 
 How a rotation flows, with no instance remembering anything:
 
-1. :func:`rotate_password` generates a password valid for the station's OCPP version and sends
-   the call through the :class:`~manager.call_maker.CallMaker`, marked in ``meta`` as a
-   rotation (:data:`PURPOSE` = :data:`ROTATION`).
+1. :func:`rotate_password` generates a password valid for the station's OCPP version, records
+   its hash as the station's *pending* password
+   (:meth:`StationRegistry.set_pending_password_hash`) and sends the call through the
+   :class:`~manager.call_maker.CallMaker`, marked in ``meta`` as a rotation (:data:`PURPOSE` =
+   :data:`ROTATION`). Admission accepts the pending password besides the current one: a 1.6
+   station (security whitepaper) answers Accepted and reconnects with the new key at once,
+   before any manager has stored its answer. The pending hash serves admission only.
 2. The gateway attaches that request to the station's answer, so whichever manager receives it
    runs the version's result handler, which calls :func:`apply_result`: when the station
-   answered Accepted for the password, the password is read back from the original request,
-   hashed, and the registry's hash replaced (:meth:`StationRegistry.set_password_hash`).
-   Rejected, RebootRequired, NotSupported, a CallError, a timeout or an undelivered call leave
-   the registry unchanged and are logged as warnings.
+   answered Accepted for the password, the password is read back from the original request
+   and its hash (the pending one when it matches) replaces the registry's
+   (:meth:`StationRegistry.set_password_hash`, which clears that pending hash). Rejected,
+   RebootRequired, NotSupported, a CallError, a timeout or an undelivered call leave the
+   current hash unchanged, clear the pending hash if it is still this rotation's (a late
+   answer to an older rotation leaves a newer one pending) and are logged as warnings.
 3. The station keeps its connection; the new password is checked from its next connection on.
 
 An accepted password change sent without the rotation mark (another tool using the CallMaker)
@@ -29,6 +35,7 @@ ChangeConfiguration result handlers log :data:`REDACTED` in their place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -43,6 +50,7 @@ from services.credentials import (
     generate_password,
     hash_password,
     password_from_authorization_key,
+    verify_password,
 )
 from services.interfaces import StationRegistry, StoreUnavailable
 
@@ -228,6 +236,7 @@ async def rotation_version(stations: StationRegistry, station_id: str) -> str:
 
 async def rotate_password(
     calls: CallMaker,
+    stations: StationRegistry,
     station_id: str,
     version: str,
     *,
@@ -237,21 +246,33 @@ async def rotate_password(
 ) -> Rotation:
     """Send ``station_id`` a new password (generated unless given) for ``version``.
 
-    The registry changes only once the station accepted (see :func:`apply_result`), unless
-    ``reply_to`` sends the answer elsewhere, in which case the caller must apply it.
-    Raises ``ValueError`` for a password the version does not allow, and what
-    :meth:`CallMaker.call` raises.
+    The new hash is recorded as pending first, so the station is admitted with the new
+    password as soon as it switches; the current hash changes only once the station accepted
+    (see :func:`apply_result`), unless ``reply_to`` sends the answer elsewhere, in which case
+    the caller must apply it. Raises ``ValueError`` for a password the version does not
+    allow, :class:`RotationRefused` when the station has no record, and what
+    :meth:`CallMaker.call` and the registry raise.
     """
     new_password = password if password is not None else generate_password(version=version)
     action, payload = rotation_call(version, new_password)
-    message_id = await calls.call(
-        station_id,
-        version,
-        action,
-        payload,
-        meta={**(meta or {}), PURPOSE: ROTATION},
-        reply_to=reply_to,
-    )
+    # scrypt costs tens of milliseconds of CPU: keep it off the event loop.
+    pending_hash = await asyncio.to_thread(hash_password, new_password)
+    if not await stations.set_pending_password_hash(station_id, pending_hash):
+        raise RotationRefused(f"station {station_id} is not in the registry")
+    try:
+        message_id = await calls.call(
+            station_id,
+            version,
+            action,
+            payload,
+            meta={**(meta or {}), PURPOSE: ROTATION},
+            reply_to=reply_to,
+        )
+    except BaseException:
+        # Never sent: no answer will come to clear it.
+        with contextlib.suppress(StoreUnavailable):
+            await stations.set_pending_password_hash(station_id, None, replacing=pending_hash)
+        raise
     _log.info(
         "password_rotation_sent",
         station=station_id,
@@ -266,11 +287,13 @@ async def apply_result(ctx: ResultContext) -> bool:
     """Store the new password's hash if the station accepted it; True when stored.
 
     For the answer to a call that sets a password (rotation or not). Everything but
-    Accepted leaves the registry unchanged and is a warning.
+    Accepted leaves the current hash unchanged, clears this rotation's pending hash and is a
+    warning.
     """
     rotation = is_rotation(ctx.request)
     log = ctx.log.bind(rotation=rotation)
     if not ctx.ok or ctx.payload is None:
+        await _clear_pending(ctx)
         log.warning(
             "password_not_changed",
             reason="no answer in time"
@@ -286,6 +309,7 @@ async def apply_result(ctx: ResultContext) -> bool:
         return False
     status = rotation_status(ctx.version, ctx.payload)
     if status != _ACCEPTED:
+        await _clear_pending(ctx)
         log.warning(
             "password_not_changed",
             reason="station did not accept",
@@ -306,14 +330,55 @@ async def apply_result(ctx: ResultContext) -> bool:
     if password is None:
         log.warning("password_not_changed", reason="no single password in the request")
         return False
-    # scrypt costs tens of milliseconds of CPU: keep it off the event loop.
-    password_hash = await asyncio.to_thread(hash_password, password)
+    # The pending hash, when it is this password's, becomes current (and stops being
+    # pending); otherwise (an unmarked change, a newer rotation pending) hash it afresh.
+    password_hash = await _pending_hash_of(ctx, password)
+    if password_hash is None:
+        # scrypt costs tens of milliseconds of CPU: keep it off the event loop.
+        password_hash = await asyncio.to_thread(hash_password, password)
     stored = await _store(ctx, password_hash)
     if not stored:
         log.warning("password_not_changed", reason="station not in the registry")
         return False
     log.info("password_changed", applies="from the station's next connection")
     return True
+
+
+async def _pending_hash_of(ctx: ResultContext, password: str) -> str | None:
+    """The station's pending hash when it checks ``password``, else None (also when the
+    registry cannot be read: the caller then hashes the password itself)."""
+    try:
+        record = await ctx.services.stations.get(ctx.station_id)
+    except StoreUnavailable:
+        return None
+    pending = record.pending_password_hash if record is not None else None
+    if pending is None or not await asyncio.to_thread(verify_password, password, pending):
+        return None
+    return pending
+
+
+async def _clear_pending(ctx: ResultContext) -> None:
+    """Clear the pending hash if it is still the one of the password in this request: a
+    password the station did not take must not keep admitting it."""
+    try:
+        password = password_in_request(ctx.version, ctx.request)
+    except ValueError:
+        return
+    if password is None:
+        return
+    try:
+        pending = await _pending_hash_of(ctx, password)
+        if pending is not None:
+            await ctx.services.stations.set_pending_password_hash(
+                ctx.station_id, None, replacing=pending
+            )
+    except StoreUnavailable as exc:
+        ctx.log.error(
+            "pending_password_not_cleared",
+            error=str(exc),
+            consequence="the refused password is still accepted at admission until the next "
+            "rotation or 'csms station add --password'",
+        )
 
 
 async def _store(ctx: ResultContext, password_hash: str) -> bool:

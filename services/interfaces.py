@@ -62,7 +62,18 @@ class StationRegistry(Protocol):
 
     async def set_password_hash(self, station_id: str, password_hash: str) -> bool:
         """Atomically replace only the password hash (a rotation the station accepted);
-        False when the station has no record. ``ValueError`` unless it is a hash."""
+        False when the station has no record. ``ValueError`` unless it is a hash.
+
+        A pending hash equal to ``password_hash`` is cleared in the same write (promoted)."""
+        ...
+
+    async def set_pending_password_hash(
+        self, station_id: str, password_hash: str | None, *, replacing: str | None = None
+    ) -> bool:
+        """Atomically set (None: clear) the hash of a password being rotated, which admission
+        accepts besides the current one. With ``replacing``, only when the pending hash is
+        exactly that one. False when nothing changed (no record, or another pending hash).
+        ``ValueError`` unless ``password_hash`` is a hash or None."""
         ...
 
     async def record_boot(

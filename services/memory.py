@@ -77,6 +77,17 @@ class MemoryStationRegistry:
         self._stations[station_id] = record
         return True
 
+    async def set_pending_password_hash(
+        self, station_id: str, password_hash: str | None, *, replacing: str | None = None
+    ) -> bool:
+        record = rules.with_pending_password_hash(
+            self._stations.get(station_id), password_hash, replacing
+        )
+        if record is None:
+            return False
+        self._stations[station_id] = record
+        return True
+
     async def record_boot(
         self,
         station_id: str,

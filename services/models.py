@@ -56,6 +56,9 @@ class StationRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     security_profile: int = 0
     """0 = none (first-try only), 1 = Basic auth, 2 = TLS + Basic, 3 = TLS client certificate."""
     password_hash: str | None = None
+    pending_password_hash: str | None = None
+    """Hash of a password being rotated, accepted at admission only until the station's
+    answer settles it: a station may reconnect with it before its Accepted is stored."""
     allowed_versions: list[str] = []
     certificate_identity: str | None = None
 

@@ -254,6 +254,17 @@ class RedisStationRegistry(_RedisStore):
         )
         return record is not None
 
+    async def set_pending_password_hash(
+        self, station_id: str, password_hash: str | None, *, replacing: str | None = None
+    ) -> bool:
+        rules.with_pending_password_hash(None, password_hash, None)  # ValueError first
+        record = await self._change(
+            station_id,
+            lambda old: rules.with_pending_password_hash(old, password_hash, replacing),
+            "set pending password hash",
+        )
+        return record is not None
+
     async def record_boot(
         self,
         station_id: str,

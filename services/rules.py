@@ -119,6 +119,7 @@ def with_credentials(
         changes["security_profile"] = credentials.security_profile
     if not isinstance(credentials.password_hash, msgspec.UnsetType):
         changes["password_hash"] = credentials.password_hash
+        changes["pending_password_hash"] = None  # the operator's password ends a rotation
     if not isinstance(credentials.certificate_identity, msgspec.UnsetType):
         changes["certificate_identity"] = credentials.certificate_identity
     if not isinstance(credentials.allowed_versions, msgspec.UnsetType):
@@ -133,7 +134,28 @@ def with_password_hash(record: StationRecord | None, password_hash: str) -> Stat
         raise ValueError("password_hash is not a password hash")
     if record is None:
         return None
-    return msgspec.structs.replace(record, password_hash=password_hash)
+    pending = record.pending_password_hash
+    return msgspec.structs.replace(
+        record,
+        password_hash=password_hash,
+        # Promoting the pending hash ends that rotation; a newer one stays pending.
+        pending_password_hash=None if pending == password_hash else pending,
+    )
+
+
+def with_pending_password_hash(
+    record: StationRecord | None, password_hash: str | None, replacing: str | None
+) -> StationRecord | None:
+    """``record`` with its pending password hash set (None clears it); None when there is no
+    record or, with ``replacing``, when the pending hash is not that one (so a stale rotation's
+    answer cannot clear a newer rotation). ``ValueError`` unless ``password_hash`` is a hash."""
+    if password_hash is not None and not is_password_hash(password_hash):
+        raise ValueError("password_hash is not a password hash")
+    if record is None:
+        return None
+    if replacing is not None and record.pending_password_hash != replacing:
+        return None
+    return msgspec.structs.replace(record, pending_password_hash=password_hash)
 
 
 def with_boot(

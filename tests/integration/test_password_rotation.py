@@ -5,7 +5,8 @@ stations built with the ``ocpp`` package, 2.0.1 (SetVariables BasicAuthPassword)
 
 Stations are registered with ``csms station add --profile 1 --password ...`` and connect with
 HTTP Basic auth (security profile 1); after an accepted rotation the gateway admits the new
-password and refuses the old one.
+password and refuses the old one. A 1.6 station that reconnects with its new key right after
+answering Accepted is admitted before any manager stored the answer (the pending password).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import signal
 import string
 import subprocess
 import uuid
@@ -22,7 +24,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import websockets
-from ocpp.routing import on
+from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as ChargePoint16
 from ocpp.v16 import call as call16
 from ocpp.v16 import call_result as result16
@@ -303,3 +305,94 @@ async def test_station_add_with_generated_password(
     assert cert_with_password.returncode == 2 and "client certificate" in cert_with_password.stderr
     no_password = await cli(fleet, "station", "add", f"NOPW-{station_id}", "--profile", "1")
     assert no_password.returncode == 2 and "--generate-password" in no_password.stderr
+
+
+class ReconnectingStation16(Station16):
+    """A 1.6 station of the security whitepaper: once it answered Accepted to a new
+    AuthorizationKey, it opens a new connection with that key at once."""
+
+    fleet: Fleet
+    reconnected: asyncio.Future[Any]
+    """The new socket, or the ``InvalidStatus`` the gateway refused it with."""
+
+    @after("ChangeConfiguration")
+    async def reconnect_with_new_key(self, key: str, value: str, **_: Any) -> None:
+        if key != "AuthorizationKey":
+            return
+        try:
+            ws = await websockets.connect(
+                self.fleet.url(self.id),
+                subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                additional_headers=_basic(self.id, password_from_authorization_key(value)),
+            )
+        except InvalidStatus as exc:
+            self.reconnected.set_result(exc)
+        else:
+            self.reconnected.set_result(ws)
+
+
+def _signal_managers(fleet: Fleet, signum: signal.Signals) -> None:
+    for manager in fleet.manager_processes:
+        assert manager.process is not None
+        manager.process.send_signal(signum)
+
+
+async def test_16_station_reconnecting_at_once_with_its_new_key_is_admitted(
+    fleet: Fleet, registry: RedisStationRegistry
+) -> None:
+    old_password = _password()
+    station_id = await register(fleet, "ocpp1.6", old_password)
+    ws = await websockets.connect(
+        fleet.url(station_id),
+        subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+        additional_headers=_basic(station_id, old_password),
+    )
+    station = ReconnectingStation16(station_id, ws, response_timeout=10)
+    station.passwords, station.fleet = [], fleet
+    station.reconnected = asyncio.get_running_loop().create_future()
+    connected = Connected(station, ws, asyncio.create_task(station.start()))
+    reconnected: Any = None
+    try:
+        boot = await station.call(
+            call16.BootNotification(charge_point_model="M", charge_point_vendor="V")
+        )
+        assert boot.status == "Accepted"
+        await wait_online(registry, station_id)
+        # Managers paused: the Accepted answer waits in the broker, so the reconnection surely
+        # comes before any manager stored the new hash (the window is ~100 ms otherwise).
+        _signal_managers(fleet, signal.SIGSTOP)
+        try:
+            rotating = asyncio.create_task(
+                cli(fleet, "station", "rotate-password", station_id, "--wait", "30")
+            )
+            reconnected = await asyncio.wait_for(station.reconnected, 20)
+            assert not isinstance(reconnected, InvalidStatus), reconnected.response
+            assert reconnected.subprotocol == "ocpp1.6"
+            (new_password,) = station.passwords
+            during = await registry.get(station_id)
+            assert during is not None
+            assert verify_password(old_password, during.password_hash or "")
+            assert verify_password(new_password, during.pending_password_hash or "")
+        finally:
+            _signal_managers(fleet, signal.SIGCONT)
+        rotated = await rotating
+        assert rotated.returncode == 0, rotated.stderr
+        after_rotation = await registry.get(station_id)
+        assert after_rotation is not None
+        assert after_rotation.password_hash == during.pending_password_hash
+        assert after_rotation.pending_password_hash is None
+        admitted = [
+            r
+            for r in fleet.gateway.log_records()
+            if r.get("event") == "station admitted" and r.get("station") == station_id
+        ]
+        assert admitted[-1].get("reason") == "password verified (rotation pending)", admitted
+    finally:
+        if reconnected is not None and not isinstance(reconnected, InvalidStatus):
+            await reconnected.close()
+        await connected.close()
+    again = await connect(fleet, "ocpp1.6", station_id, new_password)
+    await again.close()
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(fleet, "ocpp1.6", station_id, old_password)
+    assert refused.value.response.status_code == 401

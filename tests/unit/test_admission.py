@@ -28,6 +28,8 @@ KEY_16 = "00112233445566778899AABBCCDDEEFF0A0B0C0D"  # 1.6 AuthorizationKey, 20 
 
 HASH = hash_password(PASSWORD)
 KEY_HASH = hash_password(password_from_authorization_key(KEY_16))
+NEW_PASSWORD = "rotated-Passw0rd-for-CS001"
+NEW_HASH = hash_password(NEW_PASSWORD)
 
 
 @functools.cache
@@ -57,6 +59,7 @@ CERT_SAN = CertificateIdentity(common_name="device-42", san_dns=("cs001",), veri
 CERT_OTHER = CertificateIdentity(common_name="CS002", san_dns=("CS002",), verified=True)
 CERT_UNVERIFIED = CertificateIdentity(common_name=STATION, verified=False)
 CREDS = (STATION, PASSWORD)
+NEW_CREDS = (STATION, NEW_PASSWORD)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +88,22 @@ CASES = [
          "username is not the station id", ("CS002", PASSWORD)),
     Case("no password provisioned", PLAIN, record(1, password_hash=None),
          HTTPStatus.UNAUTHORIZED, 1, "no password provisioned", CREDS),
+    # A rotation in flight: the pending password is accepted besides the current one.
+    Case("p1 pending password", PLAIN, record(1, pending_password_hash=NEW_HASH), OK, 1,
+         "password verified (rotation pending)", NEW_CREDS),
+    Case("p1 current password while pending", PLAIN, record(1, pending_password_hash=NEW_HASH),
+         OK, 1, "Basic auth password verified", CREDS),
+    Case("p1 wrong password while pending", PLAIN, record(1, pending_password_hash=NEW_HASH),
+         HTTPStatus.UNAUTHORIZED, 1, "wrong password", (STATION, "not-the-password-at-all")),
+    Case("p1 pending 1.6 key as hex text", PLAIN, record(1, pending_password_hash=KEY_HASH), OK,
+         1, "rotation pending", (STATION, KEY_16), version="ocpp1.6"),
+    Case("p1 only a pending password", PLAIN,
+         record(1, password_hash=None, pending_password_hash=NEW_HASH), OK, 1,
+         "rotation pending", NEW_CREDS),
+    Case("p2 pending password", TLS_23, record(2, pending_password_hash=NEW_HASH), OK, 2,
+         "rotation pending", NEW_CREDS),
+    Case("pending password is no downgrade", PLAIN, record(2, pending_password_hash=NEW_HASH),
+         HTTPStatus.FORBIDDEN, 1, "downgrade refused", NEW_CREDS),
     Case("p0 record on a normal listener", PLAIN, record(0), HTTPStatus.UNAUTHORIZED, 0,
          "no Basic auth"),
     Case("certificate ignored on plain listener", PLAIN, record(1), OK, 1, "password verified",
@@ -212,6 +231,7 @@ def test_admission_rules(case: Case) -> None:
     assert result.pending is case.pending
     assert result.known is (case.record is not None and case.record.known)
     assert PASSWORD not in result.reason and KEY_16 not in result.reason
+    assert NEW_PASSWORD not in result.reason
     if case.status == HTTPStatus.UNAUTHORIZED:
         assert result.headers == (("WWW-Authenticate", 'Basic realm="OCPP", charset="UTF-8"'),)
     else:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
+from csms.bus import BusUnavailable
 from csms.bus.memory import MemoryBroker, MemoryBus
 from csms.config import Settings
 from csms.envelope import Envelope, Kind, OriginalCall, decode_envelope, encode
@@ -132,6 +133,12 @@ async def stored_hash(services: Services) -> str | None:
     return record.password_hash
 
 
+async def pending_hash(services: Services) -> str | None:
+    record = await services.stations.get(STATION)
+    assert record is not None
+    return record.pending_password_hash
+
+
 def assert_no_secret(logs: list[dict[str, Any]], password: str = NEW_PASSWORD) -> None:
     text = json.dumps(logs, default=str)
     assert password not in text
@@ -183,14 +190,18 @@ def test_call_refuses_passwords_the_version_does_not_allow(version: str, passwor
 
 
 @pytest.mark.parametrize("version", [OCPP16, OCPP201])
-async def test_rotate_password_publishes_a_marked_call(version: str) -> None:
+async def test_rotate_password_publishes_a_marked_call(services: Services, version: str) -> None:
     broker = MemoryBroker()
     topics = Topics()
     async with broker.client() as gateway, broker.client() as sender:
         await gateway.subscribe(topics.outbound(version, STATION))
         with capture_logs() as logs:
             rotation = await rotate_password(
-                CallMaker(sender, topics, origin="test"), STATION, version, meta={"ticket": "7"}
+                CallMaker(sender, topics, origin="test"),
+                services.stations,
+                STATION,
+                version,
+                meta={"ticket": "7"},
             )
         message = await asyncio.wait_for(anext(aiter(gateway.messages())), 1)
     call = decode_envelope(message.payload)
@@ -224,6 +235,131 @@ async def test_rotation_version_refuses_what_cannot_be_rotated(services: Service
     await services.stations.set_credentials(STATION, StationCredentials(security_profile=3))
     with pytest.raises(RotationRefused, match="profile 3"):
         await rotation_version(services.stations, STATION)
+
+
+# --- the pending password ---------------------------------------------------------------------
+
+
+class RecordingBus(MemoryBus):
+    """Records the station's pending hash at the moment the call is published."""
+
+    def __init__(self, services: Services, fail: bool = False) -> None:
+        super().__init__(MemoryBroker(), 100)
+        self.services, self.fail = services, fail
+        self.pending_at_publish: list[str | None] = []
+
+    async def publish(
+        self, topic: str, payload: bytes, *, properties: Mapping[str, str] | None = None
+    ) -> None:
+        self.pending_at_publish.append(await pending_hash(self.services))
+        if self.fail:
+            raise BusUnavailable("broker down")
+        await super().publish(topic, payload, properties=properties)
+
+
+@pytest.mark.parametrize("version", [OCPP16, OCPP201])
+async def test_pending_hash_is_recorded_before_the_call_is_sent(
+    services: Services, version: str
+) -> None:
+    bus = RecordingBus(services)
+    async with bus:
+        rotation = await rotate_password(
+            CallMaker(bus, Topics(), origin="test"), services.stations, STATION, version
+        )
+    (pending,) = bus.pending_at_publish
+    assert pending is not None and verify_password(rotation.password, pending)
+    assert await stored_hash(services) == OLD_HASH  # the current one is untouched
+
+
+async def test_pending_hash_is_cleared_when_the_call_cannot_be_sent(services: Services) -> None:
+    bus = RecordingBus(services, fail=True)
+    async with bus:
+        with pytest.raises(BusUnavailable):
+            await rotate_password(
+                CallMaker(bus, Topics(), origin="test"), services.stations, STATION, OCPP201
+            )
+    assert bus.pending_at_publish[0] is not None
+    assert await pending_hash(services) is None
+    assert await stored_hash(services) == OLD_HASH
+
+
+async def test_rotation_of_a_station_without_record_is_refused() -> None:
+    bus = RecordingBus(make_services())
+    async with bus:
+        with pytest.raises(RotationRefused, match="not in the registry"):
+            await rotate_password(
+                CallMaker(bus, Topics(), origin="test"), bus.services.stations, "nobody", OCPP16
+            )
+    assert bus.pending_at_publish == []
+
+
+async def set_pending(services: Services, password: str = NEW_PASSWORD) -> str:
+    encoded = hash_password(password)
+    assert await services.stations.set_pending_password_hash(STATION, encoded)
+    return encoded
+
+
+@pytest.mark.parametrize("version", [OCPP16, OCPP201])
+async def test_accepted_rotation_promotes_the_pending_hash(
+    services: Services, version: str
+) -> None:
+    pending = await set_pending(services)
+    await default_router(version).handle_result(
+        answer(version, request(version), payload=accepted(version)), deps(services)
+    )
+    assert await stored_hash(services) == pending
+    assert await pending_hash(services) is None
+
+
+async def test_accepted_answer_stores_the_requested_password_not_another_pending_one(
+    services: Services,
+) -> None:
+    newer = await set_pending(services, "AnotherPassword0123")
+    await default_router(OCPP16).handle_result(
+        answer(OCPP16, request(OCPP16), payload=accepted(OCPP16)), deps(services)
+    )
+    assert verify_password(NEW_PASSWORD, await stored_hash(services) or "")
+    assert await pending_hash(services) == newer  # the newer rotation is still in flight
+
+
+@pytest.mark.parametrize("version", [OCPP16, OCPP201])
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [
+        (Kind.RESULT, {"status": "Rejected"}),
+        (Kind.RESULT, {"status": "RebootRequired"}),
+        (Kind.ERROR, {"error_code": "NotSupported", "error_description": "no"}),
+        (Kind.TIMEOUT, {"error_description": "no answer within 30 s"}),
+        (Kind.UNDELIVERED, {"error_description": "station gone"}),
+    ],
+)
+async def test_unaccepted_rotation_clears_its_pending_hash(
+    services: Services, version: str, kind: Kind, fields: dict[str, Any]
+) -> None:
+    await set_pending(services)
+    if "status" in fields:
+        fields = {"payload": accepted(version, fields["status"])}
+    await default_router(version).handle_result(
+        answer(version, request(version), kind, **fields), deps(services)
+    )
+    assert await pending_hash(services) is None
+    assert await stored_hash(services) == OLD_HASH
+
+
+@pytest.mark.parametrize("version", [OCPP16, OCPP201])
+@pytest.mark.parametrize("kind", [Kind.RESULT, Kind.TIMEOUT])
+async def test_stale_answer_does_not_clear_a_newer_pending_hash(
+    services: Services, version: str, kind: Kind
+) -> None:
+    newer = await set_pending(services, "AnotherPassword0123")
+    fields: dict[str, Any] = (
+        {"payload": accepted(version, "Rejected")} if kind is Kind.RESULT else {}
+    )
+    await default_router(version).handle_result(
+        answer(version, request(version), kind, **fields), deps(services)
+    )
+    assert await pending_hash(services) == newer
+    assert await stored_hash(services) == OLD_HASH
 
 
 # --- the answers -------------------------------------------------------------------------------
@@ -432,7 +568,7 @@ async def test_rotation_round_trip_through_a_manager(
     topics = Topics()
     await gateway_bus.subscribe(topics.outbound(OCPP201, STATION))
     version = await rotation_version(services.stations, STATION)
-    rotation: Rotation = await rotate_password(manager.calls, STATION, version)
+    rotation: Rotation = await rotate_password(manager.calls, services.stations, STATION, version)
     message = await asyncio.wait_for(anext(aiter(gateway_bus.messages())), 1)
     call = decode_envelope(message.payload)
     # The gateway answers for the station, attaching the call it sent.
@@ -455,3 +591,4 @@ async def test_rotation_round_trip_through_a_manager(
     new_hash = await stored_hash(services)
     assert verify_password(rotation.password, new_hash or "") is changed
     assert (new_hash == OLD_HASH) is not changed
+    assert await pending_hash(services) is None

@@ -268,6 +268,61 @@ async def test_set_password_hash_never_creates_a_station(registry: StationRegist
     assert await registry.get("ghost") is None
 
 
+async def test_pending_password_hash_is_set_and_cleared_alone(registry: StationRegistry) -> None:
+    await _live_station(registry)
+    await registry.set_credentials(
+        "CS1", StationCredentials(security_profile=1, password_hash=HASH_A)
+    )
+    before = await registry.get("CS1")
+    assert await registry.set_pending_password_hash("CS1", HASH_B) is True
+    pending = await registry.get("CS1")
+    assert pending is not None and before is not None
+    assert pending.pending_password_hash == HASH_B and pending.password_hash == HASH_A
+    assert msgspec.structs.replace(pending, pending_password_hash=None) == before
+    assert await registry.set_pending_password_hash("CS1", None, replacing=HASH_B) is True
+    assert await registry.get("CS1") == before
+
+
+async def test_clearing_a_pending_hash_spares_a_newer_one(registry: StationRegistry) -> None:
+    await registry.provision("CS1", RegistrationStatus.ACCEPTED)
+    assert await registry.set_pending_password_hash("CS1", HASH_A) is True
+    assert await registry.set_pending_password_hash("CS1", HASH_B) is True  # newer rotation
+    assert await registry.set_pending_password_hash("CS1", None, replacing=HASH_A) is False
+    stored = await registry.get("CS1")
+    assert stored is not None and stored.pending_password_hash == HASH_B
+
+
+async def test_pending_password_hash_never_creates_a_station(registry: StationRegistry) -> None:
+    assert await registry.set_pending_password_hash("ghost", HASH_A) is False
+    assert await registry.set_pending_password_hash("ghost", None, replacing=HASH_A) is False
+    assert await registry.get("ghost") is None
+    with pytest.raises(ValueError, match="not a password hash"):
+        await registry.set_pending_password_hash("ghost", "clear-text-password")
+
+
+async def test_set_password_hash_promotes_only_a_matching_pending_hash(
+    registry: StationRegistry,
+) -> None:
+    await registry.provision("CS1", RegistrationStatus.ACCEPTED)
+    await registry.set_pending_password_hash("CS1", HASH_B)
+    assert await registry.set_password_hash("CS1", HASH_A) is True  # another password
+    stored = await registry.get("CS1")
+    assert stored is not None and stored.pending_password_hash == HASH_B
+    assert await registry.set_password_hash("CS1", HASH_B) is True  # the rotation accepted
+    stored = await registry.get("CS1")
+    assert stored is not None
+    assert stored.password_hash == HASH_B and stored.pending_password_hash is None
+
+
+async def test_operator_password_ends_a_pending_rotation(registry: StationRegistry) -> None:
+    await registry.provision("CS1", RegistrationStatus.ACCEPTED)
+    await registry.set_pending_password_hash("CS1", HASH_B)
+    record = await registry.set_credentials("CS1", StationCredentials(password_hash=HASH_A))
+    assert record.password_hash == HASH_A and record.pending_password_hash is None
+    record = await registry.set_credentials("CS1", StationCredentials(security_profile=2))
+    assert record.password_hash == HASH_A  # other credentials keep the password
+
+
 async def test_registry_refuses_what_is_not_a_hash(registry: StationRegistry) -> None:
     await registry.provision("CS1", RegistrationStatus.ACCEPTED)
     with pytest.raises(ValueError, match="not a password hash"):
