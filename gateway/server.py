@@ -84,6 +84,10 @@ log = structlog.get_logger("gateway")
 MAX_STATION_ID_LENGTH = 48
 HARD_LIMIT_FACTOR = 4
 """websockets closes the socket (1009) above ``HARD_LIMIT_FACTOR * max_frame_bytes``."""
+BUS_WATCH_INTERVAL = 1.0
+"""Seconds between two retries of connection events the bus did not take."""
+MAX_LOST_EVENTS = 50_000
+"""Disconnect events kept for a retry during a broker outage; the oldest go first."""
 RECEIVE_QUEUE = 4
 """Frames websockets buffers per connection ahead of the reader (its default is 16). The
 reader is throttled by the connection's lanes, so a flooding station waits in its TCP window
@@ -176,6 +180,11 @@ class Gateway:
         self._control_filter = self._control_head + "+"
         self._stations: dict[str, Connection] = {}
         self._consumer: asyncio.Task[None] | None = None
+        self._announcer: asyncio.Task[None] | None = None
+        self._unannounced: dict[str, Connection] = {}
+        """Connections whose connected notice the bus did not take, by connection id."""
+        self._lost_events: dict[str, tuple[Connection, ConnectionEvent]] = {}
+        """Disconnect events the bus did not take, by connection id, oldest first."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._log = log.bind(gateway=self._id)
         self._registry: StationRegistry = (
@@ -365,6 +374,9 @@ class Gateway:
     async def __aenter__(self) -> Self:
         await self._bus.subscribe(self._control_filter)
         self._consumer = asyncio.create_task(self._consume(), name=f"gateway:{self._id}:bus")
+        self._announcer = asyncio.create_task(
+            self._announce_after_outages(), name=f"gateway:{self._id}:announce"
+        )
         try:
             for listener in self._listeners:
                 await self._listen(listener)
@@ -525,17 +537,55 @@ class Gateway:
         if older is not None:
             older.retire(REPLACED)
         await self._subscribe(station)
+        await self._announce(conn)
+
+    async def _announce(self, conn: Connection) -> None:
+        """Tell other gateways (takeover) and the managers (registry) that ``conn`` holds its
+        station. Safe to repeat: receivers order notices by connection time. A notice the bus
+        would not take is retried once the bus is back (:meth:`_announce_after_outages`)."""
         notice = ConnectionEvent(
             kind=ConnectionEventKind.CONNECTED,
-            station=station,
+            station=conn.station,
             version=conn.version,
             gateway=self._id,
             connection=conn.id,
-            remote=remote,
+            remote=conn.remote,
             at=conn.connected_at,
         )
-        await self._publish_quietly(conn, self._topics.control(station), notice)
-        await self._publish_quietly(conn, self._topics.event(conn.version, station), notice)
+        sent = await self._publish_quietly(conn, self._topics.control(conn.station), notice)
+        if sent:
+            sent = await self._publish_quietly(
+                conn, self._topics.event(conn.version, conn.station), notice
+            )
+        if sent:
+            self._unannounced.pop(conn.id, None)
+        else:
+            self._unannounced[conn.id] = conn
+
+    async def _announce_after_outages(self) -> None:
+        """Publish again the connection events lost while the bus was down.
+
+        Without this, a station that connected here during a broker outage would stay held by
+        its stale socket on another gateway, and the registry would not know it is online (or,
+        for a lost disconnect event, that it has gone).
+        """
+        while True:
+            await asyncio.sleep(BUS_WATCH_INTERVAL)
+            if not (self._unannounced or self._lost_events) or not self._bus.connected:
+                continue
+            lost = list(self._lost_events.values())
+            self._lost_events.clear()
+            for conn, event in lost:
+                topic = self._topics.event(event.version, event.station)
+                if not await self._publish_quietly(conn, topic, event):
+                    self._lost_events[conn.id] = (conn, event)
+            pending = list(self._unannounced.values())
+            self._unannounced.clear()
+            held = [c for c in pending if self._stations.get(c.station) is c and not c.retired]
+            if held:
+                self._log.info("bus back: announcing stations", stations=len(held))
+            for conn in held:
+                await self._announce(conn)
 
     async def _detach(self, conn: Connection, remote: str | None) -> None:
         station = conn.station
@@ -564,7 +614,15 @@ class Gateway:
             remote=remote,
             reason=reason,
         )
-        await self._publish_quietly(conn, self._topics.event(conn.version, station), event)
+        if self._unannounced.pop(conn.id, None) is not None:
+            return  # nobody learned it was connected: nothing to take back
+        topic = self._topics.event(conn.version, station)
+        if not await self._publish_quietly(conn, topic, event):
+            self._lost_events[conn.id] = (conn, event)
+            while len(self._lost_events) > MAX_LOST_EVENTS:
+                dropped = next(iter(self._lost_events))
+                del self._lost_events[dropped]
+                self._log.warning("disconnect event dropped: too many waiting", connection=dropped)
 
     async def _subscribe(self, station: str) -> None:
         topic_filter = self._topics.outbound_any_version(station)
@@ -584,7 +642,7 @@ class Gateway:
         except Exception as exc:
             self._log.warning("unsubscribe failed", station=station, error=str(exc))
 
-    async def _publish_quietly(self, conn: Connection, topic: str, event: ConnectionEvent) -> None:
+    async def _publish_quietly(self, conn: Connection, topic: str, event: ConnectionEvent) -> bool:
         try:
             async with asyncio.timeout(self._settings.publish_timeout):
                 await self._bus.publish(
@@ -592,14 +650,17 @@ class Gateway:
                     encode(event),
                     properties={"station": event.station, "event": str(event.kind)},
                 )
+            return True
         except (BusUnavailable, TimeoutError) as exc:
             conn.log.warning(
                 "connection event not published",
                 event_kind=str(event.kind),
                 error=str(exc) or "timeout",
             )
+            return False
         except Exception:
             conn.log.exception("connection event not published", event_kind=str(event.kind))
+            return False
 
     # -- bus -----------------------------------------------------------------------------
 
@@ -675,6 +736,11 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     async def _stop_consumer(self) -> None:
+        if self._announcer is not None:
+            self._announcer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._announcer
+            self._announcer = None
         if self._consumer is not None:
             self._consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
