@@ -272,6 +272,19 @@ class Settings(BaseSettings):
         description="TCP connections one gateway process holds at once (stay below the "
         "open-file limit); more are dropped at accept; unset = unlimited",
     )
+    password_check_threads: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="threads verifying Basic-auth passwords (scrypt, tens of ms of CPU each)",
+    )
+    max_waiting_password_checks: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="password checks queued or running at once; more logins get HTTP 503 with "
+        "Retry-After until the queue drains",
+    )
 
     # Gateway listeners and security (see docs/security.md)
     listeners: list[ListenerSettings] = Field(

@@ -42,6 +42,7 @@ import functools
 import http
 import os
 import socket
+import time
 import uuid
 import weakref
 from collections.abc import Coroutine, Mapping, Sequence
@@ -70,8 +71,10 @@ from csms.envelope import (
 from csms.topics import Topics
 from gateway.admission import Admission, admit, parse_basic_auth, select_version
 from gateway.connection import Connection
-from gateway.guard import Guard
+from gateway.guard import LOG_INTERVAL, Guard
+from gateway.limits import LogThrottle
 from gateway.listeners import StationListener, is_loopback, station_listeners
+from gateway.password_checks import PasswordChecks, PasswordChecksBusy
 from gateway.pipe import STATION_DISCONNECTED, Limits, Pipe
 from gateway.tls import peer_identity
 from services.interfaces import StationRegistry
@@ -84,6 +87,8 @@ log = structlog.get_logger("gateway")
 MAX_STATION_ID_LENGTH = 48
 HARD_LIMIT_FACTOR = 4
 """websockets closes the socket (1009) above ``HARD_LIMIT_FACTOR * max_frame_bytes``."""
+BUSY_RETRY_AFTER = 5
+"""Seconds a station is asked to wait when password checks are saturated (HTTP 503)."""
 BUS_WATCH_INTERVAL = 1.0
 """Seconds between two retries of connection events the bus did not take."""
 MAX_LOST_EVENTS = 50_000
@@ -204,6 +209,10 @@ class Gateway:
         )
         """Admission of each connection between its handshake and its handler."""
         self._reloaders: list[asyncio.Task[None]] = []
+        self._password_checks = PasswordChecks(
+            settings.password_check_threads, settings.max_waiting_password_checks
+        )
+        self._refusal_log = LogThrottle(LOG_INTERVAL, max_keys=4096)
         self._guard = Guard(settings, self._log)
         """Connection limits (gateway/guard.py); its counts are released on socket close."""
 
@@ -238,6 +247,11 @@ class Gateway:
     def registry(self) -> StationRegistry:
         """The station registry admission reads."""
         return self._registry
+
+    @property
+    def password_checks(self) -> PasswordChecks:
+        """The pool that verifies Basic-auth passwords, and its occupancy."""
+        return self._password_checks
 
     @property
     def guard(self) -> Guard:
@@ -323,7 +337,15 @@ class Gateway:
             record.password_hash is not None or record.pending_password_hash is not None
         )
         if credentials is not None and has_password:
-            admission = await asyncio.to_thread(decide)  # scrypt: keep the loop serving
+            try:
+                admission = await self._password_checks.run(decide)  # scrypt, off the loop
+            except PasswordChecksBusy as busy:
+                self._log.warning("login refused: password checks saturated", error=str(busy))
+                response = self._refuse(
+                    ws, http.HTTPStatus.SERVICE_UNAVAILABLE, "too many logins at once", fields
+                )
+                response.headers["Retry-After"] = str(BUSY_RETRY_AFTER)
+                return response
         else:
             admission = decide()
         fields["profile"] = admission.profile
@@ -352,7 +374,16 @@ class Gateway:
         reason: str,
         fields: dict[str, Any],
     ) -> Response:
-        self._log.warning("connection refused", status=int(status), reason=reason, **fields)
+        # One line per source, station, listener and reason every LOG_INTERVAL, with a count
+        # of the repeats: a password-guessing flood must not flood the logs too.
+        host = ws.remote_address[0] if isinstance(ws.remote_address, tuple) else None
+        key = (host, fields.get("station"), fields.get("listener"), int(status), reason)
+        repeated = self._refusal_log.allow(key, time.monotonic())
+        if repeated is not None:
+            extra = {"repeated": repeated} if repeated else {}
+            self._log.warning(
+                "connection refused", status=int(status), reason=reason, **fields, **extra
+            )
         return ws.respond(status, reason + "\n")
 
     def _select_subprotocol(
@@ -449,6 +480,7 @@ class Gateway:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT)
         await self._stop_consumer()
+        self._password_checks.close()
         self._log.info("gateway stopped")
 
     async def serve_forever(self) -> None:

@@ -15,6 +15,7 @@ import dataclasses
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -326,6 +327,42 @@ async def test_higher_profile_than_registered_is_accepted(
 
 
 # -- refusals: right status, reason logged with the station id, nothing published -----------
+
+
+async def test_repeated_refusals_are_logged_once_with_a_count(
+    csms: Csms, password_hash: str
+) -> None:
+    await csms.register("CP1", 1, password_hash=password_hash)
+    with capture_logs() as logs:
+        for _ in range(5):
+            response = await refused(csms.url("CP1"), headers=basic("CP1", "guess-000000000000"))
+            assert response.status_code == 401
+        assert (await refused(csms.url("NOBODY"))).status_code == 404
+    refusals = [log for log in logs if log["event"] == "connection refused"]
+    # One line for the guessing (the next one, after the log interval, carries the count)
+    # and one for the other station: a flood does not flood the logs.
+    assert [(log["station"], log["status"]) for log in refusals] == [("CP1", 401), ("NOBODY", 404)]
+
+
+async def test_saturated_password_checks_answer_503_then_recover(
+    csms: Csms, password_hash: str
+) -> None:
+    await csms.register("CP1", 1, password_hash=password_hash)
+    checks = csms.gateway.password_checks
+    release = threading.Event()
+    # Occupy every waiting place with checks that block until released.
+    blockers = [asyncio.create_task(checks.run(release.wait)) for _ in range(checks.max_waiting)]
+    await asyncio.sleep(0)
+    try:
+        response = await refused(csms.url("CP1"), headers=basic("CP1", PASSWORD))
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "5"
+        assert await csms.quiet() == []
+    finally:
+        release.set()
+        await asyncio.gather(*blockers)
+    async with await open_ws(csms.url("CP1"), headers=basic("CP1", PASSWORD)) as ws:
+        assert ws.subprotocol is not None
 
 
 async def test_wrong_password_is_401_with_challenge(csms: Csms, password_hash: str) -> None:
