@@ -104,14 +104,18 @@ class Guard:
         """TCP connections accepted and not yet closed (handshakes included)."""
         return self._open
 
-    def admit(self, ws: ServerConnection, request: Request) -> Response | None:
+    def admit(
+        self, ws: ServerConnection, request: Request, *, address: str | None = None
+    ) -> Response | None:
         """The per-address limit; call first thing in ``process_request``.
 
-        Returns None to go on with the handshake, or the 429 response to send.
+        ``address`` is the station's address when a trusted TLS-offloading proxy forwarded
+        it; by default the TCP peer counts. Returns None to go on with the handshake, or the
+        429 response to send.
         """
         if not isinstance(ws, GuardedConnection) or ws.counted_as is not None:
             return None
-        host = _host(ws.remote_address)
+        host = address or _host(ws.remote_address)
         if host is None:
             return None
         key = address_key(host)

@@ -212,6 +212,22 @@ class TlsOffload:
             address = address.ipv4_mapped
         return any(address in network for network in self.networks)
 
+    def client_address(self, host: str | None, headers: Headers) -> str | None:
+        """The station's IP address as the trusted proxy saw it, None when unknown.
+
+        That is the LAST ``X-Forwarded-For`` entry: the proxy appends the address it accepted
+        the connection from, while any entry before it came from the client and can be made
+        up. Only an IP address is returned, and only when ``host`` is a trusted proxy.
+        """
+        if not self.trusts(host):
+            return None
+        entries = ",".join(headers.get_all("X-Forwarded-For")).split(",")
+        last = entries[-1].strip()
+        try:
+            return str(ipaddress.ip_address(last.strip("[]")))
+        except ValueError:
+            return None
+
     def inspect(
         self, host: str | None, headers: Headers, *, now: dt.datetime | None = None
     ) -> Forwarded:
@@ -224,8 +240,7 @@ class TlsOffload:
             )
         scheme = _single(headers, settings.tls_header) or ""
         tls = scheme.split(",", 1)[0].strip().lower() == settings.tls_header_value.lower()
-        client = _single(headers, "X-Forwarded-For")
-        client = client.split(",", 1)[0].strip()[:64] if client else None
+        client = self.client_address(host, headers)
         values = headers.get_all(settings.client_cert_header)
         if not tls or not any(value.strip() for value in values):
             # No certificate (proxies send an empty header when the station presented none).

@@ -495,7 +495,11 @@ class Gateway:
     async def _process_request(
         self, ws: ServerConnection, request: Request, listener: StationListener | None = None
     ) -> Response | None:
-        if (too_many := self._guard.admit(ws, request)) is not None:
+        forwarded_for = None
+        if listener is not None and listener.offload is not None:
+            peer = ws.remote_address[0] if isinstance(ws.remote_address, tuple) else None
+            forwarded_for = listener.offload.client_address(peer, request.headers)
+        if (too_many := self._guard.admit(ws, request, address=forwarded_for)) is not None:
             return too_many  # per-address limit (429); counts are released on socket close
         try:
             station = parse_station_path(request.path, self._settings.path_prefix)

@@ -172,3 +172,37 @@ async def test_other_certificate_encodings(behind_proxy: Csms, pki: Pki) -> None
         headers = {"X-Forwarded-Proto": "https", "X-SSL-Client-Cert": value}
         async with await open_ws(behind_proxy.url("CP3"), headers=headers):
             pass
+
+
+async def test_per_address_limit_counts_the_forwarded_station_address(pki: Pki) -> None:
+    settings = offload_settings(pki, ["127.0.0.0/8", "::1"]).model_copy(
+        update={"max_connections_per_address": 2}
+    )
+    async with embedded(settings) as csms:
+        for station in ("CP-A", "CP-B", "CP-C"):
+            await csms.register(station, 1, password_hash=hash_password(PASSWORD))
+
+        def via_proxy(station: str, client: str) -> dict[str, str]:
+            # A client-supplied entry first, then the address the proxy appended.
+            forwarded = {"X-Forwarded-For": f"203.0.113.99, {client}"}
+            return {**basic(station, PASSWORD), **forwarded}
+
+        # Three stations behind one proxy, from three addresses: all admitted.
+        held = [
+            await open_ws(csms.url(station), headers=via_proxy(station, f"198.51.100.{i}"))
+            for i, station in enumerate(("CP-A", "CP-B", "CP-C"))
+        ]
+        try:
+            # A third connection from an address that already holds two is refused, even
+            # though its made-up first entry differs.
+            await held[0].close()
+            await held[1].close()
+            same = "198.51.100.77"
+            held = held[2:] + [
+                await open_ws(csms.url(s), headers=via_proxy(s, same)) for s in ("CP-A", "CP-B")
+            ]
+            response = await refused(csms.url("CP-C"), headers=via_proxy("CP-C", same))
+            assert response.status_code == 429
+        finally:
+            for ws in held:
+                await ws.close()

@@ -311,3 +311,26 @@ async def test_unknown_station_boot_follows_its_admission(
         _ctx(Settings(unknown_stations=policy), meta), BootInfo(vendor="V", model="M")
     )
     assert response["status"] == status
+
+
+@pytest.mark.parametrize(
+    ("peer", "header_lines", "expected"),
+    [
+        ("10.0.0.5", ["198.51.100.7"], "198.51.100.7"),
+        # The proxy appends what it saw; what the client wrote before it is not believed.
+        ("10.0.0.5", ["203.0.113.1, 198.51.100.7"], "198.51.100.7"),
+        ("10.0.0.5", ["203.0.113.1", "198.51.100.7"], "198.51.100.7"),
+        ("10.0.0.5", ["2001:db8::1"], "2001:db8::1"),
+        ("10.0.0.5", ["[2001:db8::1]"], "2001:db8::1"),
+        ("10.0.0.5", ["not-an-address"], None),
+        ("10.0.0.5", [], None),
+        # An untrusted peer's header is ignored altogether.
+        ("192.0.2.9", ["198.51.100.7"], None),
+    ],
+)
+def test_forwarded_client_address(peer: str, header_lines: list[str], expected: str | None) -> None:
+    offload = TlsOffload(TlsOffloadSettings(trusted_proxies=["10.0.0.0/8"]))
+    headers = Headers()
+    for line in header_lines:
+        headers["X-Forwarded-For"] = line
+    assert offload.client_address(peer, headers) == expected
