@@ -272,6 +272,13 @@ class Settings(BaseSettings):
         description="TCP connections one gateway process holds at once (stay below the "
         "open-file limit); more are dropped at accept; unset = unlimited",
     )
+    max_station_calls: int = Field(
+        default=16,
+        ge=1,
+        le=1_000,
+        description="unanswered Calls one station may have at once (OCPP-J allows one; some "
+        "stations pipeline); more get an RpcFrameworkError (1.6: FormationViolation) CallError",
+    )
     password_check_threads: int = Field(
         default=2,
         ge=1,

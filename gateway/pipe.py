@@ -102,6 +102,7 @@ class Limits:
             call_queue_size=settings.call_queue_size,
             answer_timeout=settings.answer_timeout,
             max_frame_bytes=settings.max_frame_bytes,
+            max_station_calls=settings.max_station_calls,
             message_rate=settings.message_rate,
             message_burst=settings.message_burst,
             flood_close_after=settings.flood_close_after,

@@ -464,3 +464,14 @@ def test_oversized_unreadable_or_answer_frames() -> None:
 def test_unsupported_version_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported"):
         Pipe("CP", "ocpp1.5", connection="c", gateway="g")
+
+
+def test_limits_come_from_settings() -> None:
+    from pydantic import ValidationError
+
+    from csms.config import Settings
+
+    limits = Limits.from_settings(Settings(max_station_calls=3, call_queue_size=5))
+    assert (limits.max_station_calls, limits.call_queue_size) == (3, 5)
+    with pytest.raises(ValidationError, match="max_station_calls"):
+        Settings(max_station_calls=0)
