@@ -28,7 +28,7 @@ from websockets.frames import CloseCode
 from csms.bus import Bus, BusUnavailable
 from csms.envelope import Envelope, encode
 from csms.topics import Topics
-from gateway.limits import LogThrottle
+from gateway.limits import LogThrottle, format_peer
 from gateway.pipe import Action, Disconnect, Pipe, Publish, Report, SendToStation
 
 __all__ = ["Connection"]
@@ -125,7 +125,7 @@ class Connection:
         """Unix time the socket opened; orders duplicate connections (newest wins)."""
         self.retired: str | None = None
         """Why the gateway is closing this connection (replaced), None while it is in use."""
-        self.remote = _format_address(ws.remote_address)
+        self.remote = format_peer(ws.remote_address)
         """The peer's ``host:port``, in every log line about a limit."""
         self._reports: LogThrottle | None = None
         self._bus = bus
@@ -323,9 +323,3 @@ class Connection:
             "queued": self.pipe.queued,
             "pending": len(self.pipe.pending_station_calls),
         }
-
-
-def _format_address(address: object) -> str | None:
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return None if address is None else str(address)

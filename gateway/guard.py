@@ -42,7 +42,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from csms.config import Settings
-from gateway.limits import AddressLimiter, LogThrottle, address_key
+from gateway.limits import AddressLimiter, LogThrottle, address_key, format_peer, peer_host
 
 __all__ = ["RETRY_AFTER", "Guard", "GuardedConnection"]
 
@@ -115,7 +115,7 @@ class Guard:
         """
         if not isinstance(ws, GuardedConnection) or ws.counted_as is not None:
             return None
-        host = address or _host(ws.remote_address)
+        host = address or peer_host(ws.remote_address)
         if host is None:
             return None
         key = address_key(host)
@@ -126,7 +126,7 @@ class Guard:
             "connection refused: too many connections from one address",
             key,
             station=_station_hint(request.path),
-            remote=_format_address(ws.remote_address),
+            remote=format_peer(ws.remote_address),
             address=key,
             limit=self.addresses.limit,
             status=int(http.HTTPStatus.TOO_MANY_REQUESTS),
@@ -146,7 +146,7 @@ class Guard:
             self._warn(
                 "connection dropped: gateway at max_connections",
                 None,
-                remote=_format_address(ws.remote_address),
+                remote=format_peer(ws.remote_address),
                 limit=self.max_connections,
             )
             ws.transport.abort()
@@ -161,11 +161,11 @@ class Guard:
         elapsed = time.monotonic() - ws.accepted_at
         if elapsed < self.handshake_timeout * 0.99 or ws.protocol.handshake_exc is not None:
             return  # went away by itself, or sent something that is not an upgrade request
-        host = _host(ws.remote_address)
+        host = peer_host(ws.remote_address)
         self._warn(
             "handshake timed out: connection closed",
             address_key(host) if host else None,
-            remote=_format_address(ws.remote_address),
+            remote=format_peer(ws.remote_address),
             station=_station_hint(ws.request.path) if ws.request is not None else None,
             request_received=ws.request is not None,
             handshake_timeout=self.handshake_timeout,
@@ -178,18 +178,6 @@ class Guard:
         if suppressed:
             fields["suppressed"] = suppressed
         self._log.warning(event, **fields)
-
-
-def _host(address: object) -> str | None:
-    if isinstance(address, tuple) and address:
-        return str(address[0])
-    return None if address is None else str(address)
-
-
-def _format_address(address: object) -> str | None:
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return None if address is None else str(address)
 
 
 def _station_hint(path: str) -> str:

@@ -55,6 +55,20 @@ class TokenBucket:
         return max(0.0, (1.0 - self.level(now)) / self.rate)
 
 
+def peer_host(address: object) -> str | None:
+    """The host part of a socket's peer address (``ws.remote_address``), None when unknown."""
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return None if address is None else str(address)
+
+
+def format_peer(address: object) -> str | None:
+    """``host:port`` of a socket's peer address, for log lines."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return None if address is None else str(address)
+
+
 def address_key(host: str) -> str:
     """The source a per-address limit counts: the IPv4 address, or the IPv6 /64 network.
 

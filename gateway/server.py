@@ -72,7 +72,7 @@ from csms.topics import Topics
 from gateway.admission import Admission, admit, parse_basic_auth, select_version
 from gateway.connection import Connection
 from gateway.guard import LOG_INTERVAL, Guard
-from gateway.limits import LogThrottle
+from gateway.limits import LogThrottle, format_peer, peer_host
 from gateway.listeners import StationListener, is_loopback, station_listeners
 from gateway.password_checks import PasswordChecks, PasswordChecksBusy
 from gateway.pipe import STATION_DISCONNECTED, Limits, Pipe
@@ -279,10 +279,10 @@ class Gateway:
         refusal is logged with the station id and the reason, never the password.
         """
         listener = listener or self._listeners[0]
-        remote = _format_address(ws.remote_address)
+        remote = format_peer(ws.remote_address)
         fields: dict[str, Any] = {"station": station_id, "remote": remote}
         if listener.offload is not None:
-            host = ws.remote_address[0] if isinstance(ws.remote_address, tuple) else None
+            host = peer_host(ws.remote_address)
             forwarded = listener.offload.inspect(host, request.headers)
             if forwarded.ignored:
                 self._log.warning(
@@ -376,7 +376,7 @@ class Gateway:
     ) -> Response:
         # One line per source, station, listener and reason every LOG_INTERVAL, with a count
         # of the repeats: a password-guessing flood must not flood the logs too.
-        host = ws.remote_address[0] if isinstance(ws.remote_address, tuple) else None
+        host = peer_host(ws.remote_address)
         key = (host, fields.get("station"), fields.get("listener"), int(status), reason)
         repeated = self._refusal_log.allow(key, time.monotonic())
         if repeated is not None:
@@ -497,7 +497,7 @@ class Gateway:
     ) -> Response | None:
         forwarded_for = None
         if listener is not None and listener.offload is not None:
-            peer = ws.remote_address[0] if isinstance(ws.remote_address, tuple) else None
+            peer = peer_host(ws.remote_address)
             forwarded_for = listener.offload.client_address(peer, request.headers)
         if (too_many := self._guard.admit(ws, request, address=forwarded_for)) is not None:
             return too_many  # per-address limit (429); counts are released on socket close
@@ -549,7 +549,7 @@ class Gateway:
             publish_timeout=self._settings.publish_timeout,
             log=conn_log,
         )
-        remote = _format_address(ws.remote_address)
+        remote = format_peer(ws.remote_address)
         try:
             await self._attach(conn, remote)
             async for data in ws:
@@ -799,9 +799,3 @@ class _Admitted:
             return None
         registration = "Pending" if self.admission.pending else "Accepted"
         return {ADMITTED_AS: registration}
-
-
-def _format_address(address: object) -> str | None:
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return None if address is None else str(address)

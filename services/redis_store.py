@@ -156,8 +156,7 @@ def _fixed_width_utc(at: str) -> str | None:
     moment = rules.parse_time(at)
     if moment is None:
         return None
-    utc = moment.astimezone(dt.UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class RedisStationRegistry(_RedisStore):

@@ -129,29 +129,9 @@ def mosquitto_server() -> Iterator[tuple[str, ServerProcess | None]]:
 @contextlib.contextmanager
 def redis_server() -> Iterator[tuple[str, ServerProcess | None]]:
     """Yield (redis_url, process) of a private Redis."""
-    binary = shutil.which("redis-server")
-    if binary:
-        with tempfile.TemporaryDirectory(prefix="csms-redis-") as tmp:
-            port = free_port()
-            argv = [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                tmp,
-            ]
-            server = ServerProcess("redis", argv, port, Path(tmp))
-            server.start()
-            try:
-                yield f"redis://127.0.0.1:{port}/0", server
-            finally:
-                server.stop()
+    if shutil.which("redis-server"):
+        with redis_with() as (port, server):
+            yield f"redis://127.0.0.1:{port}/0", server
         return
     if _docker_available():
         from testcontainers.redis import RedisContainer  # type: ignore[import-untyped]
