@@ -6,9 +6,6 @@ router does) and every answer against its response schema.
 
 from __future__ import annotations
 
-import datetime as dt
-import itertools
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -16,34 +13,21 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from csms.bus.memory import MemoryBroker
 from csms.config import Settings, TariffSettings
 from csms.envelope import OriginalCall
 from csms.rpc import OCPP201, RpcError
-from csms.topics import Topics
-from manager.call_maker import CallMaker
-from manager.context import CallContext, OcppError, ResultContext
+from manager.context import OcppError, ResultContext
 from manager.v201 import HANDLERS, RESULT_HANDLERS
 from ocpp_schemas import Direction, actions, validate
-from services import Services
-from services.memory import (
-    MemoryIdempotencyStore,
-    MemoryStationRegistry,
-    MemoryTokenStore,
-    MemoryTransactionStore,
-)
 from services.models import (
-    AuthorizationStatus,
     RegistrationStatus,
-    StationRecord,
     TokenRecord,
-    Transaction,
     TransactionState,
 )
 from services.tariff import ConfiguredTariff
+from tests.unit import handler_harness
+from tests.unit.handler_harness import NOW_ISO
 
-NOW = dt.datetime(2025, 1, 15, 12, 0, tzinfo=dt.UTC)
-NOW_ISO = "2025-01-15T12:00:00.000Z"
 STATION = "CS-1"
 TARIFF = TariffSettings(
     energy_price_per_kwh=Decimal("0.40"),
@@ -52,57 +36,12 @@ TARIFF = TariffSettings(
 )
 
 
-@dataclass
-class Harness:
+class Harness(handler_harness.Harness):
     """Calls 2.0.1 handlers the way the router does, on in-memory services."""
 
-    settings: Settings = field(default_factory=Settings)
-    services: Services = field(init=False)
-    calls: CallMaker = field(init=False)
-    _ids: itertools.count[int] = field(default_factory=itertools.count)
-
-    def __post_init__(self) -> None:
-        self.services = Services(
-            stations=MemoryStationRegistry(),
-            tokens=MemoryTokenStore(clock=lambda: NOW),
-            transactions=MemoryTransactionStore(),
-            tariff=ConfiguredTariff(self.settings.tariff),
-            idempotency=MemoryIdempotencyStore(),
-        )
-        self.calls = CallMaker(MemoryBroker().client(), Topics())
-
-    def ctx(self, action: str, station: str = STATION) -> CallContext:
-        return CallContext(
-            station_id=station,
-            version=OCPP201,
-            message_id=f"m{next(self._ids)}",
-            action=action,
-            services=self.services,
-            settings=self.settings,
-            calls=self.calls,
-            log=structlog.get_logger().bind(station=station, action=action),
-            received_at=NOW,
-        )
-
-    async def call(
-        self, action: str, payload: dict[str, Any], station: str = STATION
-    ) -> dict[str, Any]:
-        validate(OCPP201, action, Direction.REQUEST, payload)
-        response = await HANDLERS[action](self.ctx(action, station), payload)
-        validate(OCPP201, action, Direction.RESPONSE, response)
-        return response
-
-    async def provision(
-        self, station: str = STATION, registration: RegistrationStatus = RegistrationStatus.ACCEPTED
-    ) -> None:
-        await self.services.stations.put(
-            StationRecord(station_id=station, registration=registration, known=True)
-        )
-
-    async def tx(self, transaction_id: str, station: str = STATION) -> Transaction:
-        found = await self.services.transactions.get(station, transaction_id)
-        assert found is not None
-        return found
+    version = OCPP201
+    handlers = HANDLERS
+    station = STATION
 
 
 BOOT = {
@@ -121,14 +60,7 @@ BOOT = {
 async def h() -> Harness:
     harness = Harness(Settings(tariff=TARIFF))
     await harness.provision()
-    await harness.services.tokens.put(TokenRecord(id_token="TAG1", group_id="FLEET"))
-    await harness.services.tokens.put(TokenRecord(id_token="TAG2"))
-    await harness.services.tokens.put(
-        TokenRecord(id_token="BLOCKED", status=AuthorizationStatus.BLOCKED)
-    )
-    await harness.services.tokens.put(
-        TokenRecord(id_token="OLD", expiry="2024-12-31T23:59:59Z", group_id="FLEET")
-    )
+    await harness.seed_tokens()
     await harness.services.tokens.put(TokenRecord(id_token="CARD", token_type="ISO14443"))
     return harness
 
