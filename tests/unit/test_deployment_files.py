@@ -3,6 +3,8 @@ checked: it parses, has the expected services, names real CLI commands and real 
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +61,99 @@ def test_dockerfile_copies_every_package() -> None:
     for package in ("csms", "gateway", "manager", "services", "ocpp_schemas"):
         assert f"COPY {package} {package}" in dockerfile
     assert 'ENTRYPOINT ["csms"]' in dockerfile
+
+
+def _shipped_texts() -> dict[str, str]:
+    """Every file an operator deploys or reads for deployment."""
+    paths = [ROOT / "compose.yaml", ROOT / "Dockerfile", ROOT / "README.md"]
+    paths += sorted((ROOT / "deploy").iterdir()) + sorted((ROOT / "docs").glob("*.md"))
+    return {str(path.relative_to(ROOT)): path.read_text() for path in paths if path.is_file()}
+
+
+def test_no_default_mqtt_password_anywhere() -> None:
+    texts = _shipped_texts()
+    for name, text in texts.items():
+        assert "change-me" not in text, name
+        assert "MQTT_PASSWORD:-" not in text, name  # a ${VAR:-default} fallback
+    compose = texts["compose.yaml"]
+    # Every use of MQTT_PASSWORD that compose interpolates refuses to start without it.
+    # ($${...} is escaped: the container's shell expands it, from that environment.)
+    interpolated = re.findall(r"(?<!\$)\$\{MQTT_PASSWORD([^}]*)\}", compose)
+    assert len(interpolated) >= 2
+    assert all(rest.startswith(":?") for rest in interpolated), interpolated
+    services = _compose()["services"]
+    assert services["mosquitto"]["environment"]["MQTT_PASSWORD"].startswith("${MQTT_PASSWORD:?")
+
+
+def test_compose_refuses_unknown_stations_by_default() -> None:
+    services = _compose()["services"]
+    for name in ("gateway", "manager"):
+        assert services[name]["environment"]["CSMS_UNKNOWN_STATIONS"] == "reject"
+    assert Settings(unknown_stations="reject").unknown_stations == "reject"
+
+
+def test_compose_services_restart_and_have_health_checks() -> None:
+    services = _compose()["services"]
+    for name, service in services.items():
+        assert service.get("restart") == "unless-stopped", name
+        test = service["healthcheck"]["test"]
+        assert test[0] in ("CMD", "CMD-SHELL") and len(test) >= 2, name
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    for name in ("gateway", "manager"):
+        depends = services[name]["depends_on"]
+        assert set(depends) == {"mosquitto", "redis"}, name
+        assert all(dep["condition"] == "service_healthy" for dep in depends.values()), name
+
+
+def test_compose_python_health_checks_compile_and_probe_the_listen_port() -> None:
+    services = _compose()["services"]
+    for name in ("gateway", "manager"):
+        test = services[name]["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "python", "-c"], name
+        compile(test[3], f"{name} healthcheck", "exec")
+    gateway = services["gateway"]
+    args = build_parser().parse_args(gateway["command"])
+    assert f"('127.0.0.1', {args.listen_port})" in gateway["healthcheck"]["test"][3]
+    assert f"{args.listen_port}:{args.listen_port}" in gateway["ports"]
+
+
+def test_compose_redis_keeps_an_append_only_file_on_a_volume() -> None:
+    compose = _compose()
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert options["--appendonly"] == "yes"
+    assert options["--appendfsync"] in ("everysec", "always")
+    volume, _, target = redis["volumes"][0].partition(":")
+    assert target == "/data"
+    assert volume in compose["volumes"]
+
+
+def test_broker_config_sets_tcp_nodelay() -> None:
+    lines = [
+        line.split("#", 1)[0].split()
+        for line in (ROOT / "deploy" / "mosquitto.conf").read_text().splitlines()
+    ]
+    assert ["set_tcp_nodelay", "true"] in lines
+    assert ["persistence", "false"] in lines  # clean sessions: nothing to keep
+
+
+def test_dockerignore_keeps_the_context_small_and_the_build_inputs_in() -> None:
+    patterns = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".venv", "tests", ".mypy_cache", ".pytest_cache"} <= patterns
+    assert "**/__pycache__" in patterns
+    copied = [
+        part
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+        for part in line.split()[1:-1]
+    ]
+    assert "pyproject.toml" in copied and "csms" in copied
+    for source in copied:
+        ignored_by = [p for p in patterns if fnmatch.fnmatch(source, p.removeprefix("**/"))]
+        assert not ignored_by, f"the Dockerfile copies {source} but .dockerignore has {ignored_by}"
