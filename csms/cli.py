@@ -9,7 +9,8 @@
     csms station rotate-password ID [--wait SECONDS]
     csms password generate [--version ocpp1.6|ocpp2.0.1] [--length N]
     csms password hash [--version ...] [--authorization-key]   (password on stdin)
-    csms token add ID [--status ...] [--expiry ISO] [--group ID]
+    csms token add ID [--status ...] [--expiry ISO [--allow-past-expiry]] [--group ID]
+                      [--type ISO14443|eMAID|...]
 
 Every setting can also come from a TOML file (--config) or ``CSMS_*`` environment variables;
 see :mod:`csms.config`.
@@ -22,11 +23,11 @@ import asyncio
 import getpass
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import ValidationError
 
-from csms.config import Settings, load_settings
+from csms.config import Settings, TokenType, load_settings
 from csms.logs import configure_logging
 from services.interfaces import StoreUnavailable
 from services.models import OCPP_VERSIONS
@@ -75,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_station = station_commands.add_parser("add", help="register a station")
     add_station.add_argument("station_id")
     add_station.add_argument(
-        "--registration", choices=["Accepted", "Pending", "Rejected"], default="Accepted"
+        "--registration",
+        choices=["Accepted", "Pending", "Rejected"],
+        help="default: Accepted for a new station; a registered station keeps its registration",
     )
     add_station.add_argument(
         "--profile",
@@ -143,9 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_token.add_argument(
         "--status", choices=["Accepted", "Blocked", "Expired", "Invalid"], default="Accepted"
     )
-    add_token.add_argument("--expiry", help="ISO 8601 date-time after which the token is Expired")
+    add_token.add_argument(
+        "--expiry",
+        help="ISO 8601 date-time after which the token is Expired, e.g. 2030-12-31T23:59:59Z "
+        "(no offset = UTC)",
+    )
+    add_token.add_argument(
+        "--allow-past-expiry",
+        action="store_true",
+        help="store an --expiry that has already passed (the token is Expired at once)",
+    )
     add_token.add_argument("--group", dest="group_id", help="group idToken (parentIdTag)")
-    add_token.add_argument("--type", dest="token_type", help="2.0.1 idToken type, e.g. ISO14443")
+    add_token.add_argument(
+        "--type",
+        dest="token_type",
+        choices=list(get_args(TokenType)),
+        help="2.0.1 idToken type the token must be presented as (default any)",
+    )
     _add_setting_flags(add_token)
     return parser
 
@@ -197,9 +214,11 @@ def _check_password_for(password: str, versions: Sequence[str]) -> None:
 
 
 async def _station_add(settings: Settings, args: argparse.Namespace) -> None:
-    """Register (or update) a station: registration, then credentials if any were given.
+    """Register (or update) a station: credentials if any were given, then registration.
 
-    Only the fields given change; connection and boot facts are kept.
+    Only the fields given change; connection and boot facts are kept. Without
+    ``--registration`` a registered station keeps its registration and any other becomes
+    Accepted.
     """
     from services.credentials import authorization_key, generate_password, hash_password
     from services.factory import open_services
@@ -255,10 +274,16 @@ async def _station_add(settings: Settings, args: argparse.Namespace) -> None:
         if fields:
             # Credentials first: the station is never Accepted without the ones asked for.
             await services.stations.set_credentials(station_id, StationCredentials(**fields))
-        await services.stations.provision(station_id, RegistrationStatus(args.registration))
+        if args.registration is not None:
+            await services.stations.provision(station_id, RegistrationStatus(args.registration))
+        elif record is None or not record.known:
+            await services.stations.provision(station_id, RegistrationStatus.ACCEPTED)
         record = await services.stations.get(station_id)
     assert record is not None
-    facts = [f"registration {args.registration}", f"security profile {record.security_profile}"]
+    facts = [
+        f"registration {record.registration.value}",
+        f"security profile {record.security_profile}",
+    ]
     if record.password_hash is not None:
         facts.append("password set" if password is not None else "password kept")
     if record.certificate_identity is not None:
@@ -476,10 +501,33 @@ async def _hash_stored(
         await asyncio.sleep(0.2)
 
 
+def _check_expiry(expiry: str | None, *, allow_past: bool) -> None:
+    """Refuse an unreadable ``--expiry``, and one already passed unless ``allow_past``."""
+    import datetime as dt
+
+    from services.rules import parse_time
+
+    if expiry is None:
+        if allow_past:
+            raise CommandError("--allow-past-expiry goes with --expiry")
+        return
+    moment = parse_time(expiry)
+    if moment is None:
+        raise CommandError(
+            f"--expiry {expiry!r} is not an ISO 8601 date-time; e.g. 2030-12-31T23:59:59Z"
+        )
+    if moment <= dt.datetime.now(dt.UTC) and not allow_past:
+        raise CommandError(
+            f"--expiry {expiry} has already passed: the token would be Expired at once "
+            "(add --allow-past-expiry to store it anyway, or --status Expired)"
+        )
+
+
 async def _token_add(settings: Settings, args: argparse.Namespace) -> None:
     from services.factory import open_services
     from services.models import AuthorizationStatus, TokenRecord
 
+    _check_expiry(args.expiry, allow_past=args.allow_past_expiry)
     _require_redis(settings)
     async with open_services(settings) as services:
         await services.tokens.put(

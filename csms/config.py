@@ -11,6 +11,7 @@ selects in-memory stores: the embedded default of ``csms run``.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,12 @@ class TariffSettings(BaseModel):
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
 
 
+TokenType = Literal[
+    "Central", "eMAID", "ISO14443", "ISO15693", "KeyCode", "Local", "MacAddress", "NoAuthorization"
+]
+"""OCPP 2.0.1 IdTokenEnumType."""
+
+
 class TokenSettings(BaseModel):
     """A token preloaded into the token store (handy for the embedded default and tests)."""
 
@@ -42,8 +49,25 @@ class TokenSettings(BaseModel):
 
     id_token: str = Field(min_length=1, max_length=36)
     status: Literal["Accepted", "Blocked", "Expired", "Invalid"] = "Accepted"
-    expiry: str | None = None
+    token_type: TokenType | None = Field(
+        default=None, description="2.0.1 idToken type the token must be presented as; unset = any"
+    )
+    expiry: str | None = Field(
+        default=None, description="ISO 8601 date-time after which the token is Expired"
+    )
     group_id: str | None = None
+
+    @field_validator("expiry")
+    @classmethod
+    def _check_expiry(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError(
+                    "must be an ISO 8601 date-time, e.g. 2030-12-31T23:59:59Z"
+                ) from None
+        return value
 
 
 class StationSettings(BaseModel):
@@ -186,6 +210,20 @@ class ListenerSettings(BaseModel):
         return self
 
 
+UNSETTABLE_LIMITS = (
+    "message_rate",
+    "flood_close_after",
+    "max_connections_per_address",
+    "max_connections",
+    "ping_interval",
+    "ping_timeout",
+)
+"""Limits that are off when unset. ``CSMS_MESSAGE_RATE=none`` (or ``off``, or empty) and
+``message_rate = "none"`` in TOML unset them."""
+
+UNSET_WORDS = frozenset({"", "none", "off"})
+
+
 class Settings(BaseSettings):
     """Every tunable of gateway, manager and services."""
 
@@ -245,7 +283,7 @@ class Settings(BaseSettings):
         default=20.0,
         gt=0,
         description="messages per second a station may send on average; over it, its Calls "
-        "get a GenericError CallError; unset = unlimited",
+        "get a GenericError CallError; 'none' = unlimited",
     )
     message_burst: int = Field(
         default=100,
@@ -257,20 +295,20 @@ class Settings(BaseSettings):
         default=10.0,
         gt=0,
         description="seconds a station may keep exceeding message_rate before it is "
-        "disconnected (close code 1008); unset = never",
+        "disconnected (close code 1008); 'none' = never",
     )
     max_connections_per_address: int | None = Field(
         default=100,
         ge=1,
         description="open connections per source IP (IPv6: per /64); more are refused with "
-        "HTTP 429; unset = unlimited",
+        "HTTP 429; 'none' = unlimited",
     )
     max_connections: int | None = Field(
         default=15_000,
         ge=1,
         le=1_000_000,
         description="TCP connections one gateway process holds at once (stay below the "
-        "open-file limit); more are dropped at accept; unset = unlimited",
+        "open-file limit); more are dropped at accept; 'none' = unlimited",
     )
     max_station_calls: int = Field(
         default=16,
@@ -335,6 +373,14 @@ class Settings(BaseSettings):
     # Operations
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator(*UNSETTABLE_LIMITS, mode="before")
+    @classmethod
+    def _unset_limit(cls, value: Any) -> Any:
+        # Environment variables are strings and TOML has no null: these words unset a limit.
+        if isinstance(value, str) and value.strip().lower() in UNSET_WORDS:
+            return None
+        return value
 
     @field_validator("broker_url")
     @classmethod
