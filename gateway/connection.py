@@ -7,18 +7,27 @@ silent station, or a slow publish, only ever delays that one station. A lane's t
 while it has work, and the timer is a plain ``loop.call_at`` handle: an idle connection costs
 the pipe, this object and the websockets connection, nothing more.
 
-The pipe's reports are logged through a per-connection :class:`~gateway.limits.LogThrottle`
-(created on the first report): a station sending thousands of bad frames produces one
-warning per kind and ``REPORT_INTERVAL``, with the count of those suppressed.
+The pipe's reports, and unexpected exceptions while handling this connection's traffic
+(:meth:`Connection.log_exception`), are logged through a per-connection
+:class:`~gateway.limits.LogThrottle` (created on the first report): a station sending
+thousands of bad frames produces one line per kind and ``REPORT_INTERVAL``, with the count of
+those suppressed.
+
+MQTT user properties of every publish are percent-encoded (:func:`property_text`): they hold
+text stations and originators chose (message ids, actions, station ids, meta), and a broker
+drops the connection of a client sending a string MQTT v5 forbids, which would cut off every
+station of the gateway. The envelope, JSON in the payload, carries the exact values.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote
 
 import structlog
 from websockets.asyncio.server import ServerConnection
@@ -31,7 +40,7 @@ from csms.topics import Topics
 from gateway.limits import LogThrottle, format_peer
 from gateway.pipe import Action, Disconnect, Pipe, Publish, Report, SendToStation
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "property_text"]
 
 _T = TypeVar("_T")
 
@@ -42,17 +51,38 @@ gateway with frames is slowed down to the pace at which its frames can be handle
 REPORT_INTERVAL = 10.0
 """Seconds between two log lines of the same kind from one connection."""
 
+_PROPERTY_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
+"""Kept as is in MQTT properties: printable ASCII but ``%``."""
+
+
+def property_text(text: str) -> str:
+    """``text`` percent-encoded (UTF-8) into printable ASCII, reversible with
+    :func:`urllib.parse.unquote`; ids such as ``CP-1`` or ``BootNotification`` are unchanged.
+    Lone surrogates, which UTF-8 cannot encode, are encoded as their code units."""
+    if text.isascii() and text.isprintable() and "%" not in text and " " not in text:
+        return text
+    return quote(text, safe=_PROPERTY_SAFE, errors="surrogatepass")
+
+
+def _mqtt_properties(envelope: Envelope, station: str) -> dict[str, str]:
+    properties = {property_text(key): property_text(value) for key, value in envelope.meta.items()}
+    properties["kind"] = str(envelope.kind)
+    properties["message_id"] = property_text(envelope.message_id)
+    properties["station"] = property_text(station)
+    if envelope.action:
+        properties["action"] = property_text(envelope.action)
+    return properties
+
 
 class _Lane(Generic[_T]):
     """An ordered queue of work run by a task that only exists while there is work."""
 
-    __slots__ = ("_items", "_log", "_run", "_task")
+    __slots__ = ("_failed", "_items", "_run", "_task")
 
-    def __init__(
-        self, run: Callable[[_T], Awaitable[None]], log: structlog.typing.FilteringBoundLogger
-    ) -> None:
+    def __init__(self, run: Callable[[_T], Awaitable[None]], failed: Callable[[str], None]) -> None:
         self._run = run
-        self._log = log
+        self._failed = failed
+        """Logs the exception being handled (called from within ``except``)."""
         self._items: list[_T] = []  # short-lived and short; an empty deque costs ~600 B
         self._task: asyncio.Task[None] | None = None
 
@@ -71,7 +101,7 @@ class _Lane(Generic[_T]):
                 try:
                     await self._run(item)
                 except Exception:
-                    self._log.exception("gateway lane step failed")
+                    self._failed("gateway lane step failed")
         finally:
             self._task = None
 
@@ -131,8 +161,8 @@ class Connection:
         self._bus = bus
         self._topics = topics
         self._publish_timeout = publish_timeout
-        self._send_lane: _Lane[str] = _Lane(self._send, log)
-        self._publish_lane: _Lane[Publish] = _Lane(self._publish, log)
+        self._send_lane: _Lane[str] = _Lane(self._send, self.log_exception)
+        self._publish_lane: _Lane[Publish] = _Lane(self._publish, self.log_exception)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -214,15 +244,30 @@ class Connection:
         if report.level == "debug":
             self.log.debug(report.event, **report.fields)
             return
-        if self._reports is None:
-            self._reports = LogThrottle(REPORT_INTERVAL, max_keys=32)
-        suppressed = self._reports.allow(report.event, time.monotonic())
+        suppressed = self._throttle(report.event)
         if suppressed is None:
             return
         fields = {**report.fields, "remote": self.remote}
         if suppressed:
             fields["suppressed"] = suppressed
         getattr(self.log, report.level)(report.event, **fields)
+
+    def log_exception(self, event: str, **fields: Any) -> None:
+        """Log the exception being handled, with its traceback, at most once per
+        ``REPORT_INTERVAL`` for each event and exception type on this connection (the next
+        line says how many were suppressed). Call it from within an ``except`` block."""
+        error = type(sys.exc_info()[1]).__name__
+        suppressed = self._throttle((event, error))
+        if suppressed is None:
+            return
+        if suppressed:
+            fields["suppressed"] = suppressed
+        self.log.exception(event, error=error, remote=self.remote, **fields)
+
+    def _throttle(self, key: Hashable) -> int | None:
+        if self._reports is None:
+            self._reports = LogThrottle(REPORT_INTERVAL, max_keys=32)
+        return self._reports.allow(key, time.monotonic())
 
     def _disconnect(self, action: Disconnect) -> None:
         """The pipe gave up on this station (a limit): close the socket with its code."""
@@ -255,14 +300,7 @@ class Connection:
     async def _publish(self, action: Publish) -> None:
         envelope = action.envelope
         topic = action.reply_to or self._topics.inbound(self.version, self.station)
-        properties: dict[str, str] = {
-            **envelope.meta,
-            "kind": str(envelope.kind),
-            "message_id": envelope.message_id,
-            "station": self.station,
-        }
-        if envelope.action:
-            properties["action"] = envelope.action
+        properties = _mqtt_properties(envelope, self.station)
         try:
             async with asyncio.timeout(self._publish_timeout):
                 await self._bus.publish(topic, encode(envelope), properties=properties)
@@ -276,7 +314,7 @@ class Connection:
             )
         except Exception:
             # A bus adapter bug must still leave the station with an answer.
-            self.log.exception("publish failed unexpectedly", kind=str(envelope.kind), topic=topic)
+            self.log_exception("publish failed unexpectedly", kind=str(envelope.kind), topic=topic)
         else:
             return
         self._apply(self.pipe.publish_failed(envelope, time.time()))
@@ -305,7 +343,7 @@ class Connection:
         try:
             self._apply(self.pipe.tick(time.time()))
         except Exception:
-            self.log.exception("pipe tick failed")
+            self.log_exception("pipe tick failed")
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

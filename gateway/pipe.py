@@ -14,7 +14,9 @@ Rules kept here (see ``DESIGN.md``, "Correlation and in-flight rules"):
   ``call_timeout``; the station's answer is published with the original call attached.
 - station → CSMS: independent of the other direction. Every station Call gets exactly one
   answer: the CSMS's, or the pipe's own ``InternalError`` when the CSMS is late or the bus
-  refused the Call. Late or duplicate CSMS answers are dropped.
+  refused the Call. Late or duplicate CSMS answers are dropped. A Call repeating the id of
+  one still awaiting its answer is not published again (only reported): the pending one's
+  answer is the answer. Once that is sent, the id may be used again.
 - framing faults get the CallError code of the negotiated version; faulty CallResult /
   CallError frames are only reported, never answered.
 - message rate (``message_rate`` / ``message_burst``): every frame from the station spends a
@@ -28,7 +30,6 @@ Rules kept here (see ``DESIGN.md``, "Correlation and in-flight rules"):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -60,11 +61,6 @@ STATION_DISCONNECTED = "station disconnected"
 _RECENT_CSMS_IDS = 32
 """How many finished CSMS call ids a pipe remembers, to drop QoS 1 redeliveries of calls it
 already handled and to tell a late station answer from an unknown one."""
-
-_FRAME_HEAD = re.compile(
-    r'\s*\[\s*(\d+)\s*,\s*"([^"\\]{1,' + str(rpc.MAX_MESSAGE_ID_LENGTH) + r'})"'
-)
-"""Type id and message id at the head of a frame too large to be parsed."""
 
 _BREACH_GAP = 1.0
 """Seconds without a refused frame that end a rate-limit breach: a station whose frames keep
@@ -272,6 +268,9 @@ class Pipe:
                     refusal = self._over_rate(now)
                     if self._disconnecting:
                         return refusal
+                    if frame.message_id in self._pending:
+                        # Its answer is still to come: a GenericError would be a second one.
+                        return [*actions, *self._station_call(frame, now), *refusal]
                     return [*actions, self._rate_limited(frame.message_id, now), *refusal]
                 if not within_rate and frame.message_id == self.in_flight:
                     within_rate = True  # never lose the outcome of a CSMS call
@@ -465,14 +464,19 @@ class Pipe:
     # -- station → CSMS ------------------------------------------------------------------
 
     def _station_call(self, call: rpc.Call, now: float) -> list[Action]:
-        actions: list[Action] = []
         if call.message_id in self._pending:
-            # A retry of a Call still awaiting its answer: forward it again but keep one entry,
-            # so the station gets exactly one answer for that id.
-            actions.append(
-                Report("info", "station repeated a pending call", {"message_id": call.message_id})
-            )
-        elif len(self._pending) >= self.limits.max_station_calls:
+            # A copy of a Call still awaiting its answer: the CSMS has it already, and its one
+            # answer (or the pipe's at the first copy's deadline) answers the copy too.
+            # Publishing copies would let one socket push unbounded traffic past
+            # max_station_calls. Once answered or timed out, the id may be used again.
+            return [
+                Report(
+                    "info",
+                    "station repeated a pending call",
+                    {"message_id": call.message_id, "action": call.action},
+                )
+            ]
+        if len(self._pending) >= self.limits.max_station_calls:
             return [
                 self._error(
                     call.message_id,
@@ -485,7 +489,7 @@ class Pipe:
                 ),
             ]
         self._pending[call.message_id] = now + self.limits.answer_timeout
-        actions.append(
+        return [
             Publish(
                 Envelope(
                     kind=Kind.CALL,
@@ -500,8 +504,7 @@ class Pipe:
                     at=now,
                 )
             )
-        )
-        return actions
+        ]
 
     def _csms_answer(self, envelope: Envelope) -> list[Action]:
         message_id = envelope.message_id
@@ -689,11 +692,7 @@ class Pipe:
         OCPP 2.0.1 answers messages over a size limit with FormatViolation (1.6:
         FormationViolation). Only the head is examined, so the cost stays bounded.
         """
-        head = data[:128]
-        head_text = head.decode("utf-8", "replace") if isinstance(head, bytes) else head
-        match = _FRAME_HEAD.match(head_text)
-        type_id = int(match.group(1)) if match else None
-        message_id = match.group(2) if match else None
+        type_id, message_id = rpc.read_head(data)
         description = f"frame of {size} bytes exceeds the limit of {self.limits.max_frame_bytes}"
         answerable = type_id not in (rpc.MessageType.CALL_RESULT, rpc.MessageType.CALL_ERROR)
         return self._fault(

@@ -25,7 +25,7 @@ import threading
 import tracemalloc
 from collections import Counter
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import count
 from typing import Any, TypeVar
 
@@ -40,6 +40,7 @@ from websockets.typing import Subprotocol
 import gateway.server
 from csms import rpc
 from csms.app import all_in_one
+from csms.bus.memory import MemoryBus
 from csms.config import Settings
 from gateway import Gateway
 
@@ -66,6 +67,33 @@ EXPECTED = (ConnectionClosed, InvalidHandshake, OSError, TimeoutError, EOFError)
 
 # -- strategies -------------------------------------------------------------------------------
 
+FORBIDDEN_IN_MQTT = [
+    *map(chr, range(0x20)),
+    *map(chr, range(0x7F, 0xA0)),
+    *map(chr, range(0xFDD0, 0xFDF0)),
+    *(chr(plane << 16 | low) for plane in range(17) for low in (0xFFFE, 0xFFFF)),
+]
+"""Code points MQTT v5 strings must not hold (a broker drops a client sending one)."""
+hostile_chars = st.characters() | st.sampled_from(FORBIDDEN_IN_MQTT)
+hostile_text = st.text(hostile_chars, max_size=40)
+action_names = st.sampled_from(
+    [
+        "Heartbeat",
+        "BootNotification",
+        "StatusNotification",
+        "Authorize",
+        "TransactionEvent",
+        "MeterValues",
+        "DataTransfer",
+        "NoSuchAction",
+        "",
+    ]
+)
+actions = (
+    action_names
+    | st.text(hostile_chars, min_size=1, max_size=12)
+    | st.tuples(action_names, st.sampled_from(FORBIDDEN_IN_MQTT)).map("".join)
+)
 json_values = st.recursive(
     st.none()
     | st.booleans()
@@ -79,31 +107,44 @@ json_values = st.recursive(
 )
 ocpp_shaped = st.tuples(
     st.sampled_from([2, 3, 4, 5, "2", -1, 2.0]),
-    st.text(max_size=40) | st.sampled_from(["", "-1", "x" * 37]),
-    st.sampled_from(
-        [
-            "Heartbeat",
-            "BootNotification",
-            "StatusNotification",
-            "Authorize",
-            "TransactionEvent",
-            "MeterValues",
-            "DataTransfer",
-            "NoSuchAction",
-            "",
-        ]
-    ),
+    hostile_text | st.sampled_from(["", "-1", "x" * 37]),
+    actions,
     json_values,
 ).map(lambda parts: json.dumps(list(parts)))
+# Calls the gateway publishes unless their id or action is unusable.
+ocpp_calls = st.tuples(
+    st.just(2), hostile_text, actions, st.dictionaries(st.text(max_size=4), st.none())
+).map(lambda parts: json.dumps(list(parts)))
+# Answers too: one with an unusable id must be dropped, never published.
+ocpp_answers = st.tuples(
+    st.sampled_from([3, 4]), hostile_text, st.dictionaries(st.text(max_size=4), st.none())
+).map(
+    lambda parts: json.dumps(
+        [parts[0], parts[1], parts[2]]
+        if parts[0] == 3
+        else [parts[0], parts[1], "GenericError", "", parts[2]]
+    )
+)
 huge = st.integers(MAX_FRAME + 1, 5 * MAX_FRAME).map(
     lambda size: '[2,"huge","DataTransfer",{"data":"' + "x" * size + '"}]'
 )
+deep = st.tuples(st.integers(20, 2000), st.sampled_from("[{")).map(
+    lambda spec: (
+        '[2,"deep","DataTransfer",{"d":'
+        + (spec[1] if spec[1] == "[" else '{"a":') * spec[0]
+        + (("]" if spec[1] == "[" else "}") * spec[0])
+        + "}]"
+    )
+)
 frames = st.one_of(
-    st.text(max_size=300),
+    st.text(hostile_chars, max_size=300),
     st.binary(max_size=300),
     st.lists(json_values, max_size=6).map(json.dumps),
     ocpp_shaped,
+    ocpp_calls,
+    ocpp_answers,
     huge,
+    deep,
 )
 station_ids = st.one_of(
     st.from_regex(r"[A-Za-z0-9\-_.]{1,24}", fullmatch=True),
@@ -170,6 +211,7 @@ class Arena:
         self.frames_sent = 0
         self.attacks: Counter[str] = Counter()
         self.good_answers = 0
+        self.properties = PublishedProperties()
 
     def run(self, coroutine: Coroutine[Any, Any, _T], timeout: float = 60) -> _T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
@@ -395,11 +437,54 @@ BREACHES = (
 # -- the test -----------------------------------------------------------------------------------
 
 
+def mqtt_refuses(text: str) -> bool:
+    """Whether an MQTT v5 broker refuses ``text`` as a UTF-8 string (as Mosquitto checks)."""
+    for char in text:
+        point = ord(char)
+        if (
+            point < 0x20
+            or 0x7F <= point < 0xA0
+            or 0xD800 <= point < 0xE000
+            or 0xFDD0 <= point < 0xFDF0
+            or point & 0xFFFE == 0xFFFE
+        ):
+            return True
+    return False
+
+
+@dataclass
+class PublishedProperties:
+    checked: int = 0
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    """Properties a real broker would have dropped the connection for."""
+
+
+def check_properties(monkeypatch: pytest.MonkeyPatch) -> PublishedProperties:
+    """Check the MQTT user properties of every publish on the in-process bus."""
+    seen = PublishedProperties()
+    publish = MemoryBus.publish
+
+    async def checked(
+        self: MemoryBus, topic: str, payload: bytes, *, properties: Any = None
+    ) -> None:
+        for key, value in (properties or {}).items():
+            seen.checked += 1
+            if mqtt_refuses(key) or mqtt_refuses(value):
+                seen.refused.append((key, value))
+        if mqtt_refuses(topic):
+            seen.refused.append(("topic", topic))
+        await publish(self, topic, payload, properties=properties)
+
+    monkeypatch.setattr(MemoryBus, "publish", checked)
+    return seen
+
+
 @pytest.fixture
 def arena(monkeypatch: pytest.MonkeyPatch) -> Iterator[Arena]:
     # Sockets that stop reading cannot complete a closing handshake; do not wait 5 s for it.
     monkeypatch.setattr(gateway.server, "CLOSE_TIMEOUT", 0.5)
     arena = Arena()
+    arena.properties = check_properties(monkeypatch)
     arena.start()
     try:
         yield arena
@@ -413,6 +498,17 @@ WARM_UP: list[Attack] = [
     ),
     Frames(
         "warm-2", Subprotocol(rpc.OCPP16), ['[2,"h","DataTransfer",{"d":"' + "x" * 9000 + '"}]']
+    ),
+    Frames(
+        "warm-6",
+        Subprotocol(rpc.OCPP201),
+        [
+            '[2,"w\\u0001","Heartbeat",{}]',
+            '[2,"w6","Heart\\u0000beat",{}]',
+            '[2,"w\\uffff","Heartbeat",{}]',
+            '[3,"w\\u0002",{}]',
+            '[2,"w7","DataTransfer",{"d":' + "[" * 990 + "]" * 990 + "}]",
+        ],
     ),
     Flood("warm-3", Subprotocol(rpc.OCPP201), '[2,"f","Heartbeat",{}]', True),
     Flood("warm-4", Subprotocol(rpc.OCPP16), "junk", False),
@@ -484,3 +580,8 @@ def test_gateway_survives_hostile_clients_with_bounded_memory(arena: Arena) -> N
     # ... but a flood of bad frames on one connection makes a handful of lines, not one each.
     per_connection = [n for key, n in logs.per_connection.items() if key]
     assert max(per_connection) <= 25, logs.per_connection.most_common(3)
+    # Nothing was published that would have made a real broker drop the gateway.
+    assert arena.properties.checked
+    assert arena.properties.refused == [], arena.properties.refused[:5]
+    # No frame made the gateway fail unexpectedly.
+    assert not logs.events["frame handling failed"]

@@ -19,12 +19,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 import gateway.server
+from csms import rpc
 from csms.bus.memory import MemoryBroker
 from csms.config import Settings
-from csms.envelope import ConnectionEventKind, Kind
+from csms.envelope import ConnectionEventKind, Envelope, Kind, decode_envelope
 from gateway import Gateway
 from gateway.guard import RETRY_AFTER
-from gateway.pipe import FLOODING, RATE_LIMITED
+from gateway.pipe import FLOODING, RATE_LIMITED, Pipe
 from tests.unit.test_gateway_server import V16, V201, Manager, make_settings, recv_json, station
 
 
@@ -159,6 +160,129 @@ async def test_flooding_station_does_not_slow_down_others(
             assert await recv_json(good) == [3, f"g{n}", {"currentTime": "t"}]
         assert "BAD" in gw.connections  # no flood close configured
         draining.cancel()
+
+
+# -- hostile frames -----------------------------------------------------------------------------
+
+
+def inbound(manager: Manager, station_id: str = "CP-1") -> list[Any]:
+    """Envelopes the gateway published for the station so far (left in the record)."""
+    return [
+        decode_envelope(m.payload)
+        for m in manager.received
+        if "/events/" not in m.topic and decode_envelope(m.payload).station == station_id
+    ]
+
+
+def deep_call(message_id: str, depth: int) -> str:
+    return f'[2,"{message_id}","DataTransfer",{{"data":' + "[" * depth + "]" * depth + "}]"
+
+
+async def test_deeply_nested_frames_are_answered_and_the_socket_keeps_working(
+    broker: MemoryBroker, manager: Manager
+) -> None:
+    with capture_logs() as logs:
+        async with (
+            running(broker, max_frame_bytes=256 * 1024, message_rate=None) as gw,
+            station(gw, manager) as ws,
+        ):
+            for message_id, depth in (("d990", 990), ("d100k", 100_000)):
+                await ws.send(deep_call(message_id, depth))
+                answer = await recv_json(ws)
+                assert answer[:3] == [4, message_id, "FormatViolation"]
+                assert "nest" in answer[3]
+            for n in range(200):
+                await ws.send(deep_call(f"d{n}", 990))
+            for n in range(200):
+                assert (await recv_json(ws))[:3] == [4, f"d{n}", "FormatViolation"]
+            await ws.send('[2,"ok","Heartbeat",{}]')
+            _, env = await manager.envelope(Kind.CALL)
+            assert env.message_id == "ok"
+            assert [e.message_id for e in inbound(manager)] == []  # no deep frame published
+    assert not logged(logs, "frame handling failed")
+    # 202 refusals, a handful of lines.
+    assert 1 <= len(logged(logs, "malformed frame rejected")) <= 3
+
+
+async def test_unexpected_frame_handling_errors_are_logged_throttled(
+    broker: MemoryBroker, manager: Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle = Pipe.receive_station_frame
+
+    def fragile(self: Pipe, data: str | bytes, now: float) -> list[Any]:
+        if "boom" in str(data):
+            raise RuntimeError("pipe bug")
+        return handle(self, data, now)
+
+    monkeypatch.setattr(Pipe, "receive_station_frame", fragile)
+    with capture_logs() as logs:
+        async with running(broker, message_rate=None) as gw, station(gw, manager) as ws:
+            for n in range(50):
+                await ws.send(f'[2,"boom{n}","Heartbeat",{{}}]')
+            await ws.send('[2,"ok","Heartbeat",{}]')
+            _, env = await manager.envelope(Kind.CALL)
+            assert env.message_id == "ok"  # the socket still works
+    failures = logged(logs, "frame handling failed")
+    assert 1 <= len(failures) <= 2
+    assert failures[0]["exc_info"] and failures[0]["error"] == "RuntimeError"
+    [summary] = logged(logs, "similar log lines suppressed")
+    assert summary["count"] + len(failures) >= 50
+
+
+async def test_resends_of_a_pending_call_are_published_once(
+    broker: MemoryBroker, manager: Manager
+) -> None:
+    with capture_logs() as logs:
+        async with (
+            running(broker, message_rate=None, answer_timeout=60) as gw,
+            station(gw, manager) as ws,
+        ):
+            for _ in range(10_000):
+                await ws.send('[2,"s1","Heartbeat",{}]')
+            await ws.send('[2,"probe","Heartbeat",{}]')
+            await manager.expect(lambda m: decode_envelope(m.payload).message_id == "probe", 10)
+            assert [e.message_id for e in inbound(manager)] == ["s1"]
+            # Exactly one answer for s1: the next frame after it is the probe's.
+            await manager.answer("s1", {"currentTime": "t1"})
+            await manager.answer("probe", {"currentTime": "t2"})
+            assert await recv_json(ws) == [3, "s1", {"currentTime": "t1"}]
+            assert await recv_json(ws) == [3, "probe", {"currentTime": "t2"}]
+            # Answered: the id is free again, and a new Call with it reaches the CSMS.
+            await ws.send('[2,"s1","Heartbeat",{}]')
+            await manager.expect(lambda m: decode_envelope(m.payload).message_id == "s1")
+    assert 1 <= len(logged(logs, "station repeated a pending call")) <= 3
+
+
+async def test_published_properties_hold_only_text_mqtt_accepts(
+    broker: MemoryBroker, manager: Manager
+) -> None:
+    async with running(broker) as gw, station(gw, manager, "CP %é/1") as ws:
+        await ws.send('[2,"id \u00e9%","Heartbeat",{}]')
+        message, env = await manager.envelope(Kind.CALL, "CP %é/1")
+        assert env.message_id == "id é%"  # the envelope carries the exact text
+        assert message.properties["message_id"] == "id%20%C3%A9%25"
+        assert message.properties["station"] == "CP%20%25%C3%A9/1"
+        # An originator's meta is text the gateway did not check either.
+        await manager.send(
+            Envelope(
+                kind=Kind.CALL,
+                station="CP %é/1",
+                version=rpc.OCPP201,
+                message_id="m1",
+                action="Reset",
+                payload={"type": "Immediate"},
+                meta={"origin": "api", "note\x00": "a\x01b\uffff"},
+            )
+        )
+        assert (await recv_json(ws))[1] == "m1"
+        await ws.send('[3,"m1",{"status":"Accepted"}]')
+        message, env = await manager.envelope(Kind.RESULT, "CP %é/1")
+        assert env.meta == {"origin": "api", "note\x00": "a\x01b\uffff"}
+        assert message.properties["origin"] == "api"
+        assert message.properties["note%00"] == "a%01b%EF%BF%BF"
+        for key, value in message.properties.items():
+            assert key.isascii() and key.isprintable()
+            assert value.isascii() and value.isprintable()
 
 
 # -- connections per address and per process ----------------------------------------------------

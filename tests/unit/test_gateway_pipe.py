@@ -151,14 +151,76 @@ def test_publish_failure_answers_station_promptly() -> None:
     assert pipe.tick(T0 + 100) == []
 
 
-def test_station_retry_of_pending_call_is_forwarded_but_answered_once() -> None:
+def test_station_retry_of_pending_call_is_not_published_again_and_answered_once() -> None:
     pipe = make_pipe()
-    pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0)
+    assert len(published(pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0))) == 1
     actions = pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0 + 3)
-    assert len(published(actions)) == 1
-    assert pipe.next_deadline() == T0 + 3 + 5
+    assert published(actions) == [] and sent(actions) == []
+    [report] = reports(actions)
+    assert report.fields["message_id"] == "s1"
+    # The first copy's entry and deadline stay.
+    assert pipe.pending_station_calls == frozenset({"s1"})
+    assert pipe.next_deadline() == T0 + 5
     assert sent(pipe.receive_bus_envelope(csms_answer("s1", payload={}), T0 + 4)) == [[3, "s1", {}]]
     assert sent(pipe.receive_bus_envelope(csms_answer("s1", payload={}), T0 + 4)) == []
+
+
+def test_many_resends_of_a_pending_call_publish_once_and_get_one_answer() -> None:
+    pipe = Pipe(
+        "CP-1",
+        rpc.OCPP201,
+        connection="c",
+        gateway="g",
+        limits=Limits(answer_timeout=5, message_rate=None),
+    )
+    actions: list[Action] = []
+    for n in range(10_000):
+        actions += pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0 + n / 10_000)
+    assert len(published(actions)) == 1
+    assert sent(actions) == []
+    assert pipe.pending_station_calls == frozenset({"s1"})
+    # Nobody answers: the pipe's own answer at the first copy's deadline, once.
+    late = pipe.tick(T0 + 5)
+    assert [frame[:3] for frame in sent(late)] == [[4, "s1", "InternalError"]]
+    assert sent(pipe.tick(T0 + 60)) == []
+
+
+def test_call_id_may_be_used_again_once_answered_or_timed_out() -> None:
+    pipe = make_pipe()
+    pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0)
+    pipe.receive_bus_envelope(csms_answer("s1", payload={}), T0 + 1)
+    # Answered: the same id again is a new Call and reaches the CSMS.
+    assert len(published(pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0 + 2))) == 1
+    assert sent(pipe.tick(T0 + 7))[0][:3] == [4, "s1", "InternalError"]
+    # Timed out: a retry after the station got its InternalError is processed too.
+    retry = pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0 + 8)
+    assert len(published(retry)) == 1
+    assert pipe.next_deadline() == T0 + 8 + 5
+    assert sent(pipe.receive_bus_envelope(csms_answer("s1", payload={}), T0 + 9)) == [[3, "s1", {}]]
+
+
+def test_resend_of_a_pending_call_over_the_rate_gets_no_second_answer() -> None:
+    pipe = Pipe(
+        "CP-1",
+        rpc.OCPP201,
+        connection="c",
+        gateway="g",
+        limits=Limits(message_rate=1, message_burst=1, flood_close_after=None),
+    )
+    assert published(pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0))
+    resent = pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0)
+    assert sent(resent) == [] and published(resent) == []
+    # Another id over the rate is refused as usual.
+    [[_, mid, code, _, _]] = sent(pipe.receive_station_frame('[2,"s2","Heartbeat",{}]', T0))
+    assert (mid, code) == ("s2", "GenericError")
+    assert sent(pipe.receive_bus_envelope(csms_answer("s1", payload={}), T0)) == [[3, "s1", {}]]
+
+
+def test_retry_after_publish_failure_is_published() -> None:
+    pipe = make_pipe()
+    [publish] = published(pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0))
+    assert sent(pipe.publish_failed(publish.envelope, T0))[0][:3] == [4, "s1", "InternalError"]
+    assert len(published(pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0 + 1))) == 1
 
 
 def test_too_many_unanswered_station_calls_are_refused() -> None:
@@ -381,6 +443,22 @@ FAULTS = [
     ('[2, "x", 5, {}]', "x", "FormationViolation", "FormatViolation"),
     ('[2, "x", "Heartbeat", []]', "x", "FormationViolation", "FormatViolation"),
     (f'[2, "{"y" * 37}", "Heartbeat", {{}}]', "-1", "FormationViolation", "RpcFrameworkError"),
+    # Text MQTT v5 refuses in an id: the id cannot be used, even in the answer.
+    ('[2, "a\\u0000", "Heartbeat", {}]', "-1", "FormationViolation", "RpcFrameworkError"),
+    ('[2, "a\\u0085", "Heartbeat", {}]', "-1", "FormationViolation", "RpcFrameworkError"),
+    ('[2, "a\\uffff", "Heartbeat", {}]', "-1", "FormationViolation", "RpcFrameworkError"),
+    ('[2, "a\\udbff\\udfff", "Heartbeat", {}]', "-1", "FormationViolation", "RpcFrameworkError"),
+    # ... or in an action: answered with the frame's id.
+    ('[2, "x", "Heart\\u001bbeat", {}]', "x", "FormationViolation", "FormatViolation"),
+    ('[2, "x", "Heart\\ufdd0beat", {}]', "x", "FormationViolation", "FormatViolation"),
+    ('[2, "x", "Heart beat", {}]', "x", "FormationViolation", "FormatViolation"),
+    # Nesting far deeper than any OCPP message.
+    (
+        '[2, "x", "DataTransfer", {"d": ' + "[" * 400 + "]" * 400 + "}]",
+        "x",
+        "FormationViolation",
+        "FormatViolation",
+    ),
 ]
 
 
@@ -422,6 +500,27 @@ def test_binary_call_is_answered_with_its_id(version: str, code: str) -> None:
     assert (mid, got) == ("b1", code)
     assert "text frames" in description
     assert published(actions) == []
+
+
+@pytest.mark.parametrize(
+    "frame",
+    ['[3, "m\\u0001", {}]', '[4, "m\\uffff", "GenericError", "", {}]', '[3, "m\\u007f"]'],
+)
+def test_answers_with_unusable_ids_are_reported_never_answered(frame: str) -> None:
+    pipe = make_pipe()
+    pipe.receive_bus_envelope(csms_call("m1"), T0)
+    actions = pipe.receive_station_frame(frame, T0)
+    assert sent(actions) == [] and published(actions) == []
+    [report] = reports(actions)
+    assert "message_id" not in report.fields
+    assert pipe.in_flight == "m1"
+
+
+def test_oversized_call_with_unusable_id_is_answered_with_unknown_id() -> None:
+    pipe = make_pipe()
+    frame = '[2, "big\x01", "DataTransfer", {"data": "' + "x" * 2000 + '"}]'
+    [[_, mid, code, _, _]] = sent(pipe.receive_station_frame(frame, T0))
+    assert (mid, code) == ("-1", "FormatViolation")
 
 
 def test_binary_garbage_and_binary_answers() -> None:
