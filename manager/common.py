@@ -4,7 +4,9 @@ The handlers of each version translate their wire format into these calls and ba
 
 - registration: what a BootNotification answers and whether a station may send anything else;
 - authorization: one token decision, mapped to 1.6 ``idTagInfo`` or 2.0.1 ``idTokenInfo``;
-- transactions: merging energy readings, ending, and pricing an ended transaction;
+- transactions: merging energy readings, ending, superseding a transaction whose stop was
+  lost, pricing an ended transaction and sending the running cost of an active one;
+- data quality: absurd meter values are dropped from energy and logged, never refused;
 - small acknowledgements (notifications with empty responses, DataTransfer) and result logging.
 
 Everything goes through the :mod:`services` interfaces; nothing here knows which store
@@ -13,7 +15,9 @@ implementation runs behind them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -21,7 +25,7 @@ import msgspec
 from csms.envelope import ADMITTED_AS
 from csms.rpc import RpcError
 from manager.context import CallContext, OcppError, ResultContext, iso
-from services import energy
+from services import StoreUnavailable, energy
 from services.models import (
     Authorization,
     AuthorizationStatus,
@@ -98,15 +102,80 @@ async def current_registration(ctx: CallContext) -> RegistrationStatus:
     return record.registration
 
 
-async def require_accepted(ctx: CallContext) -> None:
-    """Refuse any Call but BootNotification from a Rejected station with a SecurityError.
+PENDING_ALLOWED = frozenset(
+    {
+        "BootNotification",
+        "Heartbeat",
+        "StatusNotification",
+        "FirmwareStatusNotification",
+        "SignedFirmwareStatusNotification",
+        "PublishFirmwareStatusNotification",
+        "DiagnosticsStatusNotification",
+        "LogStatusNotification",
+        "SignCertificate",
+        "NotifyReport",
+    }
+)
+"""What a Pending station may send: BootNotification and the messages the CSMS can have
+asked for while it is Pending.
 
-    OCPP 2.0.1 B03.FR.07 has the CSMS answer a Rejected station's other messages this way;
-    1.6 forbids a Rejected station from sending them at all. Pending stations are let through:
-    they may send what the CSMS triggers (B02) and Heartbeat/StatusNotification are harmless.
+OCPP 2.0.1 B02 (tested by TC_B_30_CSMS, requirement B02.FR.09) lets a Pending station send
+only BootNotification and messages triggered by TriggerMessage, GetBaseReport or GetReport;
+OCPP 1.6 §4.2 likewise allows only what the Central System triggered. A request does not say
+whether it was triggered, so the CSMS allows every action a trigger can produce in either
+version: TriggerMessage's Heartbeat, StatusNotification, FirmwareStatusNotification,
+DiagnosticsStatusNotification (1.6), LogStatusNotification, the Sign*Certificate triggers
+(sent as SignCertificate), PublishFirmwareStatusNotification, the 1.6 security extension's
+SignedFirmwareStatusNotification, and NotifyReport (GetBaseReport / GetReport: what the
+CSMS configures a Pending station with).
+
+Refused although a trigger could produce them: MeterValues and TransactionEvent. A station
+that is not registered has no transactions to report on, and they carry energy readings that
+are billed; with them, Authorize, StartTransaction, StopTransaction, DataTransfer, NotifyEvent
+and SecurityEventNotification are SecurityError (an unregistered client must not be able to
+probe which tokens are valid or start billed transactions).
+"""
+
+
+def registration_refusal(registration: RegistrationStatus, action: str) -> OcppError | None:
+    """The CallError a station holding ``registration`` gets for a Call of ``action``, or
+    None when the Call may be handled. Pure: the router can ask before schema validation.
+
+    - Accepted: nothing is refused.
+    - Pending: anything outside :data:`PENDING_ALLOWED` is ``SecurityError`` (B02.FR.09).
+    - Rejected: anything but BootNotification is ``SecurityError`` (2.0.1 B03.FR.07; 1.6
+      forbids a Rejected charge point from sending anything else).
     """
-    if await current_registration(ctx) is RegistrationStatus.REJECTED:
-        raise OcppError(RpcError.SECURITY_ERROR, "station is not accepted")
+    if registration is RegistrationStatus.ACCEPTED or action == "BootNotification":
+        return None
+    if registration is RegistrationStatus.PENDING:
+        if action in PENDING_ALLOWED:
+            return None
+        return OcppError(
+            RpcError.SECURITY_ERROR,
+            f"station is pending: {action} is not accepted before registration",
+            {"registration": registration.value},
+        )
+    return OcppError(
+        RpcError.SECURITY_ERROR,
+        "station is not accepted",
+        {"registration": registration.value},
+    )
+
+
+async def require_accepted(ctx: CallContext) -> None:
+    """Raise :func:`registration_refusal`'s SecurityError for this Call, if any.
+
+    Every station Call handler but BootNotification's calls this first, so the rule holds
+    even where nothing checked the registration before the handler ran.
+    """
+    refusal = registration_refusal(await current_registration(ctx), ctx.action)
+    if refusal is not None:
+        ctx.log.info(
+            "call_refused_by_registration",
+            registration=refusal.details.get("registration"),
+        )
+        raise refusal
 
 
 async def heartbeat(ctx: CallContext) -> dict[str, Any]:
@@ -260,7 +329,8 @@ def ended(
     meter_stop_wh: float | None = None,
 ) -> Transaction:
     """``tx`` in state Ended, energy recomputed. The stop reason defaults to Local, as both
-    versions define it for a stop without a reason."""
+    versions define it for a stop without a reason. The station's own stop replaces what the
+    CSMS assumed when it closed a superseded transaction."""
     return with_energy(
         msgspec.structs.replace(
             tx,
@@ -268,8 +338,175 @@ def ended(
             ended_at=at,
             stop_reason=reason or "Local",
             meter_stop_wh=meter_stop_wh if meter_stop_wh is not None else tx.meter_stop_wh,
+            superseded_by=None,
         )
     )
+
+
+# --- data quality ----------------------------------------------------------------------------
+
+
+def log_rejected(
+    ctx: CallContext, transaction_id: str | None, rejected: Iterable[energy.RejectedReading]
+) -> None:
+    """One data-quality warning per energy-register value left out of the energy.
+
+    Structured (station, transaction, value, reason) so a faulty meter can be found; the
+    message itself is answered normally (see :mod:`services.energy`).
+    """
+    for item in rejected:
+        ctx.log.warning(
+            "meter_value_rejected",
+            transaction_id=transaction_id,
+            value=item.value,
+            reason=item.reason,
+            at=item.at,
+            max_wh=energy.MAX_REGISTER_WH,
+        )
+
+
+def meter_register(
+    ctx: CallContext, value: int, *, field: str, transaction_id: str | None
+) -> float | None:
+    """A 1.6 ``meterStart`` / ``meterStop`` (a JSON integer of any size) in Wh, or None when
+    it is implausible (negative or beyond :data:`services.energy.MAX_REGISTER_WH`).
+
+    The message is still answered normally: StopTransaction must be accepted whatever it
+    carries (the transaction has ended at the charge point), and a CallError to
+    StartTransaction would only have the charge point retry the same value. The value is
+    left out of the energy and logged as a data-quality warning.
+    """
+    wh = energy.screen_wh(value)
+    if isinstance(wh, float):
+        return wh
+    ctx.log.warning(
+        "meter_value_rejected",
+        transaction_id=transaction_id,
+        field=field,
+        value=energy.display_value(value),
+        reason=wh,
+        max_wh=energy.MAX_REGISTER_WH,
+    )
+    return None
+
+
+# --- superseded transactions -----------------------------------------------------------------
+
+SUPERSEDED_REASON = "Other"
+"""Stop reason of a transaction the CSMS closed because another one started on its EVSE:
+``Other`` exists in both versions' reason enums; ``superseded_by`` says what happened."""
+
+
+def superseded(tx: Transaction, *, by: str, at: str) -> Transaction:
+    """``tx`` closed by the CSMS because ``by`` started on its EVSE at ``at``.
+
+    It ends at its last known moment (its latest reading, else its start; ``at`` when it
+    has neither), so the time between that and the new start, when nothing is known of it,
+    is not billed. The energy is what its readings show.
+    """
+    start = parse_time(tx.started_at)
+    moments = [(parse_time(r.at), r.at) for r in tx.readings]
+    known = [(m, text) for m, text in moments if m is not None and (start is None or m >= start)]
+    end = max(known)[1] if known else (tx.started_at or at)
+    return with_energy(
+        msgspec.structs.replace(
+            tx,
+            state=TransactionState.ENDED,
+            ended_at=end,
+            stop_reason=SUPERSEDED_REASON,
+            superseded_by=by,
+        )
+    )
+
+
+def _started_by(tx: Transaction, at: str) -> bool:
+    """True when ``tx`` started no later than ``at`` (both readable)."""
+    started, moment = parse_time(tx.started_at), parse_time(at)
+    return started is not None and moment is not None and started <= moment
+
+
+async def supersede(
+    ctx: CallContext, *, evse_id: int, by: str, at: str, only_earlier: bool = False
+) -> list[Transaction]:
+    """Close every other active transaction of this station on ``evse_id`` (1.6: connector):
+    an EVSE runs one transaction at a time, so one that is still active when ``by`` starts
+    there lost its stop (a reboot, a lost message). Each is ended (:func:`superseded`),
+    priced and logged; returns them.
+
+    ``only_earlier`` (for starts the station queued while offline, which may arrive out of
+    order) closes only transactions that started no later than ``at``.
+    """
+    closed: list[Transaction] = []
+    for old in await ctx.services.transactions.active(ctx.station_id):
+        if old.transaction_id == by or old.evse_id != evse_id:
+            continue
+        if only_earlier and not _started_by(old, at):
+            continue
+
+        def close(current: Transaction | None, old: Transaction = old) -> Transaction:
+            if current is None or current.state is TransactionState.ENDED:
+                return current or old
+            if current.evse_id != evse_id:
+                return current
+            return superseded(current, by=by, at=at)
+
+        tx = await ctx.services.transactions.update(ctx.station_id, old.transaction_id, close)
+        if tx.superseded_by != by:
+            continue
+        ctx.log.warning(
+            "transaction_superseded",
+            transaction_id=tx.transaction_id,
+            superseded_by=by,
+            evse_id=evse_id,
+            ended_at=tx.ended_at,
+            energy_wh=tx.energy_wh,
+        )
+        closed.append(await settle(ctx, tx))
+    return closed
+
+
+# --- pricing ---------------------------------------------------------------------------------
+
+
+def pricing_basis(tx: Transaction | None) -> tuple[Any, ...]:
+    """What the price of a transaction depends on: when it changes, an ended transaction is
+    priced again; when it does not (a replay, a reading after the end), its cost stays."""
+    if tx is None:
+        return ()
+    return (tx.state, tx.energy_wh, tx.started_at, tx.ended_at, tx.merged_into)
+
+
+async def price(ctx: CallContext, tx: Transaction) -> Cost | None:
+    """The TariffService's price for ``tx``, or None (logged) when it fails.
+
+    A pricing failure must not turn into an InternalError the station would retry forever:
+    the message is answered without a cost and the next delivery tries again. A store outage
+    (``StoreUnavailable``) still propagates, as everywhere.
+    """
+    try:
+        return await ctx.services.tariff.price(tx)
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        ctx.log.error(
+            "transaction_pricing_failed",
+            transaction_id=tx.transaction_id,
+            energy_wh=tx.energy_wh,
+            error=repr(exc),
+        )
+        return None
+
+
+def cost_number(cost: Cost | None) -> float | None:
+    """A cost's total as an OCPP number (``totalCost``); None when it is not a finite one."""
+    if cost is None:
+        return None
+    try:
+        total = Decimal(cost.total)
+    except (ArithmeticError, ValueError, TypeError):
+        return None
+    number = float(total) if total.is_finite() else math.nan
+    return number if math.isfinite(number) else None
 
 
 _PRICING_ATTEMPTS = 3
@@ -278,14 +515,20 @@ _PRICING_ATTEMPTS = 3
 async def settle(ctx: CallContext, tx: Transaction, *, reprice: bool = False) -> Transaction:
     """Price an ended transaction and store the cost on it; returns the stored transaction.
 
-    An already priced transaction keeps its cost unless ``reprice`` (new data arrived after
-    the end), so a replayed stop never prices differently. The cost is stored only if the
-    transaction did not change while it was priced; otherwise the newer state is priced.
+    An already priced transaction keeps its cost unless ``reprice`` (its pricing basis
+    changed after it was priced), so a replayed stop never prices differently. The cost is
+    stored only if the transaction did not change while it was priced; otherwise the newer
+    state is priced. A record that only points at the transaction it was merged into
+    (``merged_into``) is not priced.
     """
     for _ in range(_PRICING_ATTEMPTS):
-        if tx.state is not TransactionState.ENDED or (tx.cost is not None and not reprice):
+        if tx.state is not TransactionState.ENDED or tx.merged_into is not None:
             return tx
-        cost = await ctx.services.tariff.price(tx)
+        if tx.cost is not None and not reprice:
+            return tx
+        cost = await price(ctx, tx)
+        if cost is None:
+            return tx
         basis = msgspec.structs.replace(tx, cost=None)
 
         def set_cost(
@@ -312,6 +555,41 @@ async def settle(ctx: CallContext, tx: Transaction, *, reprice: bool = False) ->
         tx, reprice = stored, True
     ctx.log.warning("transaction_pricing_raced", transaction_id=tx.transaction_id)
     return tx
+
+
+COST_UPDATED = "CostUpdated"
+
+
+async def send_running_cost(ctx: CallContext, tx: Transaction) -> float | None:
+    """Send the running cost of an active 2.0.1 transaction in a CostUpdated call (I02).
+
+    TransactionEventResponse's ``totalCost`` "SHALL only be sent when charging has ended",
+    so during a transaction the cost goes in the CSMS-initiated CostUpdatedRequest instead.
+    Priced by the TariffService on the current readings; nothing is sent when pricing fails
+    or the bus refuses the call (logged): the station's message is answered regardless.
+    Returns the total sent.
+    """
+    total = cost_number(await price(ctx, tx))
+    if total is None:
+        return None
+    try:
+        await ctx.calls.call(
+            ctx.station_id,
+            ctx.version,
+            COST_UPDATED,
+            {"totalCost": total, "transactionId": tx.transaction_id},
+            meta={"transaction_id": tx.transaction_id},
+        )
+    except Exception as exc:
+        ctx.log.warning("running_cost_not_sent", transaction_id=tx.transaction_id, error=repr(exc))
+        return None
+    ctx.log.info(
+        "running_cost_sent",
+        transaction_id=tx.transaction_id,
+        energy_wh=tx.energy_wh,
+        total=total,
+    )
+    return total
 
 
 # --- small acknowledgements ----------------------------------------------------------------

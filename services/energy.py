@@ -9,19 +9,79 @@ here normalises that to Wh so the rest of the CSMS computes energy in exactly on
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import itertools
 import math
 from collections.abc import Iterable, Mapping
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from decimal import Decimal
+from typing import Any, NamedTuple
 
-from services.models import EnergyReading, Transaction
+from services.models import EnergyReading, Transaction, TransactionState
 from services.rules import parse_time
 
 REGISTER = "Energy.Active.Import.Register"
 """The measurand we accept; it is also the default when a sampledValue names none."""
 
-_UNIT_TO_WH = {"wh": 1.0, "kwh": 1000.0}
+_UNIT_TO_WH = {"wh": Decimal(1), "kwh": Decimal(1000)}
+
+MAX_REGISTER_WH = 1e12
+"""Largest plausible energy-register value (and energy of one transaction), in Wh: 1 TWh,
+i.e. 10^9 kWh. A 350 kW charger delivering flat out for 30 years registers under 10^11 Wh,
+so anything above is a fault, not energy. The bound also keeps every sum and price far inside
+float and Decimal range."""
+
+NOT_A_NUMBER = "not_a_number"
+NOT_FINITE = "not_finite"
+NEGATIVE = "negative"
+OUT_OF_RANGE = "out_of_range"
+"""Reasons a register reading is rejected (the ``reason`` of :class:`RejectedReading`)."""
+
+# Enough range that parsing and scaling any schema-valid value cannot trap; the result is
+# then compared with MAX_REGISTER_WH.
+_WIDE = decimal.Context(prec=28, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN, traps=[])
+
+
+class RejectedReading(NamedTuple):
+    """An energy-register value left out of the energy, and why."""
+
+    at: str | None
+    value: str
+    """The value as the station sent it (repr of a number, the 1.6 string as is), capped."""
+    reason: str
+    """:data:`NOT_A_NUMBER`, :data:`NOT_FINITE`, :data:`NEGATIVE` or :data:`OUT_OF_RANGE`."""
+
+
+class Screened(NamedTuple):
+    """The energy-register readings of a ``meterValue`` list, and the values rejected."""
+
+    readings: list[EnergyReading]
+    rejected: list[RejectedReading]
+
+
+def plausible_wh(value: float | None) -> bool:
+    """True for a register value (Wh) that can be energy: finite, 0 to MAX_REGISTER_WH."""
+    return value is not None and math.isfinite(value) and 0.0 <= value <= MAX_REGISTER_WH
+
+
+def screen_wh(value: Decimal | int | float) -> float | str:
+    """``value`` (Wh) as a float when plausible, else the reason it is rejected.
+
+    For values that did not come through a sampledValue: the 1.6 meterStart / meterStop
+    integers (a JSON integer may have any number of digits; ``float()`` of one can overflow).
+    """
+    if isinstance(value, bool):
+        return NOT_A_NUMBER
+    try:
+        number = value if isinstance(value, Decimal) else _WIDE.create_decimal(value)
+    except (ArithmeticError, ValueError, TypeError):
+        return NOT_A_NUMBER
+    if not number.is_finite():
+        return NOT_FINITE
+    if number < 0:
+        return NEGATIVE
+    if number > MAX_REGISTER_WH:
+        return OUT_OF_RANGE
+    return float(number)
 
 
 def _is_v16(version: str) -> bool:
@@ -56,43 +116,89 @@ def delivered_wh(values: list[float]) -> float:
     return sum(step for step in steps if step > 0)
 
 
+def counted_readings(tx: Transaction) -> list[EnergyReading]:
+    """The readings of ``tx`` that count towards its energy, in time order.
+
+    Left out: implausible values (see :func:`plausible_wh`; a store may hold them from before
+    readings were screened) and, once the transaction has ended, readings timestamped after
+    its end: the energy and cost of a finished transaction do not change with what the meter
+    showed later.
+    """
+    end = parse_time(tx.ended_at) if tx.state is TransactionState.ENDED else None
+    counted: list[EnergyReading] = []
+    for reading in _ordered(tx.readings):
+        if not plausible_wh(reading.wh):
+            continue
+        if end is not None:
+            moment = parse_time(reading.at)
+            if moment is not None and moment > end:
+                continue
+        counted.append(reading)
+    return counted
+
+
 def energy_wh(tx: Transaction) -> float | None:
     """Energy delivered in ``tx`` so far (final once it has ended); None without any value.
 
-    The series is meterStart, then the readings by time, then meterStop: the start and
-    stop values, when present, are the authoritative ends of the series.
+    The series is meterStart, then the counted readings by time (:func:`counted_readings`),
+    then meterStop: the start and stop values, when present, are the authoritative ends of
+    the series. The result never exceeds :data:`MAX_REGISTER_WH`.
     """
+    start, stop = tx.meter_start_wh, tx.meter_stop_wh
     values: list[float] = []
-    if tx.meter_start_wh is not None:
-        values.append(tx.meter_start_wh)
-    values.extend(reading.wh for reading in _ordered(tx.readings))
-    if tx.meter_stop_wh is not None:
-        values.append(tx.meter_stop_wh)
+    if start is not None and plausible_wh(start):
+        values.append(start)
+    values.extend(reading.wh for reading in counted_readings(tx))
+    if stop is not None and plausible_wh(stop):
+        values.append(stop)
     if not values:
         return None
-    return delivered_wh(values)
+    return min(delivered_wh(values), MAX_REGISTER_WH)
 
 
-def _number(value: Any, version: str) -> Decimal | None:
-    """The numeric value of a sampledValue; None when it is not a finite number."""
+def _number(value: Any, version: str) -> Decimal | str | None:
+    """The numeric value of a sampledValue; a rejection reason when it is not a number, None
+    when the value is not of the version's type (1.6 strings, 2.0.1 numbers)."""
     if _is_v16(version):
         if not isinstance(value, str):
             return None
         try:
-            number = Decimal(value.strip())
-        except InvalidOperation:
-            return None
+            number = _WIDE.create_decimal(value.strip())
+        except (ArithmeticError, ValueError):
+            return NOT_A_NUMBER
+        if number.is_nan() and value.strip().lower().lstrip("+-") not in ("nan", "snan"):
+            return NOT_A_NUMBER  # the context turned an unparsable string into NaN
     else:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
         if isinstance(value, float) and not math.isfinite(value):
-            return None
-        number = Decimal(str(value))
-    return number if number.is_finite() else None
+            return NOT_FINITE
+        try:
+            number = _WIDE.create_decimal(value if isinstance(value, int) else repr(value))
+        except (ArithmeticError, ValueError):
+            return OUT_OF_RANGE
+    return number if number.is_finite() else NOT_FINITE
+
+
+def display_value(value: Any) -> str:
+    """``value`` for a log line, at most 40 characters (a JSON number may be any length)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"<integer of {value.bit_length()} bits>"
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def register_wh(sampled_value: Mapping[str, Any], version: str) -> float | None:
-    """The energy-register value of one OCPP sampledValue, in Wh; None when it is not one.
+    """The energy-register value of one OCPP sampledValue, in Wh; None when it is not one or
+    when it is rejected (see :func:`screen_sampled_value`)."""
+    result = screen_sampled_value(sampled_value, version)
+    return result if isinstance(result, float) else None
+
+
+def screen_sampled_value(sampled_value: Mapping[str, Any], version: str) -> float | str | None:
+    """The energy-register value of one sampledValue in Wh, the reason it is rejected
+    (not a number, not finite, negative, above :data:`MAX_REGISTER_WH` after unit
+    conversion), or None when the sampledValue is no total energy-register value at all.
 
     Accepted: measurand Energy.Active.Import.Register (or no measurand: the default in both
     versions), no phase (the total, not one phase of it), numeric (1.6 SignedData is not),
@@ -119,38 +225,52 @@ def register_wh(sampled_value: Mapping[str, Any], version: str) -> float | None:
     if not isinstance(unit, str) or unit.lower() not in _UNIT_TO_WH:
         return None
     number = _number(sampled_value.get("value"), version)
-    if number is None:
-        return None
-    wh = number.scaleb(multiplier) * Decimal(str(_UNIT_TO_WH[unit.lower()]))
-    return float(wh)
+    if number is None or isinstance(number, str):
+        return number
+    try:
+        wh = _WIDE.multiply(_WIDE.scaleb(number, multiplier), _UNIT_TO_WH[unit.lower()])
+    except (ArithmeticError, ValueError):
+        return OUT_OF_RANGE
+    return screen_wh(wh) if wh.is_finite() else OUT_OF_RANGE
 
 
 def readings_from_meter_values(
     meter_values: Iterable[Mapping[str, Any]], version: str
 ) -> list[EnergyReading]:
-    """The energy-register readings in a MeterValues / TransactionEvent ``meterValue`` list.
+    """The energy-register readings in a MeterValues / TransactionEvent ``meterValue`` list
+    (:func:`screen_meter_values` without the rejected values)."""
+    return screen_meter_values(meter_values, version).readings
 
-    At most one reading per meterValue (its first total register value); meterValues
-    without a timestamp or without such a value contribute nothing.
+
+def screen_meter_values(meter_values: Iterable[Mapping[str, Any]], version: str) -> Screened:
+    """The energy-register readings in a ``meterValue`` list, and the register values rejected.
+
+    At most one reading per meterValue (its first acceptable total register value);
+    meterValues without a timestamp or without such a value contribute nothing.
     """
     readings: list[EnergyReading] = []
+    rejected: list[RejectedReading] = []
     for meter_value in meter_values:
-        at = meter_value.get("timestamp")
-        if not isinstance(at, str):
-            continue
+        raw_at = meter_value.get("timestamp")
+        at = raw_at if isinstance(raw_at, str) else None
         for sampled_value in meter_value.get("sampledValue") or ():
             if not isinstance(sampled_value, Mapping):
                 continue
-            wh = register_wh(sampled_value, version)
-            if wh is not None:
+            wh = screen_sampled_value(sampled_value, version)
+            if wh is None:
+                continue
+            if isinstance(wh, str):
+                rejected.append(RejectedReading(at, display_value(sampled_value.get("value")), wh))
+                continue
+            if at is not None:
                 context = sampled_value.get("context")
                 readings.append(
                     EnergyReading(
                         at=at, wh=wh, context=context if isinstance(context, str) else None
                     )
                 )
-                break
-    return readings
+            break
+    return Screened(readings, rejected)
 
 
 def merge_readings(

@@ -197,9 +197,22 @@ class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Energy delivered so far, computed from the readings (see services.energy)."""
     cost: Cost | None = None
     stop_reason: str | None = None
+    superseded_by: str | None = None
+    """Set when the CSMS closed this transaction itself because a new one started on its
+    EVSE (1.6: connector) while it was still active: its own stop never arrived (a station
+    reboot, a lost message). The id of that new transaction; the stop reason is ``Other``,
+    the end its last known reading, and it is priced like any ended transaction. Its own
+    stop, should it still arrive, replaces these facts and clears this field."""
+    merged_into: str | None = None
+    """1.6 only: this record stands for a StopTransaction sent with ``transactionId`` -1 (its
+    StartTransaction was never answered) that was applied to the transaction named here.
+    It is not priced itself; it makes a re-sent copy of that stop recognisable."""
     charging_state: str | None = None
     seq_nos: list[int] = []
     """2.0.1 TransactionEvent seqNo values already applied (dedup of retries)."""
+    end_seq_no: int | None = None
+    """2.0.1: the seqNo of the Ended event. Events numbered after it happened after the end:
+    they are recorded (``seq_nos``) but their readings are not merged."""
     offline: bool = False
     """True when any event of the transaction was sent after an offline period."""
     reservation_id: int | None = None

@@ -4,11 +4,17 @@ Money is :class:`~decimal.Decimal` throughout and rounded once, at the end (half
 cents), so a long session does not accumulate rounding error. The parts reported next to
 the total are each rounded the same way for display; the total is computed from the exact
 parts, so the rounded parts may differ from it by a cent.
+
+Pricing never raises on what a store holds: energy comes from
+:func:`services.energy.energy_wh` (implausible readings screened out, bounded by
+``MAX_REGISTER_WH``), a stored figure is used only when plausible, and the arithmetic runs in
+a Decimal context wide enough for any bounded energy and duration at any configured price.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 from decimal import ROUND_HALF_UP, Decimal
 
 from csms.config import TariffSettings
@@ -20,19 +26,23 @@ CENT = Decimal("0.01")
 _WH_PER_KWH = Decimal(1000)
 _SECONDS_PER_HOUR = Decimal(3600)
 
+_MONEY = decimal.Context(prec=60, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+"""60 digits: a bounded energy (at most 10^9 kWh) or duration (at most ~10^8 h between two
+OCPP timestamps) times any price with up to ~40 digits quantizes to cents exactly."""
+
 
 def _money(amount: Decimal) -> str:
-    return str(amount.quantize(CENT, rounding=ROUND_HALF_UP))
+    return str(amount.quantize(CENT, rounding=ROUND_HALF_UP, context=_MONEY))
 
 
 def charged_kwh(tx: Transaction) -> Decimal:
     """Energy to bill in kWh: from the readings, else the stored figure, else zero."""
     wh = energy.energy_wh(tx)
-    if wh is None:
+    if wh is None and energy.plausible_wh(tx.energy_wh):
         wh = tx.energy_wh
     if wh is None or wh <= 0:
         return Decimal(0)
-    return Decimal(repr(wh)) / _WH_PER_KWH
+    return _MONEY.divide(Decimal(repr(wh)), _WH_PER_KWH)
 
 
 def charged_hours(tx: Transaction) -> Decimal:
@@ -45,7 +55,7 @@ def charged_hours(tx: Transaction) -> Decimal:
         return Decimal(0)
     span: dt.timedelta = end - start
     seconds = Decimal(span.days * 86_400 + span.seconds) + Decimal(span.microseconds) / 1_000_000
-    return seconds / _SECONDS_PER_HOUR
+    return _MONEY.divide(seconds, _SECONDS_PER_HOUR)
 
 
 class ConfiguredTariff:
@@ -60,11 +70,11 @@ class ConfiguredTariff:
     def quote(self, transaction: Transaction) -> Cost:
         """The cost, synchronously (pricing is pure arithmetic)."""
         tariff = self.settings
-        energy_cost = charged_kwh(transaction) * tariff.energy_price_per_kwh
-        time_cost = charged_hours(transaction) * tariff.time_price_per_hour
+        energy_cost = _MONEY.multiply(charged_kwh(transaction), tariff.energy_price_per_kwh)
+        time_cost = _MONEY.multiply(charged_hours(transaction), tariff.time_price_per_hour)
         fee = tariff.session_fee
         return Cost(
-            total=_money(fee + energy_cost + time_cost),
+            total=_money(_MONEY.add(_MONEY.add(fee, energy_cost), time_cost)),
             currency=tariff.currency,
             energy=_money(energy_cost),
             time=_money(time_cost),

@@ -6,6 +6,7 @@ router does) and every answer against its response schema.
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -401,16 +402,256 @@ async def test_meter_values_ignore_other_measurands_and_repeats(h: Harness) -> N
     assert tx.energy_wh == 500
 
 
-async def test_late_meter_values_reprice_an_ended_transaction(h: Harness) -> None:
+async def test_meter_values_after_the_stop_do_not_reprice(h: Harness) -> None:
+    """Readings for an ended transaction, or stamped after its end, change nothing."""
     tx_id = (await start(h, "TAG1", meter=1000))["transactionId"]
-    stop = {"transactionId": tx_id, "meterStop": 1000, "timestamp": "2025-01-15T10:20:00Z"}
+    during = [sample("2025-01-15T10:15:00Z", "2.5")]
+    await h.call("MeterValues", {"connectorId": 1, "transactionId": tx_id, "meterValue": during})
+    stop = {
+        "transactionId": tx_id,
+        "meterStop": 3000,
+        "timestamp": "2025-01-15T10:30:00Z",
+        # The charge point's last sample was taken after it reported the stop.
+        "transactionData": [sample("2025-01-15T10:40:00Z", "3.9")],
+    }
     await h.call("StopTransaction", stop)
-    # The register moved back and forth: only positive steps count as delivered energy.
-    late = [sample("2025-01-15T10:10:00Z", "3.5")]
-    await h.call("MeterValues", {"connectorId": 1, "transactionId": tx_id, "meterValue": late})
-    tx = await h.services.transactions.get(STATION, str(tx_id))
-    assert tx is not None and tx.energy_wh == 2500
-    assert tx.cost is not None and tx.cost.total == "1.00"
+    stopped = await h.tx(str(tx_id))
+    assert stopped.energy_wh == 2000
+    assert stopped.cost is not None and stopped.cost.total == "0.80"  # what the driver saw
+    # Later MeterValues for the transaction: after the end, and one from before it (the
+    # register went back and forth: merged, it would count extra positive steps).
+    for at, kwh in [("2025-01-15T10:45:00Z", "4.5"), ("2025-01-15T10:20:00Z", "5.0")]:
+        late = {"connectorId": 1, "transactionId": tx_id, "meterValue": [sample(at, kwh)]}
+        with capture_logs() as logs:
+            assert await h.call("MeterValues", late) == {}
+        assert "meter_values_for_ended_transaction" in [entry["event"] for entry in logs]
+    assert await h.tx(str(tx_id)) == stopped
+
+
+# --- absurd meter values -------------------------------------------------------------------
+
+
+async def test_absurd_meter_values_are_dropped_and_the_session_priced(h: Harness) -> None:
+    tx_id = (await start(h, "TAG1", meter=1000))["transactionId"]
+    frame = json.loads(
+        """{"connectorId": 1, "transactionId": TX_ID, "meterValue": [
+            {"timestamp": "2025-01-15T10:05:00Z", "sampledValue": [{"value": "1e400"}]},
+            {"timestamp": "2025-01-15T10:06:00Z", "sampledValue": [{"value": "NaN"}]},
+            {"timestamp": "2025-01-15T10:07:00Z", "sampledValue": [{"value": "-Infinity"}]},
+            {"timestamp": "2025-01-15T10:08:00Z", "sampledValue": [{"value": "-5"}]},
+            {"timestamp": "2025-01-15T10:09:00Z",
+             "sampledValue": [{"value": "2000000000", "unit": "kWh"}]},
+            {"timestamp": "2025-01-15T10:10:00Z", "sampledValue": [{"value": "2.5",
+             "unit": "kWh", "measurand": "Energy.Active.Import.Register"}]}
+        ]}""".replace("TX_ID", str(tx_id))
+    )
+    with capture_logs() as logs:
+        assert await h.call("MeterValues", frame) == {}
+    rejected = [entry for entry in logs if entry["event"] == "meter_value_rejected"]
+    assert [(e["value"], e["reason"]) for e in rejected] == [
+        ("1e400", "out_of_range"),
+        ("NaN", "not_finite"),
+        ("-Infinity", "not_finite"),
+        ("-5", "negative"),
+        ("2000000000", "out_of_range"),  # 2e9 kWh = 2e12 Wh, beyond the plausible register
+    ]
+    assert all(e["transaction_id"] == str(tx_id) and e["log_level"] == "warning" for e in rejected)
+    tx = await h.tx(str(tx_id))
+    assert [r.wh for r in tx.readings] == [1000, 2500]
+    # The stop is answered and priced on the plausible readings, retries included.
+    stop = {"transactionId": tx_id, "meterStop": 3000, "timestamp": "2025-01-15T10:30:00Z"}
+    for _ in range(2):
+        assert await h.call("StopTransaction", stop) == {}
+    tx = await h.tx(str(tx_id))
+    assert tx.energy_wh == 2000
+    assert tx.cost is not None and tx.cost.total == "0.80"
+
+
+async def test_absurd_meter_start_and_stop_are_left_out(h: Harness) -> None:
+    frame = json.loads(
+        '{"connectorId": 2, "idTag": "TAG2", "meterStart": 1%s, '
+        '"timestamp": "2025-01-15T10:00:00Z"}' % ("0" * 400)
+    )
+    with capture_logs() as logs:
+        started = await h.call("StartTransaction", frame)
+    assert started["idTagInfo"] == {"status": "Accepted"}
+    [warning] = [e for e in logs if e["event"] == "meter_value_rejected"]
+    assert (warning["field"], warning["reason"]) == ("meterStart", "out_of_range")
+    tx_id = started["transactionId"]
+    assert (await h.tx(str(tx_id))).meter_start_wh is None
+    data = [sample("2025-01-15T10:10:00Z", "1.0"), sample("2025-01-15T10:20:00Z", "2.0")]
+    stop = {
+        "transactionId": tx_id,
+        "meterStop": -1,
+        "timestamp": "2025-01-15T10:30:00Z",
+        "transactionData": data,
+    }
+    assert await h.call("StopTransaction", stop) == {}
+    tx = await h.tx(str(tx_id))
+    assert (tx.state, tx.meter_stop_wh, tx.energy_wh) == (TransactionState.ENDED, None, 1000)
+    assert tx.cost is not None and tx.cost.total == "0.40"
+
+
+# --- registration ----------------------------------------------------------------------------
+
+
+PENDING_REFUSED: list[tuple[str, dict[str, Any]]] = [
+    ("Authorize", {"idTag": "TAG1"}),
+    (
+        "StartTransaction",
+        {"connectorId": 1, "idTag": "TAG1", "meterStart": 0, "timestamp": "2025-01-15T10:00:00Z"},
+    ),
+    ("StopTransaction", {"transactionId": 1, "meterStop": 10, "timestamp": "2025-01-15T10:00:00Z"}),
+    ("MeterValues", {"connectorId": 1, "meterValue": [sample("2025-01-15T10:00:00Z", "1")]}),
+    ("DataTransfer", {"vendorId": "com.acme"}),
+    ("SecurityEventNotification", {"type": "X", "timestamp": "2025-01-15T10:00:00Z"}),
+]
+
+
+@pytest.mark.parametrize(("action", "payload"), PENDING_REFUSED)
+async def test_pending_station_is_refused_tokens_and_transactions(
+    action: str, payload: dict[str, Any]
+) -> None:
+    h = Harness(Settings(unknown_stations="pending"))
+    await h.seed_tokens()
+    assert (await h.call("BootNotification", BOOT, station="NEW-1"))["status"] == "Pending"
+    with pytest.raises(OcppError) as caught:
+        await h.call(action, payload, station="NEW-1")
+    assert caught.value.error is RpcError.SECURITY_ERROR
+    assert caught.value.details == {"registration": "Pending"}
+    assert await h.services.transactions.active("NEW-1") == []
+    assert await h.services.transactions.get("NEW-1", "1") is None
+
+
+@pytest.mark.parametrize(
+    ("action", "payload"),
+    [
+        ("FirmwareStatusNotification", {"status": "Idle"}),
+        ("DiagnosticsStatusNotification", {"status": "Idle"}),
+        ("LogStatusNotification", {"status": "Idle"}),
+        ("SignedFirmwareStatusNotification", {"status": "Idle"}),
+    ],
+)
+async def test_pending_station_may_send_what_a_trigger_asks_for(
+    action: str, payload: dict[str, Any]
+) -> None:
+    h = Harness(Settings(unknown_stations="pending"))
+    await h.call("BootNotification", BOOT, station="NEW-1")
+    assert await h.call(action, payload, station="NEW-1") == {}
+
+
+# --- stale transactions ----------------------------------------------------------------------
+
+
+async def test_new_start_on_a_connector_supersedes_its_stale_transaction(h: Harness) -> None:
+    await h.provision("CP-2")
+    old_id = (await start(h, "TAG1", connector=1, meter=1000))["transactionId"]
+    during = [sample("2025-01-15T10:15:00Z", "2.5")]
+    await h.call("MeterValues", {"connectorId": 1, "transactionId": old_id, "meterValue": during})
+    # The charge point rebooted: the stop of that session was lost; a new one starts.
+    rebooted = {
+        "connectorId": 1,
+        "idTag": "TAG1",
+        "meterStart": 2600,
+        "timestamp": "2025-01-15T11:00:00Z",
+    }
+    with capture_logs() as logs:
+        response = await h.call("StartTransaction", rebooted)
+    assert response["idTagInfo"]["status"] == "Accepted"
+    new_id = response["transactionId"]
+    assert new_id != old_id
+    old = await h.tx(str(old_id))
+    assert old.state is TransactionState.ENDED
+    assert (old.stop_reason, old.superseded_by) == ("Other", str(new_id))
+    assert old.ended_at == "2025-01-15T10:15:00Z"  # its last known reading
+    assert old.energy_wh == 1500
+    assert old.cost is not None and old.cost.total == "0.60"
+    assert "transaction_superseded" in [e["event"] for e in logs]
+    assert [tx.transaction_id for tx in await h.services.transactions.active(STATION)] == [
+        str(new_id)
+    ]
+    # The token is really charging on connector 1 now: elsewhere it is ConcurrentTx.
+    assert (await start(h, "TAG1", connector=2))["idTagInfo"]["status"] == "ConcurrentTx"
+    assert (await start(h, "TAG1", station="CP-2"))["idTagInfo"]["status"] == "ConcurrentTx"
+    # Its stop answers with the token's own status, never ConcurrentTx.
+    stop = {
+        "transactionId": new_id,
+        "idTag": "TAG1",
+        "meterStop": 3600,
+        "timestamp": "2025-01-15T11:30:00Z",
+    }
+    assert (await h.call("StopTransaction", stop))["idTagInfo"]["status"] == "Accepted"
+    # Should the lost stop of the old session still arrive, its facts replace the CSMS's.
+    late_stop = {"transactionId": old_id, "meterStop": 2600, "timestamp": "2025-01-15T10:40:00Z"}
+    assert await h.call("StopTransaction", late_stop) == {}
+    old = await h.tx(str(old_id))
+    assert (old.stop_reason, old.superseded_by, old.ended_at) == (
+        "Local",
+        None,
+        "2025-01-15T10:40:00Z",
+    )
+    assert old.energy_wh == 1600
+    assert old.cost is not None and old.cost.total == "0.64"
+    assert await h.call("StopTransaction", late_stop) == {}
+    assert await h.tx(str(old_id)) == old
+
+
+# --- transactionId -1 --------------------------------------------------------------------------
+
+
+async def test_each_stop_with_transaction_id_minus_one_is_its_own_record(h: Harness) -> None:
+    """Two sessions whose StartTransaction never reached the CSMS: neither stop is lost."""
+    first = {
+        "transactionId": -1,
+        "idTag": "TAG2",
+        "meterStop": 3000,
+        "timestamp": "2025-01-15T10:30:00Z",
+        "transactionData": [sample("2025-01-15T10:00:00Z", "1.0", context="Transaction.Begin")],
+    }
+    second = {
+        "transactionId": -1,
+        "idTag": "TAG2",
+        "meterStop": 5000,
+        "timestamp": "2025-01-15T11:30:00Z",
+        "transactionData": [sample("2025-01-15T11:00:00Z", "4.0", context="Transaction.Begin")],
+    }
+    for stop in (first, second, first):  # the first one re-sent at the end
+        assert (await h.call("StopTransaction", stop))["idTagInfo"]["status"] == "Accepted"
+    one = await h.tx("-1:2025-01-15T10:30:00Z:3000")
+    two = await h.tx("-1:2025-01-15T11:30:00Z:5000")
+    assert (one.state, one.energy_wh, one.id_token) == (TransactionState.ENDED, 2000, "TAG2")
+    assert (two.state, two.energy_wh) == (TransactionState.ENDED, 1000)
+    assert one.cost is not None and one.cost.total == "0.80"
+    assert two.cost is not None and two.cost.total == "0.40"
+
+
+async def test_stop_with_minus_one_ends_the_start_whose_answer_was_lost(h: Harness) -> None:
+    await h.provision("CP-2")
+    tx_id = (await start(h, "TAG1", connector=2, meter=1000))["transactionId"]
+    await start(h, "TAG2", connector=1, meter=500)  # another session: another token
+    await start(h, "TAG1", station="CP-2")  # same token at another station: not this one
+    stop = {
+        "transactionId": -1,
+        "idTag": "TAG1",
+        "meterStop": 4000,
+        "timestamp": "2025-01-15T11:00:00Z",
+        "reason": "EVDisconnected",
+    }
+    assert (await h.call("StopTransaction", stop))["idTagInfo"]["status"] == "Accepted"
+    tx = await h.tx(str(tx_id))
+    assert (tx.state, tx.stop_reason, tx.energy_wh) == (
+        TransactionState.ENDED,
+        "EVDisconnected",
+        3000,
+    )
+    assert tx.cost is not None and tx.cost.total == "1.20"
+    pointer = await h.tx("-1:2025-01-15T11:00:00Z:4000")
+    assert (pointer.merged_into, pointer.cost) == (str(tx_id), None)
+    assert [t.id_token for t in await h.services.transactions.active(STATION)] == ["TAG2"]
+    # A re-sent copy of the stop is recognised: nothing new is recorded or billed.
+    assert (await h.call("StopTransaction", stop))["idTagInfo"]["status"] == "Accepted"
+    assert await h.tx(str(tx_id)) == tx
+    assert await h.tx("-1:2025-01-15T11:00:00Z:4000") == pointer
 
 
 # --- small messages ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ router does) and every answer against its response schema.
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -13,9 +14,13 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from csms.bus.memory import MemoryBroker
 from csms.config import Settings, TariffSettings
 from csms.envelope import OriginalCall
 from csms.rpc import OCPP201, RpcError
+from csms.topics import Topics
+from manager.call_maker import CallMaker
+from manager.common import registration_refusal
 from manager.context import OcppError, ResultContext
 from manager.v201 import HANDLERS, RESULT_HANDLERS
 from ocpp_schemas import Direction, actions, validate
@@ -382,23 +387,33 @@ async def test_offline_events_are_flagged(h: Harness) -> None:
     assert (await h.tx("TX-1")).offline
 
 
-async def test_concurrent_tx_only_when_the_token_starts_a_transaction(h: Harness) -> None:
-    started_a = event("Started", 0, "2025-01-15T10:00:00Z", "Authorized", tx="A", idToken=TAG2)
+async def test_concurrent_tx_only_in_answers_to_started(h: Harness) -> None:
+    started_a = event(
+        "Started", 0, "2025-01-15T10:00:00Z", "Authorized", tx="A", idToken=TAG2, evse={"id": 1}
+    )
     assert (await h.call("TransactionEvent", started_a))["idTokenInfo"]["status"] == "Accepted"
     # Presenting the token to its own transaction again is no second session.
     again = event("Updated", 1, "2025-01-15T10:05:00Z", "Authorized", tx="A", idToken=TAG2)
     assert (await h.call("TransactionEvent", again))["idTokenInfo"]["status"] == "Accepted"
-    # The same token starts another transaction live: ConcurrentTx.
-    started_b = {**started_a, "transactionInfo": {"transactionId": "B"}}
+    # The same token starts another transaction live on another EVSE: ConcurrentTx.
+    started_b = {**started_a, "transactionInfo": {"transactionId": "B"}, "evse": {"id": 2}}
     assert (await h.call("TransactionEvent", started_b))["idTokenInfo"]["status"] == "ConcurrentTx"
-    # Authorized after the cable was plugged in (Started had no token): same check.
-    plugged = event("Started", 0, "2025-01-15T10:00:00Z", "CablePluggedIn", tx="C")
+    # Authorized after the cable was plugged in (Started had no token): an Updated event is
+    # never answered ConcurrentTx, nor is an Ended one.
+    plugged = event("Started", 0, "2025-01-15T10:00:00Z", "CablePluggedIn", tx="C", evse={"id": 3})
     assert await h.call("TransactionEvent", plugged) == {}
     authorized = event("Updated", 1, "2025-01-15T10:01:00Z", "Authorized", tx="C", idToken=TAG2)
-    assert (await h.call("TransactionEvent", authorized))["idTokenInfo"]["status"] == "ConcurrentTx"
+    assert (await h.call("TransactionEvent", authorized))["idTokenInfo"]["status"] == "Accepted"
     assert (await h.tx("C")).id_token == "TAG2"
+    ended_c = event("Ended", 2, "2025-01-15T10:02:00Z", "StopAuthorized", tx="C", idToken=TAG2)
+    assert (await h.call("TransactionEvent", ended_c))["idTokenInfo"]["status"] == "Accepted"
     # Offline, the session already happened: no ConcurrentTx.
-    offline = {**started_a, "transactionInfo": {"transactionId": "D"}, "offline": True}
+    offline = {
+        **started_a,
+        "transactionInfo": {"transactionId": "D"},
+        "evse": {"id": 4},
+        "offline": True,
+    }
     assert (await h.call("TransactionEvent", offline))["idTokenInfo"]["status"] == "Accepted"
     # Stopping its own transaction is never refused as concurrent.
     stop = event("Updated", 2, "2025-01-15T10:06:00Z", "StopAuthorized", tx="A", idToken=TAG2)
@@ -430,6 +445,306 @@ async def test_evse_and_meter_multiplier(h: Harness) -> None:
     tx = await h.tx("TX-1")
     assert (tx.evse_id, tx.connector_id) == (2, None)
     assert [r.wh for r in tx.readings] == [12000]
+
+
+# --- absurd meter values -------------------------------------------------------------------
+
+
+async def test_absurd_meter_values_are_dropped_and_the_session_priced(h: Harness) -> None:
+    assert await h.call("TransactionEvent", STARTED) == {"idTokenInfo": ACCEPTED_TAG1}
+    updated = json.loads(
+        """{"eventType": "Updated", "timestamp": "2025-01-15T10:20:00Z",
+            "triggerReason": "MeterValuePeriodic", "seqNo": 1,
+            "transactionInfo": {"transactionId": "TX-1"},
+            "meterValue": [
+              {"timestamp": "2025-01-15T10:10:00Z", "sampledValue": [{"value": 1e30}]},
+              {"timestamp": "2025-01-15T10:15:00Z", "sampledValue": [{"value": -500,
+               "unitOfMeasure": {"unit": "Wh"}}]},
+              {"timestamp": "2025-01-15T10:18:00Z", "sampledValue": [{"value": 5,
+               "unitOfMeasure": {"unit": "kWh", "multiplier": 9}}]}
+            ]}"""
+    )
+    with capture_logs() as logs:
+        assert await h.call("TransactionEvent", updated) == {}
+    rejected = [e for e in logs if e["event"] == "meter_value_rejected"]
+    assert [(e["value"], e["reason"], e["transaction_id"]) for e in rejected] == [
+        ("1e+30", "out_of_range", "TX-1"),
+        ("-500", "negative", "TX-1"),
+        ("5", "out_of_range", "TX-1"),
+    ]
+    assert [r.wh for r in (await h.tx("TX-1")).readings] == [1000]
+    assert await h.call("TransactionEvent", CHARGING) == {}
+    assert await h.call("TransactionEvent", PERIODIC) == {}
+    # Priced on the plausible readings; a retry gets the same answer.
+    for _ in range(2):
+        assert await h.call("TransactionEvent", ENDED) == {"totalCost": SESSION_COST}
+    assert (await h.tx("TX-1")).energy_wh == 7500
+
+
+async def test_meter_values_with_absurd_values_are_answered(h: Harness) -> None:
+    frame = json.loads(
+        """{"evseId": 1, "meterValue": [{"timestamp": "2025-01-15T11:00:00Z",
+            "sampledValue": [{"value": 1e300, "unitOfMeasure": {"unit": "kWh"}}]}]}"""
+    )
+    with capture_logs() as logs:
+        assert await h.call("MeterValues", frame) == {}
+    assert [e["reason"] for e in logs if e["event"] == "meter_value_rejected"] == ["out_of_range"]
+
+
+# --- registration ----------------------------------------------------------------------------
+
+
+def test_registration_refusal() -> None:
+    accepted, pending, rejected = (
+        RegistrationStatus.ACCEPTED,
+        RegistrationStatus.PENDING,
+        RegistrationStatus.REJECTED,
+    )
+    assert registration_refusal(accepted, "TransactionEvent") is None
+    for registration in (pending, rejected):
+        assert registration_refusal(registration, "BootNotification") is None
+    for action in ("Heartbeat", "StatusNotification", "NotifyReport", "SignCertificate"):
+        assert registration_refusal(pending, action) is None
+        refusal = registration_refusal(rejected, action)
+        assert refusal is not None and refusal.error is RpcError.SECURITY_ERROR
+    for action in ("Authorize", "TransactionEvent", "MeterValues", "DataTransfer", "Nonsense"):
+        refusal = registration_refusal(pending, action)
+        assert refusal is not None and refusal.error is RpcError.SECURITY_ERROR
+        assert refusal.details == {"registration": "Pending"}
+
+
+@pytest.mark.parametrize(
+    ("action", "payload"),
+    [
+        ("Authorize", {"idToken": TAG1}),
+        ("TransactionEvent", STARTED),
+        ("MeterValues", {"evseId": 1, "meterValue": meter("2025-01-15T10:00:00Z", 5.0)}),
+        ("DataTransfer", {"vendorId": "com.acme"}),
+        ("SecurityEventNotification", {"type": "X", "timestamp": "2025-01-15T10:00:00Z"}),
+        (
+            "NotifyEvent",
+            {
+                "generatedAt": "2025-01-15T11:00:00Z",
+                "seqNo": 0,
+                "eventData": [
+                    {
+                        "eventId": 1,
+                        "timestamp": "2025-01-15T11:00:00Z",
+                        "trigger": "Delta",
+                        "actualValue": "1",
+                        "eventNotificationType": "HardWiredNotification",
+                        "component": {"name": "EVSE"},
+                        "variable": {"name": "Power"},
+                    }
+                ],
+            },
+        ),
+    ],
+)
+async def test_pending_station_gets_security_error(action: str, payload: dict[str, Any]) -> None:
+    """B02.FR.09: a Pending station may send only BootNotification and triggered messages."""
+    h = Harness(Settings(unknown_stations="pending"))
+    await h.seed_tokens()
+    assert (await h.call("BootNotification", BOOT, station="NEW"))["status"] == "Pending"
+    with pytest.raises(OcppError) as caught:
+        await h.call(action, payload, station="NEW")
+    assert caught.value.error is RpcError.SECURITY_ERROR
+    assert await h.services.transactions.get("NEW", "TX-1") is None
+
+
+@pytest.mark.parametrize(
+    ("action", "payload"),
+    [
+        ("Heartbeat", {}),
+        (
+            "StatusNotification",
+            {
+                "timestamp": "2025-01-15T11:00:00Z",
+                "connectorStatus": "Available",
+                "evseId": 1,
+                "connectorId": 1,
+            },
+        ),
+        ("FirmwareStatusNotification", {"status": "Idle"}),
+        ("LogStatusNotification", {"status": "Idle"}),
+        (
+            "NotifyReport",
+            {"requestId": 1, "generatedAt": "2025-01-15T11:00:00Z", "seqNo": 0},
+        ),
+    ],
+)
+async def test_pending_station_may_send_what_the_csms_triggers(
+    action: str, payload: dict[str, Any]
+) -> None:
+    h = Harness(Settings(unknown_stations="pending"))
+    await h.call("BootNotification", BOOT, station="NEW")
+    validate(OCPP201, action, Direction.REQUEST, payload)
+    assert "status" not in await h.call(action, payload, station="NEW")
+
+
+# --- stale transactions ----------------------------------------------------------------------
+
+
+async def test_started_on_an_evse_supersedes_its_stale_transaction(h: Harness) -> None:
+    await h.call("TransactionEvent", STARTED)
+    await h.call("TransactionEvent", CHARGING)
+    # The station rebooted and lost TX-1's Ended; the driver starts again on EVSE 1.
+    restarted = event(
+        "Started",
+        0,
+        "2025-01-15T11:00:00Z",
+        "Authorized",
+        tx="TX-2",
+        idToken=TAG1,
+        evse={"id": 1, "connectorId": 1},
+        meterValue=meter("2025-01-15T11:00:00Z", 5200, context="Transaction.Begin"),
+    )
+    with capture_logs() as logs:
+        assert await h.call("TransactionEvent", restarted) == {"idTokenInfo": ACCEPTED_TAG1}
+    old = await h.tx("TX-1")
+    assert old.state is TransactionState.ENDED
+    assert (old.stop_reason, old.superseded_by, old.ended_at) == (
+        "Other",
+        "TX-2",
+        "2025-01-15T10:30:00Z",
+    )
+    assert old.energy_wh == 4000
+    assert old.cost is not None and old.cost.total == "2.60"  # 0.50 + 4 kWh + half an hour
+    [superseded] = [e for e in logs if e["event"] == "transaction_superseded"]
+    assert (superseded["transaction_id"], superseded["superseded_by"]) == ("TX-1", "TX-2")
+    assert [tx.transaction_id for tx in await h.services.transactions.active(STATION)] == ["TX-2"]
+    # Really charging on EVSE 1 now: starting on EVSE 2 as well is ConcurrentTx.
+    elsewhere = {**restarted, "transactionInfo": {"transactionId": "TX-3"}, "evse": {"id": 2}}
+    assert (await h.call("TransactionEvent", elsewhere))["idTokenInfo"]["status"] == "ConcurrentTx"
+    # An older session the station queued while offline does not close the newer one.
+    queued = {
+        **STARTED,
+        "timestamp": "2025-01-15T09:00:00Z",
+        "transactionInfo": {"transactionId": "TX-0"},
+        "offline": True,
+    }
+    await h.call("TransactionEvent", queued)
+    assert (await h.tx("TX-2")).state is TransactionState.ACTIVE
+    # TX-1's own Ended, should it still arrive, replaces what the CSMS assumed.
+    assert await h.call("TransactionEvent", {**ENDED, "offline": True}) == {
+        "totalCost": SESSION_COST
+    }
+    old = await h.tx("TX-1")
+    assert (old.stop_reason, old.superseded_by) == ("EVDisconnected", None)
+
+
+# --- after the end ---------------------------------------------------------------------------
+
+
+async def test_readings_after_the_end_do_not_reprice(h: Harness) -> None:
+    for message in (STARTED, CHARGING, PERIODIC):
+        await h.call("TransactionEvent", message)
+    ended = {
+        **ENDED,
+        "meterValue": [
+            *meter("2025-01-15T11:00:00Z", 8500, context="Transaction.End"),
+            *meter("2025-01-15T11:05:00Z", 8900),  # sampled after the end
+        ],
+    }
+    assert await h.call("TransactionEvent", ended) == {"totalCost": SESSION_COST}
+    final = await h.tx("TX-1")
+    assert final.energy_wh == 7500
+    # Another tariff is in force now: nothing after the end may re-price the session.
+    h.services.tariff = ConfiguredTariff(TariffSettings(energy_price_per_kwh=Decimal("9")))
+    after = event(
+        "Updated",
+        4,
+        "2025-01-15T11:30:00Z",
+        "MeterValuePeriodic",
+        meterValue=meter("2025-01-15T11:30:00Z", 9.5, unit="kWh"),
+    )
+    assert await h.call("TransactionEvent", after) == {}
+    # Numbered after the Ended event, whatever its sample's timestamp says.
+    skewed = event(
+        "Updated",
+        5,
+        "2025-01-15T10:50:00Z",
+        "MeterValuePeriodic",
+        meterValue=meter("2025-01-15T10:50:00Z", 20, unit="kWh"),
+    )
+    assert await h.call("TransactionEvent", skewed) == {}
+    tx = await h.tx("TX-1")
+    assert (tx.energy_wh, tx.cost) == (final.energy_wh, final.cost)
+    assert tx.seq_nos == [0, 1, 2, 3, 4, 5]
+    assert await h.call("TransactionEvent", ended) == {"totalCost": SESSION_COST}
+
+
+# --- running cost ----------------------------------------------------------------------------
+
+
+class RecordingCalls(CallMaker):
+    """A CallMaker that records the calls it is asked to send (schema-checked)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def call(
+        self,
+        station_id: str,
+        version: str,
+        action: str,
+        payload: dict[str, Any],
+        *,
+        meta: dict[str, str] | None = None,
+        reply_to: str | None = None,
+    ) -> str:
+        validate(version, action, Direction.REQUEST, payload)
+        self.sent.append((station_id, action, payload))
+        return f"c{len(self.sent)}"
+
+
+async def test_running_cost_is_sent_in_cost_updated(h: Harness) -> None:
+    calls = RecordingCalls()
+    h.calls = calls
+    await h.call("TransactionEvent", STARTED)
+    assert calls.sent == []  # no energy delivered yet
+    assert await h.call("TransactionEvent", CHARGING) == {}  # totalCost only once ended
+    # 0.50 fee + 4 kWh x 0.40 + half an hour x 1.00
+    assert calls.sent == [
+        (STATION, "CostUpdated", {"totalCost": 2.6, "transactionId": "TX-1"}),
+    ]
+    assert await h.call("TransactionEvent", CHARGING) == {}  # a retry: not applied again
+    suspended = event(
+        "Updated",
+        2,
+        "2025-01-15T10:40:00Z",
+        "ChargingStateChanged",
+        info={"chargingState": "SuspendedEV"},
+        meterValue=meter("2025-01-15T10:30:00Z", 5.0, unit="kWh"),  # the same register value
+    )
+    assert await h.call("TransactionEvent", suspended) == {}
+    assert len(calls.sent) == 1  # the energy did not change: not priced, nothing sent
+    periodic = {**PERIODIC, "seqNo": 3}
+    assert await h.call("TransactionEvent", periodic) == {}
+    assert calls.sent[-1] == (STATION, "CostUpdated", {"totalCost": 3.75, "transactionId": "TX-1"})
+    queued = event(
+        "Updated",
+        4,
+        "2025-01-15T10:50:00Z",
+        "MeterValuePeriodic",
+        meterValue=meter("2025-01-15T10:50:00Z", 7.5, unit="kWh"),
+        offline=True,
+    )
+    assert await h.call("TransactionEvent", queued) == {}
+    assert len(calls.sent) == 2  # old news from the station's queue: no running cost
+    assert await h.call("TransactionEvent", {**ENDED, "seqNo": 5}) == {"totalCost": SESSION_COST}
+    assert len(calls.sent) == 2
+
+
+async def test_running_cost_that_cannot_be_sent_does_not_fail_the_event(h: Harness) -> None:
+    broker = MemoryBroker()
+    broker.available = False  # a broker outage: publishing the call fails
+    h.calls = CallMaker(broker.client(), Topics())
+    await h.call("TransactionEvent", STARTED)
+    with capture_logs() as logs:
+        assert await h.call("TransactionEvent", CHARGING) == {}
+    assert "running_cost_not_sent" in [e["event"] for e in logs]
+    assert (await h.tx("TX-1")).energy_wh == 4000
 
 
 # --- small messages ------------------------------------------------------------------------

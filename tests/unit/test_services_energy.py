@@ -6,8 +6,17 @@ from typing import Any
 
 import pytest
 
-from services.energy import energy_wh, merge_readings, readings_from_meter_values, register_wh
-from services.models import EnergyReading, Transaction
+from services.energy import (
+    MAX_REGISTER_WH,
+    energy_wh,
+    merge_readings,
+    readings_from_meter_values,
+    register_wh,
+    screen_meter_values,
+    screen_sampled_value,
+    screen_wh,
+)
+from services.models import EnergyReading, Transaction, TransactionState
 
 V16, V201 = "ocpp1.6", "ocpp2.0.1"
 
@@ -173,3 +182,91 @@ def test_merge_readings_dedups_and_sorts() -> None:
         ("12:10:00", 21.0),
     ]
     assert merge_readings(merged, new) == merged
+
+
+# --- plausibility ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sampled", "version", "reason"),
+    [
+        ({"value": "1e400"}, V16, "out_of_range"),
+        ({"value": "1e999999999999999999", "unit": "kWh"}, V16, "out_of_range"),
+        ({"value": "NaN"}, V16, "not_finite"),
+        ({"value": "inf"}, V16, "not_finite"),
+        ({"value": "-Infinity"}, V16, "not_finite"),
+        ({"value": "-0.5", "unit": "kWh"}, V16, "negative"),
+        ({"value": "abc"}, V16, "not_a_number"),
+        ({"value": "1000000001", "unit": "kWh"}, V16, "out_of_range"),
+        ({"value": 1e30}, V201, "out_of_range"),
+        ({"value": 10**5000}, V201, "out_of_range"),
+        ({"value": float("nan")}, V201, "not_finite"),
+        ({"value": -1}, V201, "negative"),
+        ({"value": 2, "unitOfMeasure": {"unit": "kWh", "multiplier": 9}}, V201, "out_of_range"),
+        ({"value": 2, "unitOfMeasure": {"multiplier": 10**20}}, V201, "out_of_range"),
+    ],
+)
+def test_implausible_register_values_are_rejected(
+    sampled: dict[str, Any], version: str, reason: str
+) -> None:
+    assert register_wh(sampled, version) is None
+    assert screen_sampled_value(sampled, version) == reason
+
+
+def test_the_plausible_bound_is_inclusive() -> None:
+    assert MAX_REGISTER_WH == 1e12
+    assert register_wh({"value": "1000000000", "unit": "kWh"}, V16) == MAX_REGISTER_WH
+    assert register_wh({"value": 0}, V201) == 0.0
+    assert screen_wh(10**400) == "out_of_range"
+    assert screen_wh(-1) == "negative"
+    assert screen_wh(1500) == 1500.0
+
+
+def test_screen_meter_values_reports_what_it_leaves_out() -> None:
+    meter_values: list[dict[str, Any]] = [
+        {"timestamp": "2026-01-15T12:00:00Z", "sampledValue": [{"value": "1e400"}]},
+        {
+            "timestamp": "2026-01-15T12:01:00Z",
+            "sampledValue": [{"value": "NaN"}, {"value": "1.5", "unit": "kWh"}],
+        },
+        {"timestamp": "2026-01-15T12:02:00Z", "sampledValue": [{"value": "1" * 60}]},
+    ]
+    screened = screen_meter_values(meter_values, V16)
+    assert screened.readings == [EnergyReading(at="2026-01-15T12:01:00Z", wh=1500.0)]
+    assert [(item.at, item.reason) for item in screened.rejected] == [
+        ("2026-01-15T12:00:00Z", "out_of_range"),
+        ("2026-01-15T12:01:00Z", "not_finite"),
+        ("2026-01-15T12:02:00Z", "out_of_range"),
+    ]
+    assert screened.rejected[0].value == "1e400"
+    assert len(screened.rejected[2].value) == 40  # a long value is shortened for the log
+
+
+def test_stored_implausible_values_do_not_count() -> None:
+    readings = [
+        r("12:10:00", 1500.0),
+        r("12:15:00", float("inf")),
+        r("12:20:00", 1e30),
+        r("12:25:00", -20.0),
+        r("12:30:00", 2500.0),
+    ]
+    assert energy_wh(tx(meter_start_wh=1000.0, readings=readings)) == 1500.0
+    assert energy_wh(tx(meter_start_wh=float("nan"), meter_stop_wh=1e300)) is None
+
+
+def test_energy_is_bounded_even_across_resets() -> None:
+    readings = [r(f"12:{m:02d}:00", MAX_REGISTER_WH if m % 2 else 0.0) for m in range(10)]
+    assert energy_wh(tx(readings=readings)) == MAX_REGISTER_WH
+
+
+def test_readings_after_the_end_do_not_count() -> None:
+    readings = [r("12:10:00", 1500.0), r("12:30:00", 2500.0), r("12:40:00", 9000.0)]
+    active = tx(meter_start_wh=1000.0, readings=readings)
+    assert energy_wh(active) == 8000.0
+    ended = tx(
+        meter_start_wh=1000.0,
+        readings=readings,
+        state=TransactionState.ENDED,
+        ended_at="2026-01-15T12:30:00Z",
+    )
+    assert energy_wh(ended) == 1500.0

@@ -75,3 +75,34 @@ async def test_end_before_start_and_stored_energy_fallback() -> None:
 async def test_default_settings() -> None:
     cost = await ConfiguredTariff().price(tx(meter_start_wh=0.0, meter_stop_wh=10_000.0))
     assert cost == Cost(total="3.00", currency="EUR", energy="3.00", time="0.00", fee="0.00")
+
+
+async def test_pricing_never_raises_on_absurd_stored_data() -> None:
+    """Records written before readings were screened may hold any float."""
+    readings = [
+        EnergyReading(at="2026-01-15T12:10:00Z", wh=float("inf")),
+        EnergyReading(at="2026-01-15T12:20:00Z", wh=1e30),
+        EnergyReading(at="2026-01-15T12:30:00Z", wh=float("nan")),
+        EnergyReading(at="2026-01-15T12:40:00Z", wh=3000.0),
+    ]
+    cost = await tariff(energy="0.50").price(
+        tx(meter_start_wh=1000.0, readings=readings, energy_wh=float("inf"))
+    )
+    assert cost.total == "1.00"  # 2 kWh from the plausible values only
+    # Only absurd figures: nothing to bill but the fee, and the stored total is not trusted.
+    cost = await tariff(fee="0.25").price(tx(meter_start_wh=-1e300, energy_wh=1e40))
+    assert (cost.energy, cost.total) == ("0.00", "0.25")
+
+
+async def test_largest_bounded_session_prices_to_the_cent() -> None:
+    # The most energy a transaction can count, over the longest span OCPP times allow.
+    cost = await tariff(energy="12345.6789", hour="9876.54321", fee="0.01").price(
+        tx(
+            started_at="0001-01-01T00:00:00Z",
+            ended_at="9999-12-31T23:59:59Z",
+            meter_start_wh=0.0,
+            meter_stop_wh=1e12,
+        )
+    )
+    assert cost.energy == "12345678900000.00"  # 10^9 kWh
+    assert Decimal(cost.total) > Decimal(cost.energy)

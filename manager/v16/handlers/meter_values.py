@@ -17,12 +17,18 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     recompute its energy; readings outside a transaction are only logged.
 
     A transactionId the CSMS does not know is logged and otherwise ignored (1.6 ids are the
-    CSMS's own, so this is a record lost from the store, not one to invent). Readings that
-    reach an already ended transaction re-price it, since its energy may have changed.
+    CSMS's own, so this is a record lost from the store, not one to invent). Readings for a
+    transaction that has already ended are logged and not merged: the StopTransaction (its
+    meterStop and transactionData) is the final account of the session, and its energy and
+    cost must not change afterwards. Implausible values are logged and left out
+    (:func:`manager.common.log_rejected`); the message is answered normally either way.
     """
     await common.require_accepted(ctx)
-    readings = energy.readings_from_meter_values(payload["meterValue"], ctx.version)
+    screened = energy.screen_meter_values(payload["meterValue"], ctx.version)
+    readings = screened.readings
     transaction_id = payload.get("transactionId")
+    tx_key = str(transaction_id) if transaction_id is not None else None
+    common.log_rejected(ctx, tx_key, screened.rejected)
     ctx.log.info(
         "meter_values",
         connector_id=payload["connectorId"],
@@ -30,22 +36,29 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         samples=len(payload["meterValue"]),
         energy_readings=len(readings),
     )
-    if transaction_id is None or not readings:
+    if tx_key is None or not readings:
         return {}
-    tx_key = str(transaction_id)
     existing = await ctx.services.transactions.get(ctx.station_id, tx_key)
     if existing is None:
         ctx.log.warning("meter_values_for_unknown_transaction", transaction_id=tx_key)
         return {}
-    changed = {"readings": False}
+    if existing.state is TransactionState.ENDED:
+        _ended(ctx, tx_key, len(readings))
+        return {}
 
     def merge(current: Transaction | None) -> Transaction:
         base = current or existing
-        merged = common.with_readings(base, readings)
-        changed["readings"] = merged.readings != base.readings
-        return merged
+        if base.state is TransactionState.ENDED:
+            return base
+        return common.with_readings(base, readings)
 
     tx = await ctx.services.transactions.update(ctx.station_id, tx_key, merge)
-    if tx.state is TransactionState.ENDED and changed["readings"]:
-        await common.settle(ctx, tx, reprice=True)
+    if tx.state is TransactionState.ENDED:  # it ended while the readings were merged
+        _ended(ctx, tx_key, len(readings))
     return {}
+
+
+def _ended(ctx: CallContext, tx_key: str, count: int) -> None:
+    ctx.log.warning(
+        "meter_values_for_ended_transaction", transaction_id=tx_key, energy_readings=count
+    )

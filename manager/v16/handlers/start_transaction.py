@@ -23,13 +23,21 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
 
     A StartTransaction the charge point sends again (its answer was lost; 1.6 charge points
     retry transaction messages) describes the same start as an active transaction on that
-    connector: it gets that transaction's id rather than a second transaction.
+    connector: it gets that transaction's id rather than a second transaction. Any other
+    transaction still active on the connector lost its stop (a reboot, a lost message): it
+    is closed as superseded by the new one and priced (:func:`manager.common.supersede`), so
+    it never blocks the driver.
+
+    An implausible meterStart (negative, beyond ``MAX_REGISTER_WH``) is logged and left out
+    of the energy; the start is still answered (:func:`manager.common.meter_register`).
     """
     await common.require_accepted(ctx)
     connector_id: int = payload["connectorId"]
     id_tag: str = payload["idTag"]
     started_at: str = payload["timestamp"]
-    meter_start = float(payload["meterStart"])
+    meter_start = common.meter_register(
+        ctx, payload["meterStart"], field="meterStart", transaction_id=None
+    )
 
     def same_connector(tx: Transaction) -> bool:
         return tx.station_id == ctx.station_id and tx.connector_id == connector_id
@@ -63,10 +71,13 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
             meter_start_wh=meter_start,
             reservation_id=payload.get("reservationId"),
         )
+        if meter_start is None:
+            return common.with_energy(tx)
         begin = EnergyReading(at=started_at, wh=meter_start, context="Transaction.Begin")
         return common.with_readings(tx, [begin])
 
     await ctx.services.transactions.update(ctx.station_id, tx_key, create)
+    await common.supersede(ctx, evse_id=connector_id, by=tx_key, at=started_at)
     ctx.log.info(
         "transaction_started",
         transaction_id=transaction_id,

@@ -15,9 +15,12 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Log the readings (evseId 0 is the station's main meter) and record last-seen.
 
     2.0.1 MeterValues never belong to a transaction, so nothing is merged anywhere.
+    Implausible register values are logged as data-quality warnings.
     """
     await common.require_accepted(ctx)
-    readings = energy.readings_from_meter_values(payload["meterValue"], ctx.version)
+    screened = energy.screen_meter_values(payload["meterValue"], ctx.version)
+    common.log_rejected(ctx, None, screened.rejected)
+    readings = screened.readings
     ctx.log.info(
         "meter_values",
         evse_id=payload["evseId"],

@@ -9,7 +9,6 @@ applied twice.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -22,70 +21,105 @@ from services.models import Authorization, EnergyReading, Transaction, Transacti
 ACTION = "TransactionEvent"
 
 _STARTED = "Started"
+_UPDATED = "Updated"
 _ENDED = "Ended"
-_AUTHORIZED = "Authorized"
 
 
 async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Apply the event, answer idTokenInfo for a token and totalCost once Ended.
 
-    The token in the event is authorized on every delivery (the answer must carry
-    idTokenInfo); ConcurrentTx is only considered when the token starts the transaction
-    (a Started event or an Authorized trigger, sent live), never when it stops it. When the
-    transaction has ended it is priced and the total is returned in the Ended event's
-    answer (I03.FR.02); a running cost is not sent with Started/Updated.
+    - Authorization: the token in the event is authorized on every delivery (the answer
+      must carry idTokenInfo). ConcurrentTx is answered only to a live Started event whose
+      token has an active transaction elsewhere (another EVSE or station), never to Updated
+      or Ended events: a token presented to its own transaction must not be refused.
+    - Stale transactions: a Started event on an EVSE closes any other transaction still
+      active there (its Ended never arrived, e.g. after a reboot) as superseded, priced
+      (:func:`manager.common.supersede`); for a Started the station queued while offline,
+      only transactions that started before it.
+    - Cost: when the transaction has ended it is priced and the total returned in the Ended
+      event's answer (I03.FR.02). The schema reserves ``totalCost`` for that ("SHALL only be
+      sent when charging has ended"), so the running cost of an active transaction is sent
+      in a CostUpdated call (I02) after a live Updated event that changed its energy; an
+      unchanged energy costs no pricing. An ended transaction is priced again only when its
+      pricing basis changed (a late event from before the end); readings after the end
+      (by timestamp, or from events numbered after the Ended one) never change it.
+    - Implausible meter values are logged and left out of the energy; the event is answered.
     """
     await common.require_accepted(ctx)
     event_type: str = payload["eventType"]
     tx_key: str = payload["transactionInfo"]["transactionId"]
     seq_no: int = payload["seqNo"]
+    offline = bool(payload.get("offline", False))
     decision = await _authorize(ctx, payload, tx_key)
-    readings = energy.readings_from_meter_values(payload.get("meterValue") or [], ctx.version)
-    outcome = {"applied": False}
+    screened = energy.screen_meter_values(payload.get("meterValue") or [], ctx.version)
+    common.log_rejected(ctx, tx_key, screened.rejected)
+    readings = screened.readings
+    outcome: dict[str, Any] = {"applied": False, "before": None}
 
     def apply(current: Transaction | None) -> Transaction:
         outcome["applied"] = current is None or seq_no not in current.seq_nos
+        outcome["before"] = current
         if current is not None and not outcome["applied"]:
             return current
         return _applied(current, ctx, payload, readings, decision)
 
     tx = await ctx.services.transactions.update(ctx.station_id, tx_key, apply)
+    applied: bool = outcome["applied"]
+    before: Transaction | None = outcome["before"]
     ctx.log.info(
         "transaction_event",
         transaction_id=tx_key,
         event_type=event_type,
         trigger_reason=payload["triggerReason"],
         seq_no=seq_no,
-        offline=payload.get("offline", False),
-        retry=not outcome["applied"],
+        offline=offline,
+        retry=not applied,
         state=tx.state.value,
         energy_wh=tx.energy_wh,
     )
+    if applied and event_type == _STARTED and tx.evse_id is not None:
+        await common.supersede(
+            ctx, evse_id=tx.evse_id, by=tx_key, at=payload["timestamp"], only_earlier=offline
+        )
     if tx.state is TransactionState.ENDED:
-        tx = await common.settle(ctx, tx, reprice=outcome["applied"])
+        changed = common.pricing_basis(before) != common.pricing_basis(tx)
+        tx = await common.settle(ctx, tx, reprice=applied and changed)
+    elif (
+        applied
+        and event_type == _UPDATED
+        and not offline
+        and tx.energy_wh is not None
+        and (before is None or before.energy_wh != tx.energy_wh)
+    ):
+        await common.send_running_cost(ctx, tx)
     response: dict[str, Any] = {}
     if decision is not None:
         response["idTokenInfo"] = common.id_token_info(decision)
-    if event_type == _ENDED and tx.cost is not None:
-        response["totalCost"] = float(Decimal(tx.cost.total))
+    if event_type == _ENDED:
+        total = common.cost_number(tx.cost)
+        if total is not None:
+            response["totalCost"] = total
     return response
 
 
 async def _authorize(
     ctx: CallContext, payload: dict[str, Any], tx_key: str
 ) -> Authorization | None:
+    """The decision for the event's token; with the ConcurrentTx check only for a live
+    Started event (the token starting this transaction now). Transactions on the Started
+    event's own EVSE are not "elsewhere": they are superseded by this one."""
     token = payload.get("idToken")
     if token is None:
         return None
-    starts = payload["eventType"] == _STARTED or payload["triggerReason"] == _AUTHORIZED
-    if starts and payload["eventType"] != _ENDED and not payload.get("offline", False):
+    if payload["eventType"] == _STARTED and not payload.get("offline", False):
+        evse_id = (payload.get("evse") or {}).get("id")
 
-        def this_transaction(tx: Transaction) -> bool:
-            return tx.station_id == ctx.station_id and tx.transaction_id == tx_key
+        def here(tx: Transaction) -> bool:
+            if tx.station_id != ctx.station_id:
+                return False
+            return tx.transaction_id == tx_key or (evse_id is not None and tx.evse_id == evse_id)
 
-        return await common.authorize_start(
-            ctx, token["idToken"], token["type"], same=this_transaction
-        )
+        return await common.authorize_start(ctx, token["idToken"], token["type"], same=here)
     return await common.authorize(ctx, token["idToken"], token["type"])
 
 
@@ -105,7 +139,8 @@ def _applied(
     Facts that only grow (seqNos, readings, offline, ids) merge whatever the order; facts
     that change over time (charging state, EVSE) are taken from the event only when it is
     the newest by seqNo. The start time is the earliest event time seen (the Started event's,
-    once it arrives); Ended is final, a late Updated does not reopen it.
+    once it arrives); Ended is final, a late Updated does not reopen it, and an event
+    numbered after the Ended one happened after the end: only its seqNo is recorded.
     """
     info = payload["transactionInfo"]
     event_type: str = payload["eventType"]
@@ -114,6 +149,8 @@ def _applied(
     tx = current or Transaction(
         station_id=ctx.station_id, transaction_id=info["transactionId"], version=ctx.version
     )
+    if tx.end_seq_no is not None and seq_no > tx.end_seq_no and event_type != _ENDED:
+        return msgspec.structs.replace(tx, seq_nos=sorted({*tx.seq_nos, seq_no}))
     newest = not tx.seq_nos or seq_no > max(tx.seq_nos)
     changes: dict[str, Any] = {
         "seq_nos": sorted({*tx.seq_nos, seq_no}),
@@ -141,7 +178,7 @@ def _applied(
     tx = common.with_readings(msgspec.structs.replace(tx, **changes), readings)
     if event_type == _ENDED:
         tx = common.ended(
-            tx,
+            msgspec.structs.replace(tx, end_seq_no=seq_no),
             at=at,
             reason=info.get("stoppedReason"),
             meter_stop_wh=_context_wh(readings, "Transaction.End"),
