@@ -16,6 +16,7 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
+from typing import Any
 
 import structlog
 
@@ -23,8 +24,9 @@ from csms.bus import Bus
 from csms.bus.memory import MemoryBroker
 from csms.bus.mqtt import MqttBus
 from csms.config import Settings
+from csms.topics import Topics
 from gateway.listeners import FirstTry, decide_first_try, is_loopback, station_listeners
-from gateway.server import Gateway
+from gateway.server import Gateway, default_gateway_id, presence_will
 from manager.worker import Manager
 from services.factory import open_services
 
@@ -32,7 +34,22 @@ log = structlog.get_logger("csms")
 
 
 def _mqtt_bus(settings: Settings, role: str) -> MqttBus:
+    """The MQTT connection of one role.
+
+    A gateway's carries its last will (its stations go offline when the broker loses it). A
+    manager's acknowledges messages once handled; with a ``manager_id`` it may keep its
+    session across restarts (``manager_session_expiry``).
+    """
     assert settings.broker_url is not None
+    options: dict[str, Any] = {}
+    if role == "gateway":
+        topics = Topics(prefix=settings.topic_prefix, group=settings.shared_group)
+        options["will"] = presence_will(topics, gateway_id_for(settings))
+    elif role == "manager":
+        options["manual_ack"] = True
+        if settings.manager_id is not None:
+            options["client_id"] = f"csms-manager-{settings.manager_id}"
+            options["session_expiry"] = settings.manager_session_expiry
     return MqttBus(
         settings.broker_url,
         client_id_prefix=f"csms-{role}",
@@ -40,7 +57,14 @@ def _mqtt_bus(settings: Settings, role: str) -> MqttBus:
         tls_ca_file=settings.broker_ca_file,
         tls_cert_file=settings.broker_cert_file,
         tls_key_file=settings.broker_key_file,
+        **options,
     )
+
+
+def gateway_id_for(settings: Settings) -> str:
+    """This process's gateway id (configured, or ``host-pid``), the same for its bus and its
+    gateway."""
+    return settings.gateway_id or default_gateway_id()
 
 
 async def _wait_for_broker(bus: Bus, settings: Settings) -> None:
@@ -150,10 +174,18 @@ async def all_in_one(settings: Settings) -> AsyncIterator[Gateway]:
         await stack.enter_async_context(manager_bus)
         await stack.enter_async_context(gateway_bus)
         await _wait_for_broker(manager_bus, settings)
-        await stack.enter_async_context(Manager(settings, manager_bus, services))
+        await stack.enter_async_context(
+            Manager(settings, manager_bus, services, instance_id=settings.manager_id)
+        )
         first_try = decide_first_try(settings, embedded=True)
         gateway = await stack.enter_async_context(
-            Gateway(settings, gateway_bus, registry=services.stations, first_try=first_try.enabled)
+            Gateway(
+                settings,
+                gateway_bus,
+                gateway_id=gateway_id_for(settings),
+                registry=services.stations,
+                first_try=first_try.enabled,
+            )
         )
         yield gateway
 
@@ -200,7 +232,13 @@ async def run_gateway(settings: Settings) -> None:
         _mqtt_bus(settings, "gateway") as bus,
     ):
         await _wait_for_broker(bus, settings)
-        gateway = Gateway(settings, bus, registry=services.stations, first_try=first_try.enabled)
+        gateway = Gateway(
+            settings,
+            bus,
+            gateway_id=gateway_id_for(settings),
+            registry=services.stations,
+            first_try=first_try.enabled,
+        )
         async with gateway:
             log.info("gateway ready", stations_connect_to=_station_url(gateway))
             _log_security(settings, gateway, first_try)
@@ -232,6 +270,6 @@ async def run_manager(settings: Settings) -> None:
         _mqtt_bus(settings, "manager") as bus,
     ):
         await _wait_for_broker(bus, settings)
-        async with Manager(settings, bus, services):
+        async with Manager(settings, bus, services, instance_id=settings.manager_id):
             log.info("manager ready", group=settings.shared_group, mode=describe_mode(settings))
             await stop.wait()

@@ -268,6 +268,14 @@ class Settings(BaseSettings):
         default=20.0, gt=0, description="CSMS must answer a station call within, else InternalError"
     )
     publish_timeout: float = Field(default=3.0, gt=0)
+    gateway_heartbeat_interval: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="seconds between a gateway's presence heartbeats; a gateway silent for "
+        "three intervals (or whose broker connection dies: MQTT last will) has its stations "
+        "marked offline",
+    )
     ping_interval: float | None = Field(default=60.0, gt=0)
     ping_timeout: float | None = Field(default=30.0, gt=0)
 
@@ -356,6 +364,21 @@ class Settings(BaseSettings):
     heartbeat_interval: int = Field(default=300, ge=1, le=86_400)
     pending_retry_interval: int = Field(default=60, ge=1, le=86_400)
     manager_concurrency: int = Field(default=256, ge=1, le=100_000)
+    manager_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_\-.]{1,64}$",
+        description="stable, unique id of this manager instance (e.g. a StatefulSet pod name); "
+        "default host-pid-random. Needed for manager_session_expiry",
+    )
+    manager_session_expiry: int = Field(
+        default=0,
+        ge=0,
+        le=3600,
+        description="seconds the broker keeps a manager's MQTT session after a disconnect, so "
+        "messages it had not acknowledged are redelivered when it comes back under the same "
+        "manager_id; 0 = clean sessions. Mosquitto also queues new shared-subscription "
+        "messages for a disconnected session: keep it short (see docs/operations.md)",
+    )
     idempotency_ttl: int = Field(default=3600, ge=1)
     unknown_tokens: Literal["reject", "accept"] = Field(
         default="reject", description="accept = first-try mode: every unknown idToken is Accepted"

@@ -100,6 +100,46 @@ class ConnectionEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     connection: str
     remote: str | None = None
     reason: str | None = None
+    session: str | None = None
+    """The gateway's bus session the event was published in (see ``GatewayPresence``)."""
+    lease: float = 0.0
+    """On ``connected``: the gateway's presence lease, in seconds; it holds the station for
+    that long even if its first heartbeat is never heard."""
+    password_hash: str | None = None
+    """On ``connected``: the hash of a rotated password (pending, or of a rotation whose
+    answer was lost) the station logged in with. It proves the station uses that password,
+    so the registry makes it current."""
+    at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.at:
+            self.at = time.time()
+
+
+class GatewayState(enum.StrEnum):
+    ALIVE = "alive"
+    GONE = "gone"
+
+
+class GatewayPresence(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A gateway's lease on the stations it holds, on ``{prefix}/gateways/{gateway}``.
+
+    ``alive`` is published every ``gateway_heartbeat_interval`` seconds and renews the lease
+    for ``lease`` seconds; ``gone`` is published on a clean stop and, as the MQTT last will,
+    by the broker when the gateway's connection dies. When the lease runs out or the gateway
+    is gone, a manager marks every station still held by that gateway offline.
+    """
+
+    state: GatewayState
+    gateway: str
+    lease: float = 0.0
+    """Seconds the gateway's stations count as held without another ``alive``."""
+    session: str | None = None
+    """The bus session this presence belongs to. A ``gone`` last will only takes offline the
+    stations announced in that session: after the gateway reconnects to the broker it
+    announces its stations again in a new session, and a will handled late must not undo
+    that."""
+    stations: int = 0
     at: float = 0.0
 
     def __post_init__(self) -> None:
@@ -110,9 +150,10 @@ class ConnectionEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
 _envelope_encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _event_decoder = msgspec.json.Decoder(ConnectionEvent)
+_presence_decoder = msgspec.json.Decoder(GatewayPresence)
 
 
-def encode(message: Envelope | ConnectionEvent) -> bytes:
+def encode(message: Envelope | ConnectionEvent | GatewayPresence) -> bytes:
     """Serialise an envelope or connection event to JSON bytes."""
     return _envelope_encoder.encode(message)
 
@@ -126,3 +167,8 @@ def decode_envelope(data: bytes) -> Envelope:
 def decode_event(data: bytes) -> ConnectionEvent:
     """Parse JSON bytes into a :class:`ConnectionEvent`."""
     return _event_decoder.decode(data)
+
+
+def decode_presence(data: bytes) -> GatewayPresence:
+    """Parse JSON bytes into a :class:`GatewayPresence`."""
+    return _presence_decoder.decode(data)

@@ -4,6 +4,7 @@
 ``{prefix}/out/{version}/{station}``     CSMS → station (the gateway holding the socket reads it)
 ``{prefix}/events/{version}/{station}``  connection events (connected / disconnected)
 ``{prefix}/ctl/{station}``               gateway-to-gateway control (duplicate-connection takeover)
+``{prefix}/gateways/{gateway}``          gateway presence: lease heartbeats and last will
 
 Station ids may contain characters that MQTT gives meaning to (``/``, ``+``, ``#``), the NUL
 character, or may be empty-looking once split; each station id is therefore percent-encoded
@@ -59,6 +60,13 @@ class Topics:
 
     def control(self, station: str) -> str:
         return f"{self.prefix}/ctl/{encode_station(station)}"
+
+    def gateway_presence(self, gateway: str) -> str:
+        return f"{self.prefix}/gateways/{encode_station(gateway)}"
+
+    def shared_gateway_presence(self) -> str:
+        """Shared-subscription filter the manager fleet reads gateway presence from."""
+        return f"$share/{self.group}/{self.prefix}/gateways/+"
 
     def shared_inbound(self) -> str:
         """Shared-subscription filter the manager fleet reads station traffic from."""

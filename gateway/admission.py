@@ -24,7 +24,10 @@ moves up (OCPP 2.0.1 A05, security profile upgrade) before the operator updates 
 A Basic password is checked against the registry's current hash, then against the pending
 hash of a rotation in flight (``StationRecord.pending_password_hash``): a 1.6 station that
 answers Accepted to a new AuthorizationKey reconnects with it at once, before a manager has
-stored the answer.
+stored the answer. Then against the hashes of earlier rotations whose outcome was never
+learned (``unsettled_password_hashes``): the station may have taken any of them. A login
+with a pending or unsettled password proves what the station uses; the admission says so
+(``proven_password_hash``) and the gateway passes it on, so the registry promotes it.
 
 HTTP statuses:
 
@@ -152,6 +155,9 @@ class Admission:
     """False when the registry has no record of the station."""
     headers: tuple[tuple[str, str], ...] = ()
     """Extra response headers (``WWW-Authenticate`` on 401)."""
+    proven_password_hash: str | None = None
+    """The pending or unsettled rotation hash the station's password matched: it uses that
+    password now, so the registry should make it current."""
 
 
 def parse_basic_auth(header: str | None) -> tuple[str, str] | None:
@@ -362,7 +368,8 @@ def admit(
     else:
         assert credentials is not None
         current, pending = record.password_hash, record.pending_password_hash
-        if current is None and pending is None:
+        rotated = [h for h in (pending, *reversed(record.unsettled_password_hashes)) if h]
+        if current is None and not rotated:
             return _refuse(
                 http.HTTPStatus.UNAUTHORIZED,
                 "no password provisioned for this station",
@@ -371,12 +378,24 @@ def admit(
             )
         if current is not None and _password_matches(credentials[1], current, version, verify):
             admission = _accept("Basic auth password verified", presented)
-        elif pending is not None and _password_matches(credentials[1], pending, version, verify):
-            # A station may reconnect with a rotated password before its Accepted is stored.
-            admission = _accept("password verified (rotation pending)", presented)
         else:
-            return _refuse(
-                http.HTTPStatus.UNAUTHORIZED, "wrong password", presented, challenge=challenge
+            # A station may reconnect with a rotated password before its Accepted is stored,
+            # or after the answer was lost altogether.
+            matched = next(
+                (h for h in rotated if _password_matches(credentials[1], h, version, verify)),
+                None,
+            )
+            if matched is None:
+                return _refuse(
+                    http.HTTPStatus.UNAUTHORIZED, "wrong password", presented, challenge=challenge
+                )
+            reason = (
+                "password verified (rotation pending)"
+                if matched == pending
+                else "password verified (earlier rotation whose answer was lost)"
+            )
+            admission = dataclasses.replace(
+                _accept(reason, presented), proven_password_hash=matched
             )
 
     # 7. OCPP versions the operator allows for this station (checked once authenticated, so

@@ -45,7 +45,7 @@ import socket
 import time
 import uuid
 import weakref
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
 from urllib.parse import unquote
@@ -64,6 +64,8 @@ from csms.envelope import (
     ADMITTED_AS,
     ConnectionEvent,
     ConnectionEventKind,
+    GatewayPresence,
+    GatewayState,
     decode_envelope,
     decode_event,
     encode,
@@ -150,8 +152,24 @@ def _offered_subprotocols(request: Request) -> list[str]:
     return offered
 
 
-def _default_gateway_id() -> str:
+def default_gateway_id() -> str:
+    """``host-pid``: the gateway id unless ``gateway_id`` is set."""
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+LEASE_FACTOR = 3
+"""A gateway's presence lease lasts this many heartbeat intervals."""
+
+
+def presence_will(topics: Topics, gateway_id: str) -> Callable[[str], tuple[str, bytes]]:
+    """The MQTT last will of a gateway's bus connection: "gone", naming the bus session, so
+    the managers take its stations offline when the broker loses the gateway."""
+
+    def will(session: str) -> tuple[str, bytes]:
+        presence = GatewayPresence(state=GatewayState.GONE, gateway=gateway_id, session=session)
+        return topics.gateway_presence(gateway_id), encode(presence)
+
+    return will
 
 
 class Gateway:
@@ -178,7 +196,7 @@ class Gateway:
     ) -> None:
         self._settings = settings
         self._bus = bus
-        self._id = gateway_id or settings.gateway_id or _default_gateway_id()
+        self._id = gateway_id or settings.gateway_id or default_gateway_id()
         self._topics = Topics(prefix=settings.topic_prefix, group=settings.shared_group)
         self._limits = Limits.from_settings(settings)
         self._control_head = f"{settings.topic_prefix}/ctl/"
@@ -188,6 +206,9 @@ class Gateway:
         self._announcer: asyncio.Task[None] | None = None
         self._unannounced: dict[str, Connection] = {}
         """Connections whose connected notice the bus did not take, by connection id."""
+        self._proven_passwords: dict[str, str] = {}
+        """Connection id → rotated password hash its station logged in with, until announced."""
+        self._presence: asyncio.Task[None] | None = None
         self._lost_events: dict[str, tuple[Connection, ConnectionEvent]] = {}
         """Disconnect events the bus did not take, by connection id, oldest first."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -334,7 +355,9 @@ class Gateway:
             certificate=certificate,
         )
         has_password = record is not None and (
-            record.password_hash is not None or record.pending_password_hash is not None
+            record.password_hash is not None
+            or record.pending_password_hash is not None
+            or bool(record.unsettled_password_hashes)
         )
         if credentials is not None and has_password:
             try:
@@ -408,6 +431,9 @@ class Gateway:
         self._announcer = asyncio.create_task(
             self._announce_after_outages(), name=f"gateway:{self._id}:announce"
         )
+        self._presence = asyncio.create_task(
+            self._keep_presence(), name=f"gateway:{self._id}:presence"
+        )
         try:
             for listener in self._listeners:
                 await self._listen(listener)
@@ -480,6 +506,7 @@ class Gateway:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT)
         await self._stop_consumer()
+        await self._say_gone()
         self._password_checks.close()
         self._log.info("gateway stopped")
 
@@ -530,6 +557,8 @@ class Gateway:
         connection_id = uuid.uuid4().hex[:16]
         admitted = self._admitted.pop(ws, None)
         profile = admitted.admission.profile if admitted is not None else None
+        if admitted is not None and admitted.admission.proven_password_hash is not None:
+            self._proven_passwords[connection_id] = admitted.admission.proven_password_hash
         conn_log = self._log.bind(
             station=station, version=version, connection=connection_id, profile=profile
         )
@@ -556,7 +585,7 @@ class Gateway:
                 try:
                     conn.feed_frame(data)
                 except Exception:
-                    conn.log.exception("frame handling failed")
+                    conn.log_exception("frame handling failed")
                 await conn.throttle()
         except ConnectionClosed:
             pass
@@ -586,15 +615,21 @@ class Gateway:
             gateway=self._id,
             connection=conn.id,
             remote=conn.remote,
+            session=self._bus.session_id,
+            lease=self._settings.gateway_heartbeat_interval * LEASE_FACTOR,
             at=conn.connected_at,
         )
         sent = await self._publish_quietly(conn, self._topics.control(conn.station), notice)
         if sent:
+            proven = self._proven_passwords.get(conn.id)
+            if proven is not None:
+                notice = msgspec.structs.replace(notice, password_hash=proven)
             sent = await self._publish_quietly(
                 conn, self._topics.event(conn.version, conn.station), notice
             )
         if sent:
             self._unannounced.pop(conn.id, None)
+            self._proven_passwords.pop(conn.id, None)
         else:
             self._unannounced[conn.id] = conn
 
@@ -623,6 +658,62 @@ class Gateway:
             for conn in held:
                 await self._announce(conn)
 
+    async def _keep_presence(self) -> None:
+        """Renew this gateway's lease on its stations every ``gateway_heartbeat_interval``.
+
+        Every held station is announced again (by the path that retries notices lost in a
+        broker outage) when the managers may have taken them offline: the bus session
+        changed (the broker lost this gateway and published its last will), or the lease
+        ran out before it could be renewed (this process was frozen, or the broker
+        unreachable without noticing).
+        """
+        interval = self._settings.gateway_heartbeat_interval
+        lease = interval * LEASE_FACTOR
+        topic = self._topics.gateway_presence(self._id)
+        session = self._bus.session_id
+        renewed = time.monotonic()  # nothing announced yet can have lapsed
+        while True:
+            if self._bus.connected:
+                lapsed = time.monotonic() - renewed > lease
+                if self._bus.session_id != session or lapsed:
+                    session = self._bus.session_id
+                    self._announce_all_again()
+                presence = GatewayPresence(
+                    state=GatewayState.ALIVE,
+                    gateway=self._id,
+                    lease=lease,
+                    stations=len(self._stations),
+                    session=session,
+                )
+                try:
+                    async with asyncio.timeout(self._settings.publish_timeout):
+                        await self._bus.publish(topic, encode(presence))
+                    renewed = time.monotonic()
+                except BusUnavailable as exc:
+                    # NoSubscribers: no manager yet; the lease is renewed next time.
+                    self._log.debug("presence not published", error=str(exc))
+                except TimeoutError:
+                    self._log.debug("presence not published", error="timeout")
+            await asyncio.sleep(interval)
+
+    def _announce_all_again(self) -> None:
+        held = [conn for conn in self._stations.values() if not conn.retired]
+        for conn in held:
+            self._unannounced[conn.id] = conn
+        if held:
+            self._log.info("announcing stations again after losing the lease", stations=len(held))
+
+    async def _say_gone(self) -> None:
+        """A clean stop: the stations' disconnect events are out; release the lease."""
+        presence = GatewayPresence(
+            state=GatewayState.GONE, gateway=self._id, session=self._bus.session_id
+        )
+        try:
+            async with asyncio.timeout(self._settings.publish_timeout):
+                await self._bus.publish(self._topics.gateway_presence(self._id), encode(presence))
+        except (BusUnavailable, TimeoutError) as exc:
+            self._log.debug("gone notice not published", error=str(exc) or "timeout")
+
     async def _detach(self, conn: Connection, remote: str | None) -> None:
         station = conn.station
         owner = self._stations.get(station) is conn
@@ -649,7 +740,9 @@ class Gateway:
             connection=conn.id,
             remote=remote,
             reason=reason,
+            session=self._bus.session_id,
         )
+        self._proven_passwords.pop(conn.id, None)
         if self._unannounced.pop(conn.id, None) is not None:
             return  # nobody learned it was connected: nothing to take back
         topic = self._topics.event(conn.version, station)
@@ -772,6 +865,11 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     async def _stop_consumer(self) -> None:
+        if self._presence is not None:
+            self._presence.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._presence
+            self._presence = None
         if self._announcer is not None:
             self._announcer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

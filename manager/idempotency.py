@@ -47,3 +47,14 @@ def replay(stored: bytes, request: Envelope) -> Envelope:
         meta=request.meta,
         at=0.0,
     )
+
+
+def claim_owner(envelope: Envelope, instance_id: str) -> str:
+    """Who holds a claim: this delivery attempt (the gateway's connection and the time it
+    published the Call) on this worker instance.
+
+    A station's retry is a new attempt and a copy redelivered to another instance has another
+    owner: both take over a claim left behind (see ``IdempotencyStore.claim``), so a claim of
+    a crashed worker or one a stalled store applied late never swallows them.
+    """
+    return f"{envelope.connection or ''}@{envelope.at!r}|{instance_id}"

@@ -19,10 +19,22 @@ How a rotation flows, with no instance remembering anything:
    answered Accepted for the password, the password is read back from the original request
    and its hash (the pending one when it matches) replaces the registry's
    (:meth:`StationRegistry.set_password_hash`, which clears that pending hash). Rejected,
-   RebootRequired, NotSupported, a CallError, a timeout or an undelivered call leave the
-   current hash unchanged, clear the pending hash if it is still this rotation's (a late
+   RebootRequired, NotSupported, a CallError, or a call never written to the station leave
+   the current hash unchanged, clear the pending hash if it is still this rotation's (a late
    answer to an older rotation leaves a newer one pending) and are logged as warnings.
 3. The station keeps its connection; the new password is checked from its next connection on.
+
+Whatever outcome is lost, nobody is locked out:
+
+- no answer in time, or the connection closed after the call was sent: the station may have
+  taken the password, so its hash stays pending (admissible) instead of being cleared;
+- a manager that died with the answer, or an answer never published: same, nothing clears it;
+- a new rotation while one is pending moves the older hash to the station's *unsettled*
+  hashes (``StationRecord.unsettled_password_hashes``), still admissible, instead of
+  discarding it;
+- a login with a pending or unsettled password proves the station uses it: the gateway says
+  so in its connection event and the registry makes it current
+  (:meth:`StationRegistry.promote_password_hash`), settling every other rotation.
 
 An accepted password change sent without the rotation mark (another tool using the CallMaker)
 is stored as well: the station will use that password, and a registry still holding the old
@@ -293,6 +305,16 @@ async def apply_result(ctx: ResultContext) -> bool:
     rotation = is_rotation(ctx.request)
     log = ctx.log.bind(rotation=rotation)
     if not ctx.ok or ctx.payload is None:
+        if outcome_unknown(ctx):
+            # The station may have taken the password: it stays admissible until the
+            # station proves which one it uses (see the module docstring).
+            log.warning(
+                "password_change_unconfirmed",
+                reason="no answer in time" if ctx.timed_out else "connection closed",
+                consequence="the new password stays accepted at login besides the current "
+                "one; the first login with it makes it current",
+            )
+            return False
         await _clear_pending(ctx)
         log.warning(
             "password_not_changed",
@@ -342,6 +364,12 @@ async def apply_result(ctx: ResultContext) -> bool:
         return False
     log.info("password_changed", applies="from the station's next connection")
     return True
+
+
+def outcome_unknown(ctx: ResultContext) -> bool:
+    """True when the station may have applied the call although no answer says so: it timed
+    out, or the connection closed after the call was written to it."""
+    return ctx.timed_out or (ctx.undelivered is not None and ctx.request.sent_at is not None)
 
 
 async def _pending_hash_of(ctx: ResultContext, password: str) -> str | None:

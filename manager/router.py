@@ -294,18 +294,27 @@ class Router:
     async def handle_result(self, envelope: Envelope, deps: Deps) -> bool:
         """Run the result handler for the answered action; True when one ran cleanly.
 
-        Never raises: a missing handler is logged at info, a failing one with its traceback.
+        Never raises. Without a handler the outcome is logged: a CallResult at info; a
+        CallError, timeout or undelivered call at warning. A failing handler is logged with its
+        traceback.
         """
         ctx = self.result_context(envelope, deps)
         if ctx is None:
             return False
         handler = self.result_handlers.get(ctx.request.action)
         if handler is None:
-            ctx.log.info(
-                "no result handler, answer dropped",
-                kind=envelope.kind.value,
-                error_code=ctx.error_code,
-            )
+            if ctx.ok:
+                ctx.log.info("call answered", kind=envelope.kind.value)
+            else:
+                # A CSMS call that failed must never go unnoticed, handler or not.
+                ctx.log.warning(
+                    "call failed",
+                    kind=envelope.kind.value,
+                    error_code=ctx.error_code,
+                    error_description=ctx.error_description,
+                    timed_out=ctx.timed_out,
+                    undelivered=ctx.undelivered,
+                )
             return False
         try:
             await handler(ctx)

@@ -17,6 +17,7 @@ import asyncio
 import datetime as dt
 import os
 import socket
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Mapping
@@ -30,18 +31,21 @@ import ocpp_schemas
 from csms.bus import Bus, BusUnavailable, Message
 from csms.config import Settings
 from csms.envelope import (
+    ConnectionEvent,
     ConnectionEventKind,
     Envelope,
+    GatewayState,
     Kind,
     decode_envelope,
     decode_event,
+    decode_presence,
     encode,
 )
 from csms.rpc import OCPP16, OCPP201, RpcError, error_code
 from csms.topics import Topics
 from manager.call_maker import CallMaker
 from manager.context import CallHandler, ResultHandler, iso
-from manager.idempotency import idempotency_key, replay
+from manager.idempotency import claim_owner, idempotency_key, replay
 from manager.router import Deps, Router, error_answer, load_handlers
 from services import Services, StoreUnavailable
 
@@ -49,6 +53,14 @@ _log = structlog.get_logger("manager.worker")
 
 _INBOUND = "in"
 _EVENTS = "events"
+_PRESENCE = "gateways"
+
+LEASE_FACTOR = 3
+"""A gateway's lease lasts this many heartbeat intervals: one lost heartbeat is no outage."""
+EVENT_RETRY_INTERVAL = 1.0
+"""Seconds between retries of connection events the registry could not store."""
+MAX_EVENT_RETRIES = 50_000
+"""Connection events kept for a retry during a store outage; the oldest go first."""
 
 
 @dataclass(slots=True)
@@ -61,6 +73,10 @@ class ManagerStats:
     """Answers to CSMS calls (results, errors, timeouts, undelivered) routed."""
     events: int = 0
     """Connection events applied to the station registry."""
+    event_retries: int = 0
+    """Connection events stored on a retry after a store outage."""
+    gateways_expired: int = 0
+    """Gateways whose lease ran out or that were reported gone (their stations went offline)."""
     replayed: int = 0
     """Duplicate Calls answered from the idempotency store."""
     duplicates_dropped: int = 0
@@ -136,8 +152,16 @@ class Manager:
         self._lanes: dict[str, deque[_Item]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumer: asyncio.Task[None] | None = None
-        self._subscriptions = (self.topics.shared_inbound(), self.topics.shared_events())
+        self._subscriptions = (
+            self.topics.shared_inbound(),
+            self.topics.shared_events(),
+            self.topics.shared_gateway_presence(),
+        )
+        self._presence_head = f"{settings.topic_prefix}/{_PRESENCE}/"
         self._log = _log.bind(instance=self.instance_id)
+        self._failed_events: dict[str, ConnectionEvent] = {}
+        """Connection events the registry could not store, by connection id, oldest first."""
+        self._housekeeper: asyncio.Task[None] | None = None
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -150,6 +174,9 @@ class Manager:
             await self.bus.subscribe(topic_filter)
         self._consumer = asyncio.create_task(self._consume(), name=f"manager:{self.instance_id}")
         self._consumer.add_done_callback(self._consumer_done)
+        self._housekeeper = asyncio.create_task(
+            self._housekeeping(), name=f"manager:{self.instance_id}:housekeeping"
+        )
         self._log.info("manager started", subscriptions=list(self._subscriptions))
         return self
 
@@ -159,6 +186,10 @@ class Manager:
                 await self.bus.unsubscribe(topic_filter)
             except Exception as exc:  # broker gone: nothing more will arrive anyway
                 self._log.debug("unsubscribe failed", topic=topic_filter, error=str(exc))
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+            await asyncio.gather(self._housekeeper, return_exceptions=True)
+            self._housekeeper = None
         if self._consumer is not None:
             self._consumer.cancel()
             await asyncio.gather(self._consumer, return_exceptions=True)
@@ -203,14 +234,20 @@ class Manager:
 
     async def _consume(self) -> None:
         async for message in self.bus.messages():
+            if message.topic.startswith(self._presence_head):
+                await self._slots.acquire()
+                self._enqueue(message.topic, _Item(message, _PRESENCE))
+                continue
             try:
                 direction, _, station = self.topics.parse(message.topic)
             except ValueError:
                 self.stats.dropped += 1
                 self._log.warning("message on an unknown topic dropped", topic=message.topic)
+                message.ack()
                 continue
             if direction not in (_INBOUND, _EVENTS):
                 self._log.debug("message not for the manager ignored", topic=message.topic)
+                message.ack()
                 continue
             await self._slots.acquire()
             self._enqueue(station, _Item(message, direction))
@@ -237,6 +274,9 @@ class Manager:
                     self.stats.dropped += 1
                     self._log.exception("message handling failed", topic=item.message.topic)
                 finally:
+                    # Acknowledged once handled (or given up on), never on receipt: see
+                    # csms.bus.Message.ack.
+                    item.message.ack()
                     lane.popleft()
                     self._slots.release()
         finally:
@@ -251,6 +291,9 @@ class Manager:
         message = item.message
         if item.direction == _EVENTS:
             await self._on_event(message)
+            return
+        if item.direction == _PRESENCE:
+            await self._on_presence(message)
             return
         try:
             envelope = decode_envelope(message.payload)
@@ -293,8 +336,9 @@ class Manager:
         internal = router.code(RpcError.INTERNAL_ERROR)
         idempotency = self.services.idempotency
         key = idempotency_key(envelope)
+        owner = claim_owner(envelope, self.instance_id)
         try:
-            claim = await idempotency.claim(key, self._claim_ttl)
+            claim = await idempotency.claim(key, owner, self._claim_ttl)
         except Exception as exc:
             if isinstance(exc, StoreUnavailable):
                 log.warning("idempotency store unavailable", error=str(exc))
@@ -303,8 +347,10 @@ class Manager:
             await self._answer(error_answer(envelope, internal, "storage temporarily unavailable"))
             return
         if claim is False:
+            # This very delivery attempt is being handled by this instance already (a
+            # redelivered copy); its answer goes to the station.
             self.stats.duplicates_dropped += 1
-            log.debug("duplicate call in progress elsewhere, dropped")
+            log.debug("duplicate copy of a call in progress here, dropped")
             return
         if isinstance(claim, bytes):
             try:
@@ -322,7 +368,7 @@ class Manager:
         log.debug("call handled", outcome=str(answer.kind), error_code=answer.error_code)
         if encoded is None or (answer.kind is Kind.ERROR and answer.error_code == internal):
             # Transient (store outage, bug): let a retry of the station do the work again.
-            await self._store(idempotency.release(key), log, "idempotency release failed")
+            await self._store(idempotency.release(key, owner), log, "idempotency release failed")
         else:
             await self._store(
                 idempotency.complete(key, encoded, float(self.settings.idempotency_ttl)),
@@ -412,25 +458,47 @@ class Manager:
                 "undecodable connection event dropped", topic=message.topic, error=str(exc)
             )
             return
+        if not await self._apply_event(event):
+            self._keep_for_retry(event)
+
+    async def _apply_event(self, event: ConnectionEvent, *, retry: bool = False) -> bool:
+        """Store a connection event in the registry; False when the store failed."""
         stations = self.services.stations
         at = _iso_at(event.at)
         try:
             if event.kind is ConnectionEventKind.CONNECTED:
                 await stations.mark_connected(
-                    event.station, event.version, event.gateway, event.connection, at
+                    event.station,
+                    event.version,
+                    event.gateway,
+                    event.connection,
+                    at,
+                    session=event.session,
+                    lease=event.lease or None,
                 )
                 owned = True
+                if event.password_hash is not None and await stations.promote_password_hash(
+                    event.station, event.password_hash
+                ):
+                    self._log.info(
+                        "password_changed",
+                        station=event.station,
+                        reason="the station logged in with its rotated password",
+                    )
             else:
                 owned = await stations.mark_disconnected(event.station, event.connection, at)
         except Exception as exc:
             self._log.warning(
-                "connection event not recorded",
+                "connection event not recorded; will retry",
                 station=event.station,
-                event=event.kind.value,
+                event_kind=event.kind.value,
+                connection=event.connection,
                 error=str(exc),
             )
-            return
+            return False
         self.stats.events += 1
+        if retry:
+            self.stats.event_retries += 1
         self._log.info(
             "station " + event.kind.value,
             station=event.station,
@@ -438,7 +506,96 @@ class Manager:
             gateway=event.gateway,
             connection=event.connection,
             current=owned,
+            retried=retry or None,
         )
+        return True
+
+    def _keep_for_retry(self, event: ConnectionEvent) -> None:
+        """Keep a connection event the registry refused, for :meth:`_retry_events`.
+
+        Only the latest event of a connection matters: a disconnect replaces its own waiting
+        connect (the registry applies a disconnect only for the connection that owns the
+        station, so storing it is harmless if the connect never was).
+        """
+        self._failed_events.pop(event.connection, None)
+        self._failed_events[event.connection] = event
+        while len(self._failed_events) > MAX_EVENT_RETRIES:
+            dropped = next(iter(self._failed_events))
+            del self._failed_events[dropped]
+            self._log.warning("connection event dropped: too many waiting", connection=dropped)
+
+    async def _retry_events(self) -> None:
+        waiting = list(self._failed_events.values())
+        self._failed_events.clear()
+        for index, event in enumerate(waiting):
+            if not await self._apply_event(event, retry=True):
+                for rest in waiting[index:]:
+                    self._failed_events.setdefault(rest.connection, rest)
+                return
+
+    # -- gateway presence -------------------------------------------------------------------
+
+    async def _on_presence(self, message: Message) -> None:
+        try:
+            presence = decode_presence(message.payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.stats.dropped += 1
+            self._log.warning("undecodable gateway presence dropped", error=str(exc))
+            return
+        stations = self.services.stations
+        try:
+            if presence.state is GatewayState.ALIVE:
+                await stations.gateway_alive(presence.gateway, presence.at + presence.lease)
+                self._log.debug(
+                    "gateway lease renewed", gateway=presence.gateway, lease=presence.lease
+                )
+                return
+            offline = await stations.gateway_gone(
+                presence.gateway, _iso_at(presence.at), session=presence.session
+            )
+        except Exception as exc:
+            # The lease expires on its own; the next sweep takes care of it.
+            self._log.warning(
+                "gateway presence not recorded", gateway=presence.gateway, error=str(exc)
+            )
+            return
+        self.stats.gateways_expired += 1
+        self._log.info(
+            "gateway gone: its stations are offline",
+            gateway=presence.gateway,
+            stations=len(offline),
+        )
+
+    async def _expire_gateways(self) -> None:
+        """Mark offline the stations of gateways whose lease ran out (a gateway killed while
+        no manager heard its last will, or frozen)."""
+        stations = self.services.stations
+        now = time.time()
+        for gateway in await stations.expired_gateways(now):
+            offline = await stations.gateway_gone(gateway, _iso_at(now))
+            self.stats.gateways_expired += 1
+            self._log.warning(
+                "gateway lease expired: its stations are offline",
+                gateway=gateway,
+                stations=len(offline),
+            )
+
+    async def _housekeeping(self) -> None:
+        """Background upkeep: retry connection events, expire gateway leases."""
+        interval = min(EVENT_RETRY_INTERVAL, self.settings.gateway_heartbeat_interval)
+        next_sweep = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if self._failed_events:
+                    await self._retry_events()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.settings.gateway_heartbeat_interval
+                    await self._expire_gateways()
+            except StoreUnavailable as exc:
+                self._log.debug("housekeeping postponed: store unavailable", error=str(exc))
+            except Exception:
+                self._log.exception("housekeeping failed")
 
 
 def _router(

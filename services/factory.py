@@ -49,6 +49,9 @@ log = structlog.get_logger(__name__)
 
 REDIS_TIMEOUT = 2.0
 """Seconds to connect to / hear from Redis before an operation fails with StoreUnavailable."""
+DEFAULT_POOL_SIZE = 100
+POOL_HEADROOM = 64
+"""Connections beyond ``manager_concurrency`` (admission lookups, housekeeping)."""
 
 
 def redact_url(url: str) -> str:
@@ -71,6 +74,7 @@ def redis_client(
     ca_file: str | None = None,
     cert_file: str | None = None,
     key_file: str | None = None,
+    max_connections: int = DEFAULT_POOL_SIZE,
 ) -> aioredis.Redis:
     """A Redis client that fails fast: socket timeouts and a single quick retry (enough to
     replace a pooled connection that died with a Redis restart, no more).
@@ -79,6 +83,10 @@ def redis_client(
     ``requirepass``). A ``rediss://`` URL is TLS 1.2+ with the server certificate verified
     against ``ca_file`` (default: the system's CAs) and its host name checked; ``cert_file``
     / ``key_file`` present a client certificate (Redis ``tls-auth-clients``).
+
+    The pool holds up to ``max_connections`` and, when all are busy, a caller waits up to
+    ``timeout`` for one instead of failing at once ("Too many connections"): a burst (a
+    reconnect storm, a stalled Redis) then slows down instead of turning into errors.
     """
     tls: dict[str, Any] = {}
     if urlsplit(url).scheme == "rediss":
@@ -89,8 +97,10 @@ def redis_client(
             "ssl_cert_reqs": "required",
             "ssl_min_version": ssl.TLSVersion.TLSv1_2,
         }
-    return aioredis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout,
         decode_responses=False,
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
@@ -98,6 +108,7 @@ def redis_client(
         health_check_interval=30,
         **tls,
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 def settings_redis_client(settings: Settings) -> aioredis.Redis:
@@ -109,7 +120,15 @@ def settings_redis_client(settings: Settings) -> aioredis.Redis:
         ca_file=settings.redis_ca_file,
         cert_file=settings.redis_cert_file,
         key_file=settings.redis_key_file,
+        max_connections=pool_size(settings),
     )
+
+
+def pool_size(settings: Settings) -> int:
+    """Redis connections one process may open: one per message a manager handles at once
+    (``manager_concurrency``) plus room for the gateway's admission lookups and background
+    work, so the pool is never what refuses a station."""
+    return settings.manager_concurrency + POOL_HEADROOM
 
 
 async def ping(client: aioredis.Redis, url: str) -> None:
@@ -142,6 +161,7 @@ async def _token_store(settings: Settings, default: TokenStore) -> TokenStore:
                 status=AuthorizationStatus(token.status),
                 expiry=token.expiry,
                 group_id=token.group_id,
+                token_type=token.token_type,
             )
         )
     return default

@@ -76,6 +76,12 @@ class StationRegistry(Protocol):
         ``ValueError`` unless ``password_hash`` is a hash or None."""
         ...
 
+    async def promote_password_hash(self, station_id: str, password_hash: str) -> bool:
+        """The station logged in with a rotated password (``password_hash`` is the pending
+        or an unsettled rotation's hash): make it current and settle the others. False when
+        it is neither (nothing changes)."""
+        ...
+
     async def record_boot(
         self,
         station_id: str,
@@ -91,9 +97,18 @@ class StationRegistry(Protocol):
         ...
 
     async def mark_connected(
-        self, station_id: str, version: str, gateway: str, connection: str, at: str
+        self,
+        station_id: str,
+        version: str,
+        gateway: str,
+        connection: str,
+        at: str,
+        session: str | None = None,
+        lease: float | None = None,
     ) -> None:
-        """Record that ``connection`` on ``gateway`` now owns the station (newest wins)."""
+        """Record that ``connection`` on ``gateway`` (in the gateway's bus ``session``) now
+        owns the station (newest wins). A gateway without a lease gets one of ``lease``
+        seconds (default :data:`services.rules.FIRST_LEASE`) until its heartbeats renew it."""
         ...
 
     async def mark_disconnected(self, station_id: str, connection: str, at: str) -> bool:
@@ -102,6 +117,21 @@ class StationRegistry(Protocol):
 
     async def touch(self, station_id: str, at: str) -> None:
         """Update last-seen (every message from the station)."""
+        ...
+
+    async def gateway_alive(self, gateway: str, until: float) -> None:
+        """Set ``gateway``'s lease on the stations it holds to end at Unix time ``until``
+        (its heartbeat says so; it replaces the provisional lease a first connection gets)."""
+        ...
+
+    async def gateway_gone(self, gateway: str, at: str, session: str | None = None) -> list[str]:
+        """``gateway`` stopped or died: mark offline every station it still holds (a station
+        that moved to another gateway since is left alone; with ``session``, only stations
+        announced in that bus session); returns those marked offline."""
+        ...
+
+    async def expired_gateways(self, now: float) -> list[str]:
+        """Gateways holding stations whose lease ran out before Unix time ``now``."""
         ...
 
     async def set_connector_status(self, station_id: str, status: ConnectorStatus) -> None: ...
@@ -172,12 +202,18 @@ class IdempotencyStore(Protocol):
     """Remembers answers to station Calls so a repeated Call (same station, message id,
     action and payload) gets the same answer without the work being done twice."""
 
-    async def claim(self, key: str, ttl: float) -> bytes | bool:
-        """Try to take ``key``.
+    async def claim(self, key: str, owner: str, ttl: float) -> bytes | bool:
+        """Try to take ``key`` for ``owner`` (one delivery attempt on one worker).
 
-        Returns ``True`` when claimed (do the work, then :meth:`complete`), the stored answer
-        (bytes) when the work was already done, or ``False`` when another worker holds the
-        claim right now.
+        Returns the stored answer (bytes) when the work was already done; ``False`` when the
+        same ``owner`` holds the claim (a redelivered copy of a message this worker is
+        handling right now); ``True`` otherwise: do the work, then :meth:`complete`.
+
+        A claim held by another owner is taken over. Claims are bound to the live attempt:
+        the gateway sends a Call again only once it has given up on the earlier attempt
+        (answered it InternalError), and a copy redelivered to another worker means the first
+        worker lost its connection. A claim left behind by a crashed worker or applied late
+        by a stalled store therefore never swallows a retry.
         """
         ...
 
@@ -185,6 +221,6 @@ class IdempotencyStore(Protocol):
         """Store the answer for ``key``."""
         ...
 
-    async def release(self, key: str) -> None:
+    async def release(self, key: str, owner: str) -> None:
         """Drop an unfinished claim so a retry can do the work."""
         ...

@@ -40,9 +40,14 @@ def _copy(record: _T) -> _T:
 class MemoryStationRegistry:
     """:class:`~services.interfaces.StationRegistry` in a dict."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._stations: dict[str, StationRecord] = {}
         self._connectors: dict[str, dict[tuple[int, int], ConnectorStatus]] = {}
+        self._leases: dict[str, float] = {}
+        """Gateway → Unix time its lease on its stations runs out."""
+        self._held: dict[str, set[str]] = {}
+        """Gateway → stations it was last recorded holding."""
+        self._clock = clock
 
     async def get(self, station_id: str) -> StationRecord | None:
         record = self._stations.get(station_id)
@@ -88,6 +93,13 @@ class MemoryStationRegistry:
         self._stations[station_id] = record
         return True
 
+    async def promote_password_hash(self, station_id: str, password_hash: str) -> bool:
+        record = rules.with_proven_password_hash(self._stations.get(station_id), password_hash)
+        if record is None:
+            return False
+        self._stations[station_id] = record
+        return True
+
     async def record_boot(
         self,
         station_id: str,
@@ -103,20 +115,56 @@ class MemoryStationRegistry:
         return _copy(record)
 
     async def mark_connected(
-        self, station_id: str, version: str, gateway: str, connection: str, at: str
+        self,
+        station_id: str,
+        version: str,
+        gateway: str,
+        connection: str,
+        at: str,
+        session: str | None = None,
+        lease: float | None = None,
     ) -> None:
-        record = rules.with_connection(
-            self._stations.get(station_id), station_id, version, gateway, connection, at
-        )
+        old = self._stations.get(station_id)
+        record = rules.with_connection(old, station_id, version, gateway, connection, at, session)
         if record is not None:
             self._stations[station_id] = record
+            if old is not None and old.gateway is not None and old.gateway != gateway:
+                self._held.get(old.gateway, set()).discard(station_id)
+            self._held.setdefault(gateway, set()).add(station_id)
+            self._leases.setdefault(gateway, self._clock() + (lease or rules.FIRST_LEASE))
 
     async def mark_disconnected(self, station_id: str, connection: str, at: str) -> bool:
-        record = rules.without_connection(self._stations.get(station_id), connection, at)
+        old = self._stations.get(station_id)
+        record = rules.without_connection(old, connection, at)
         if record is None:
             return False
         self._stations[station_id] = record
+        if old is not None and old.gateway is not None:
+            self._held.get(old.gateway, set()).discard(station_id)
         return True
+
+    async def gateway_alive(self, gateway: str, until: float) -> None:
+        self._leases[gateway] = until
+
+    async def gateway_gone(self, gateway: str, at: str, session: str | None = None) -> list[str]:
+        offline = []
+        held = self._held.get(gateway, set())
+        for station_id in sorted(held):
+            record = rules.without_gateway(self._stations.get(station_id), gateway, at, session)
+            if record is not None:
+                self._stations[station_id] = record
+                offline.append(station_id)
+            current = self._stations.get(station_id)
+            if current is None or current.gateway != gateway:
+                held.discard(station_id)
+        if not held:
+            # Stations announced again in a newer session keep the gateway's lease.
+            self._held.pop(gateway, None)
+            self._leases.pop(gateway, None)
+        return offline
+
+    async def expired_gateways(self, now: float) -> list[str]:
+        return sorted(gateway for gateway, until in self._leases.items() if until <= now)
 
     async def touch(self, station_id: str, at: str) -> None:
         record = rules.with_last_seen(self._stations.get(station_id), at)
@@ -233,9 +281,6 @@ class MemoryTransactionStore:
                     del self._active_by_token[tx.id_token]
 
 
-_PENDING = object()
-
-
 class MemoryIdempotencyStore:
     """:class:`~services.interfaces.IdempotencyStore` in a dict with monotonic-clock TTLs.
 
@@ -251,7 +296,7 @@ class MemoryIdempotencyStore:
         self._sweep_every = sweep_every
         self._claims = 0
 
-    async def claim(self, key: str, ttl: float) -> bytes | bool:
+    async def claim(self, key: str, owner: str, ttl: float) -> bytes | bool:
         now = self._clock()
         self._claims += 1
         if self._claims % self._sweep_every == 0:
@@ -259,16 +304,19 @@ class MemoryIdempotencyStore:
         entry = self._entries.get(key)
         if entry is not None and entry[1] > now:
             value = entry[0]
-            return value if isinstance(value, bytes) else False
-        self._entries[key] = (_PENDING, now + ttl)
+            if isinstance(value, bytes):
+                return value
+            if value == owner:
+                return False
+        self._entries[key] = (owner, now + ttl)
         return True
 
     async def complete(self, key: str, answer: bytes, ttl: float) -> None:
         self._entries[key] = (bytes(answer), self._clock() + ttl)
 
-    async def release(self, key: str) -> None:
+    async def release(self, key: str, owner: str) -> None:
         entry = self._entries.get(key)
-        if entry is not None and entry[0] is _PENDING:
+        if entry is not None and entry[0] == owner:
             del self._entries[key]
 
     def _sweep(self, now: float) -> None:

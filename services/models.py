@@ -49,6 +49,8 @@ class StationRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     connection: str | None = None
     """Id of the socket that currently owns the station."""
     gateway: str | None = None
+    gateway_session: str | None = None
+    """The gateway's bus session that announced the connection (see GatewayPresence)."""
     connected_at: str | None = None
     disconnected_at: str | None = None
     last_seen: str | None = None
@@ -59,9 +61,17 @@ class StationRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     pending_password_hash: str | None = None
     """Hash of a password being rotated, accepted at admission only until the station's
     answer settles it: a station may reconnect with it before its Accepted is stored."""
+    unsettled_password_hashes: list[str] = []
+    """Hashes of earlier rotations whose outcome never arrived (the answer was lost or came
+    too late): the station may be using any of them, so admission accepts them until the
+    station proves which password it uses (a login with one of them promotes it) or an
+    operator sets a password. At most :data:`MAX_UNSETTLED_PASSWORDS`, newest last."""
     allowed_versions: list[str] = []
     certificate_identity: str | None = None
 
+
+MAX_UNSETTLED_PASSWORDS = 4
+"""Rotations with an unknown outcome kept admissible; the oldest goes first."""
 
 SECURITY_PROFILES = (0, 1, 2, 3)
 OCPP_VERSIONS = ("ocpp1.6", "ocpp2.0.1")

@@ -13,11 +13,13 @@ make two keys collide)::
     {p}station:{station}              StationRecord
     {p}connectors:{station}           hash "{evse}:{connector}" -> ConnectorStatus
     {p}token:{id_token}               TokenRecord
+    {p}gw-stations:{gateway}          set of station ids the gateway was last recorded holding
+    {p}gateways                       sorted set gateway -> Unix time its lease runs out
     {p}tx:{station}:{transaction}     Transaction
     {p}tx-active:{station}            set of transaction ids not ended
     {p}tx-token:{id_token}            set of "{station}:{transaction}" not ended
     {p}tx-seq                         last 1.6 transactionId handed out
-    {p}idem:{key}                     b"P" while claimed, b"A" + answer once done
+    {p}idem:{key}                     b"P" + owner while claimed, b"A" + answer once done
 
 Any Redis or socket error is raised as :class:`~services.interfaces.StoreUnavailable`. The
 client must be created with ``decode_responses=False`` (values are bytes).
@@ -29,6 +31,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import random
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -180,6 +183,13 @@ class RedisStationRegistry(_RedisStore):
     def _connectors_key(self, station_id: str) -> str:
         return f"{self.prefix}connectors:{encode_id(station_id)}"
 
+    def _held_key(self, gateway: str) -> str:
+        return f"{self.prefix}gw-stations:{encode_id(gateway)}"
+
+    @property
+    def _leases_key(self) -> str:
+        return f"{self.prefix}gateways"
+
     async def get(self, station_id: str) -> StationRecord | None:
         with self._guard("get station"):
             raw, seen = await self.client.mget(self._key(station_id), self._seen_key(station_id))
@@ -280,22 +290,101 @@ class RedisStationRegistry(_RedisStore):
         assert record is not None  # with_boot always yields a record
         return record
 
-    async def mark_connected(
-        self, station_id: str, version: str, gateway: str, connection: str, at: str
-    ) -> None:
-        await self._change(
-            station_id,
-            lambda old: rules.with_connection(old, station_id, version, gateway, connection, at),
-            "mark connected",
-        )
-
-    async def mark_disconnected(self, station_id: str, connection: str, at: str) -> bool:
+    async def promote_password_hash(self, station_id: str, password_hash: str) -> bool:
         record = await self._change(
             station_id,
-            lambda old: rules.without_connection(old, connection, at),
-            "mark disconnected",
+            lambda old: rules.with_proven_password_hash(old, password_hash),
+            "promote password hash",
         )
         return record is not None
+
+    async def mark_connected(
+        self,
+        station_id: str,
+        version: str,
+        gateway: str,
+        connection: str,
+        at: str,
+        session: str | None = None,
+        lease: float | None = None,
+    ) -> None:
+        key = self._key(station_id)
+        member = station_id.encode()
+        first_lease = time.time() + (lease or rules.FIRST_LEASE)
+
+        def attempt(raw: bytes | None) -> tuple[None, _Write | None]:
+            old = _station_decoder.decode(raw) if raw is not None else None
+            new = rules.with_connection(old, station_id, version, gateway, connection, at, session)
+            if new is None:
+                return None, None
+            data = _encoder.encode(new)
+
+            def write(pipe: Pipeline) -> None:
+                pipe.set(key, data)
+                if old is not None and old.gateway is not None and old.gateway != gateway:
+                    pipe.srem(self._held_key(old.gateway), member)
+                pipe.sadd(self._held_key(gateway), member)
+                pipe.zadd(self._leases_key, {gateway: first_lease}, nx=True)
+
+            return None, write
+
+        await self._optimistic(key, attempt, "mark connected")
+
+    async def mark_disconnected(self, station_id: str, connection: str, at: str) -> bool:
+        key = self._key(station_id)
+
+        def attempt(raw: bytes | None) -> tuple[bool, _Write | None]:
+            old = _station_decoder.decode(raw) if raw is not None else None
+            new = rules.without_connection(old, connection, at)
+            if new is None or old is None:
+                return False, None
+            data = _encoder.encode(new)
+            previous_gateway = old.gateway
+
+            def write(pipe: Pipeline) -> None:
+                pipe.set(key, data)
+                if previous_gateway is not None:
+                    pipe.srem(self._held_key(previous_gateway), station_id.encode())
+
+            return True, write
+
+        return await self._optimistic(key, attempt, "mark disconnected")
+
+    async def gateway_alive(self, gateway: str, until: float) -> None:
+        with self._guard("gateway lease"):
+            await self.client.zadd(self._leases_key, {gateway: until})
+
+    async def gateway_gone(self, gateway: str, at: str, session: str | None = None) -> list[str]:
+        with self._guard("gateway stations"):
+            members = await self.client.smembers(self._held_key(gateway))
+        offline = []
+
+        def offline_rule(old: StationRecord | None) -> StationRecord | None:
+            return rules.without_gateway(old, gateway, at, session)
+
+        still_held = 0
+        for station_id in sorted(_text(member) for member in members):
+            record = await self._change(station_id, offline_rule, "mark offline with its gateway")
+            if record is not None:
+                offline.append(station_id)
+            else:
+                current = await self.get(station_id)
+                still_held += current is not None and current.gateway == gateway
+        with self._guard("gateway gone"):
+            async with self.client.pipeline(transaction=True) as pipe:
+                if offline:
+                    pipe.srem(self._held_key(gateway), *(s.encode() for s in offline))
+                if not still_held:
+                    # Stations announced again in a newer session keep the gateway's lease.
+                    pipe.delete(self._held_key(gateway))
+                    pipe.zrem(self._leases_key, gateway)
+                await pipe.execute()
+        return offline
+
+    async def expired_gateways(self, now: float) -> list[str]:
+        with self._guard("expired gateways"):
+            gateways = await self.client.zrangebyscore(self._leases_key, "-inf", now)
+        return sorted(_text(gateway) for gateway in gateways if isinstance(gateway, bytes | str))
 
     async def touch(self, station_id: str, at: str) -> None:
         normalized = _fixed_width_utc(at)
@@ -460,11 +549,20 @@ def _text(value: bytes | str) -> str:
 _PENDING = b"P"
 _ANSWER = b"A"
 
+# A claim is "P<owner>"; an answer "A<answer>". A claim of another owner is taken over (see
+# IdempotencyStore.claim): only the same owner's claim makes a copy wait.
 _CLAIM = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return 1
+local value = redis.call('GET', KEYS[1])
+if value then
+    if string.sub(value, 1, 1) == 'A' then
+        return value
+    end
+    if value == ARGV[1] then
+        return 0
+    end
 end
-return redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 
 _RELEASE = """
@@ -480,8 +578,9 @@ def _ttl_ms(ttl: float) -> int:
 
 
 class RedisIdempotencyStore(_RedisStore):
-    """:class:`~services.interfaces.IdempotencyStore` in Redis: a claim is ``SET NX PX``
-    of a marker, the answer replaces it with the same kind of expiry."""
+    """:class:`~services.interfaces.IdempotencyStore` in Redis: a claim is one script that
+    sets the owner's marker unless an answer (or the same owner's claim) is there; the answer
+    replaces it with the same kind of expiry."""
 
     def __init__(self, client: aioredis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
         super().__init__(client, prefix)
@@ -491,20 +590,19 @@ class RedisIdempotencyStore(_RedisStore):
     def _key(self, key: str) -> str:
         return f"{self.prefix}idem:{key}"
 
-    async def claim(self, key: str, ttl: float) -> bytes | bool:
+    async def claim(self, key: str, owner: str, ttl: float) -> bytes | bool:
+        marker = _PENDING + owner.encode()
         with self._guard("claim"):
-            result: Any = await self._claim(keys=[self._key(key)], args=[_PENDING, _ttl_ms(ttl)])
+            result: Any = await self._claim(keys=[self._key(key)], args=[marker, _ttl_ms(ttl)])
         if isinstance(result, int):
-            return True
+            return result == 1
         value = _as_bytes(result) or b""
-        if value.startswith(_ANSWER):
-            return value[len(_ANSWER) :]
-        return False
+        return value[len(_ANSWER) :]
 
     async def complete(self, key: str, answer: bytes, ttl: float) -> None:
         with self._guard("complete"):
             await self.client.set(self._key(key), _ANSWER + answer, px=_ttl_ms(ttl))
 
-    async def release(self, key: str) -> None:
+    async def release(self, key: str, owner: str) -> None:
         with self._guard("release"):
-            await self._release(keys=[self._key(key)], args=[_PENDING])
+            await self._release(keys=[self._key(key)], args=[_PENDING + owner.encode()])

@@ -13,6 +13,7 @@ import msgspec
 
 from services.credentials import is_password_hash
 from services.models import (
+    MAX_UNSETTLED_PASSWORDS,
     Authorization,
     AuthorizationStatus,
     BootInfo,
@@ -120,6 +121,7 @@ def with_credentials(
     if not isinstance(credentials.password_hash, msgspec.UnsetType):
         changes["password_hash"] = credentials.password_hash
         changes["pending_password_hash"] = None  # the operator's password ends a rotation
+        changes["unsettled_password_hashes"] = []
     if not isinstance(credentials.certificate_identity, msgspec.UnsetType):
         changes["certificate_identity"] = credentials.certificate_identity
     if not isinstance(credentials.allowed_versions, msgspec.UnsetType):
@@ -128,8 +130,13 @@ def with_credentials(
 
 
 def with_password_hash(record: StationRecord | None, password_hash: str) -> StationRecord | None:
-    """``record`` with only its password hash replaced; None when there is no record (a
-    rotation never creates a station). ``ValueError`` unless ``password_hash`` is a hash."""
+    """``record`` with ``password_hash`` as its current password: the station accepted it or
+    proved it uses it. None when there is no record (a rotation never creates a station).
+    ``ValueError`` unless ``password_hash`` is a hash.
+
+    The station uses this password now, so every unsettled earlier rotation is settled (they
+    stop being accepted); a newer rotation still pending stays pending.
+    """
     if not is_password_hash(password_hash):
         raise ValueError("password_hash is not a password hash")
     if record is None:
@@ -138,8 +145,8 @@ def with_password_hash(record: StationRecord | None, password_hash: str) -> Stat
     return msgspec.structs.replace(
         record,
         password_hash=password_hash,
-        # Promoting the pending hash ends that rotation; a newer one stays pending.
         pending_password_hash=None if pending == password_hash else pending,
+        unsettled_password_hashes=[],
     )
 
 
@@ -148,14 +155,54 @@ def with_pending_password_hash(
 ) -> StationRecord | None:
     """``record`` with its pending password hash set (None clears it); None when there is no
     record or, with ``replacing``, when the pending hash is not that one (so a stale rotation's
-    answer cannot clear a newer rotation). ``ValueError`` unless ``password_hash`` is a hash."""
+    answer cannot clear a newer rotation). ``ValueError`` unless ``password_hash`` is a hash.
+
+    A new rotation never discards the one before: a pending hash it replaces joins
+    ``unsettled_password_hashes`` (its outcome was never learned, so the station may use it).
+    Clearing (``password_hash`` None) is for a rotation the station certainly did not take.
+    """
     if password_hash is not None and not is_password_hash(password_hash):
         raise ValueError("password_hash is not a password hash")
     if record is None:
         return None
     if replacing is not None and record.pending_password_hash != replacing:
+        if password_hash is None and replacing in record.unsettled_password_hashes:
+            # The refusal of an older rotation arrived after a newer one began.
+            return without_unsettled_password_hash(record, replacing)
         return None
-    return msgspec.structs.replace(record, pending_password_hash=password_hash)
+    unsettled = list(record.unsettled_password_hashes)
+    previous = record.pending_password_hash
+    if password_hash is not None and previous is not None and previous != password_hash:
+        unsettled = [*(h for h in unsettled if h != previous), previous]
+        del unsettled[: max(0, len(unsettled) - MAX_UNSETTLED_PASSWORDS)]
+    return msgspec.structs.replace(
+        record, pending_password_hash=password_hash, unsettled_password_hashes=unsettled
+    )
+
+
+def with_proven_password_hash(
+    record: StationRecord | None, password_hash: str
+) -> StationRecord | None:
+    """``record`` with ``password_hash`` made current because the station logged in with it;
+    None unless it is the pending or an unsettled rotation's hash (a late event must not
+    bring back a password the operator has replaced since)."""
+    if record is None or (
+        password_hash != record.pending_password_hash
+        and password_hash not in record.unsettled_password_hashes
+    ):
+        return None
+    return with_password_hash(record, password_hash)
+
+
+def without_unsettled_password_hash(
+    record: StationRecord | None, password_hash: str
+) -> StationRecord | None:
+    """``record`` without ``password_hash`` among the unsettled ones (the station certainly
+    refused that rotation); None when it is not there."""
+    if record is None or password_hash not in record.unsettled_password_hashes:
+        return None
+    remaining = [h for h in record.unsettled_password_hashes if h != password_hash]
+    return msgspec.structs.replace(record, unsettled_password_hashes=remaining)
 
 
 def with_boot(
@@ -180,6 +227,7 @@ def with_connection(
     gateway: str,
     connection: str,
     at: str,
+    session: str | None = None,
 ) -> StationRecord | None:
     """``record`` now owned by ``connection``; None when nothing should change.
 
@@ -196,6 +244,7 @@ def with_connection(
         online=True,
         connection=connection,
         gateway=gateway,
+        gateway_session=session,
         ocpp_version=version,
         connected_at=at,
         last_seen=at,
@@ -210,7 +259,37 @@ def without_connection(
     if record is None or record.connection != connection:
         return None
     return msgspec.structs.replace(
-        record, online=False, connection=None, gateway=None, disconnected_at=at
+        record,
+        online=False,
+        connection=None,
+        gateway=None,
+        gateway_session=None,
+        disconnected_at=at,
+    )
+
+
+FIRST_LEASE = 30.0
+"""Seconds a gateway's stations count as held before its first presence heartbeat is seen
+(each heartbeat then renews the lease)."""
+
+
+def without_gateway(
+    record: StationRecord | None, gateway: str, at: str, session: str | None = None
+) -> StationRecord | None:
+    """``record`` offline because ``gateway`` is gone; None unless that gateway still holds
+    the station (it may have reconnected elsewhere since) and, with ``session``, holds it
+    from that bus session (a gateway back on the broker announced it again since)."""
+    if record is None or not record.online or record.gateway != gateway:
+        return None
+    if session is not None and record.gateway_session not in (None, session):
+        return None
+    return msgspec.structs.replace(
+        record,
+        online=False,
+        connection=None,
+        gateway=None,
+        gateway_session=None,
+        disconnected_at=at,
     )
 
 

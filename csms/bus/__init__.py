@@ -9,13 +9,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 
 class BusUnavailable(Exception):
     """The bus cannot take the message now (broker down, publish timed out)."""
+
+
+class NoSubscribers(BusUnavailable):
+    """The broker took the message but nobody subscribes to its topic right now (MQTT v5
+    PUBACK reason code 16), so nobody will receive it.
+
+    For a station Call this means no manager is subscribed (e.g. just after a broker
+    restart); for a CSMS call it means no gateway holds the station: both deserve a prompt
+    answer instead of silence.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +36,19 @@ class Message:
     payload: bytes
     properties: Mapping[str, str] = field(default_factory=dict)
     """MQTT v5 user properties (trace context, metadata)."""
+    acknowledge: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+    """Set when the bus delivers with manual acknowledgement: call once the message has been
+    handled (see :meth:`ack`)."""
+
+    def ack(self) -> None:
+        """Tell the broker this message is handled (a no-op for buses that ack on receipt).
+
+        A consumer that acknowledges only after handling lets a broker that redelivers
+        unacknowledged messages (a resumed session, EMQX's shared-subscription redispatch)
+        give the work to someone else when this process dies half way.
+        """
+        if self.acknowledge is not None:
+            self.acknowledge()
 
 
 class Bus(Protocol):
@@ -36,10 +59,18 @@ class Bus(Protocol):
         """True while publishes can be expected to succeed."""
         ...
 
+    @property
+    def session_id(self) -> str:
+        """Changes each time the connection to the broker is made again: a gateway learns
+        from it that the broker published its last will (its stations went offline) and
+        announces them again; the will names the session it belongs to."""
+        ...
+
     async def publish(
         self, topic: str, payload: bytes, *, properties: Mapping[str, str] | None = None
     ) -> None:
-        """Publish at QoS 1. Raises :class:`BusUnavailable` promptly when it cannot."""
+        """Publish at QoS 1. Raises :class:`BusUnavailable` promptly when it cannot, and
+        :class:`NoSubscribers` when the broker says nobody will receive it."""
         ...
 
     async def subscribe(self, topic_filter: str) -> None:

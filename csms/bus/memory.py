@@ -12,7 +12,7 @@ import contextlib
 import itertools
 from collections.abc import AsyncIterator, Mapping
 
-from csms.bus import BusUnavailable, Message
+from csms.bus import BusUnavailable, Message, NoSubscribers
 from csms.topics import matches
 
 
@@ -36,8 +36,10 @@ class MemoryBroker:
         if client in self._clients:
             self._clients.remove(client)
 
-    def _route(self, message: Message) -> None:
+    def _route(self, message: Message) -> bool:
+        """Deliver ``message``; False when no subscription matched (nobody got it)."""
         groups: dict[tuple[str, str], list[MemoryBus]] = {}
+        delivered_any = False
         last_level = message.topic.rsplit("/", 1)[-1]
         for client in self._clients:
             delivered = False
@@ -53,8 +55,10 @@ class MemoryBroker:
                 elif not delivered:
                     client._deliver(message)
                     delivered = True
+                delivered_any = True
         for members in groups.values():
             members[next(self._rr) % len(members)]._deliver(message)
+        return delivered_any or bool(groups)
 
 
 class MemoryBus:
@@ -72,6 +76,10 @@ class MemoryBus:
     def connected(self) -> bool:
         return self._broker.available
 
+    @property
+    def session_id(self) -> str:
+        return "memory"
+
     async def __aenter__(self) -> MemoryBus:
         self._broker._attach(self)
         return self
@@ -84,7 +92,8 @@ class MemoryBus:
     ) -> None:
         if not self._broker.available:
             raise BusUnavailable("in-process broker is unavailable")
-        self._broker._route(Message(topic, payload, dict(properties or {})))
+        if not self._broker._route(Message(topic, payload, dict(properties or {}))):
+            raise NoSubscribers(f"no subscriber for {topic}")
 
     async def subscribe(self, topic_filter: str) -> None:
         last_level = topic_filter.rsplit("/", 1)[-1]

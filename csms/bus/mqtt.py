@@ -13,21 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import socket
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from csms.bus import BusUnavailable, Message
+from csms.bus import BusUnavailable, Message, NoSubscribers
 
 log = structlog.get_logger("csms.bus.mqtt")
 
@@ -71,8 +74,64 @@ def _refused_credentials(exc: aiomqtt.MqttError) -> bool:
     return isinstance(code, int) and code in _AUTH_REFUSALS
 
 
+NO_MATCHING_SUBSCRIBERS = 16
+"""MQTT v5 PUBACK reason code 0x10: the broker accepted the message and nobody receives it."""
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client plus what this project needs from MQTT v5 and aiomqtt 2 hides: the
+    PUBACK reason code of each QoS 1 publish, and acknowledgement after handling.
+
+    It uses aiomqtt's pending-call bookkeeping (``_pending_call``, ``_pending_publishes``,
+    ``_wait_for``), which is why the dependency is pinned below aiomqtt 3.
+    """
+
+    def __init__(self, *args: Any, manual_ack: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reason_codes: dict[int, int] = {}
+        self._client.on_publish = self._on_publish_with_code
+        if manual_ack:
+            self._client.manual_ack_set(True)
+
+    def _on_publish_with_code(
+        self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        self._reason_codes[mid] = int(getattr(reason_code, "value", reason_code) or 0)
+        self._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_qos1(
+        self, topic: str, payload: bytes, properties: Properties | None, wait: float
+    ) -> int:
+        """Publish at QoS 1 and return the broker's PUBACK reason code (waits at most
+        ``wait`` seconds for it)."""
+        info = self._client.publish(topic, payload, 1, False, properties)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        try:
+            if not info.is_published():
+                confirmation = asyncio.Event()
+                with self._pending_call(info.mid, confirmation, self._pending_publishes):
+                    await self._wait_for(confirmation.wait(), timeout=wait)
+        finally:
+            code = self._reason_codes.pop(info.mid, 0)
+        return code
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Send the PUBACK of a message received with manual acknowledgement."""
+        self._client.ack(mid, qos)
+
+
 class MqttBus:
-    """A resilient MQTT v5 connection implementing :class:`csms.bus.Bus`."""
+    """A resilient MQTT v5 connection implementing :class:`csms.bus.Bus`.
+
+    ``manual_ack``: messages are acknowledged when the consumer calls
+    :meth:`csms.bus.Message.ack` (after handling) instead of on receipt.
+    ``session_expiry``: seconds the broker keeps this client's session (subscriptions,
+    unacknowledged and queued messages) after a disconnect; 0 = a clean session each time.
+    A kept session is only useful with a client id that survives a restart (``client_id``).
+    ``will``: given the session id of a new connection, the (topic, payload) the broker
+    publishes if that connection dies without a clean disconnect (a gateway's "I am gone").
+    """
 
     def __init__(
         self,
@@ -87,11 +146,19 @@ class MqttBus:
         tls_key_file: str | None = None,
         max_incoming_queue: int = 100_000,
         max_inflight: int = 1_000,
+        manual_ack: bool = False,
+        session_expiry: int = 0,
+        client_id: str | None = None,
+        will: Callable[[str], tuple[str, bytes]] | None = None,
     ) -> None:
         self._address = BrokerAddress.parse(url)
-        self._client_id = (
+        self._client_id = client_id or (
             f"{client_id_prefix}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
+        self._manual_ack = manual_ack
+        self._session_expiry = session_expiry
+        self._will = will
+        self._session_id = uuid.uuid4().hex[:12]
         self._publish_timeout = publish_timeout
         self._max_backoff = max_backoff
         self._keepalive = keepalive
@@ -102,7 +169,7 @@ class MqttBus:
             if tls_cert_file:
                 self._tls_context.load_cert_chain(tls_cert_file, tls_key_file)
         self._filters: set[str] = set()
-        self._client: aiomqtt.Client | None = None
+        self._client: _Client | None = None
         self._connected = asyncio.Event()
         self._incoming: asyncio.Queue[Message] = asyncio.Queue(max_incoming_queue)
         self._runner: asyncio.Task[None] | None = None
@@ -115,6 +182,10 @@ class MqttBus:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def session_id(self) -> str:
+        return self._session_id
 
     async def wait_connected(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Wait until connected; False when ``timeout`` passes first."""
@@ -137,15 +208,26 @@ class MqttBus:
                 await self._runner
         self._connected.clear()
 
-    def _new_client(self) -> aiomqtt.Client:
-        client = aiomqtt.Client(
+    def _new_client(self) -> _Client:
+        connect_properties = None
+        if self._session_expiry:
+            connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            connect_properties.SessionExpiryInterval = self._session_expiry
+        will = None
+        if self._will is not None:
+            topic, payload = self._will(self._session_id)
+            will = aiomqtt.Will(topic, payload, qos=1)
+        client = _Client(
             self._address.host,
             self._address.port,
             username=self._address.username,
             password=self._address.password,
             identifier=self._client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=True,
+            clean_start=not self._session_expiry,
+            properties=connect_properties,
+            will=will,
+            manual_ack=self._manual_ack,
             keepalive=self._keepalive,
             timeout=self._publish_timeout,
             tls_context=self._tls_context,
@@ -160,6 +242,7 @@ class MqttBus:
     async def _run(self) -> None:
         attempt = 0
         while not self._closing:
+            self._session_id = uuid.uuid4().hex[:12]
             client = self._new_client()
             try:
                 async with client:
@@ -175,7 +258,7 @@ class MqttBus:
                         )
                     attempt = 0
                     async for received in client.messages:
-                        await self._incoming.put(self._to_message(received))
+                        await self._incoming.put(self._to_message(client, received))
             except aiomqtt.MqttError as exc:
                 self._connected.clear()
                 self._client = None
@@ -208,8 +291,7 @@ class MqttBus:
                 self._connected.clear()
                 self._client = None
 
-    @staticmethod
-    def _to_message(received: aiomqtt.Message) -> Message:
+    def _to_message(self, client: _Client, received: aiomqtt.Message) -> Message:
         properties: dict[str, str] = {}
         user_properties = getattr(received.properties, "UserProperty", None)
         if user_properties:
@@ -219,7 +301,17 @@ class MqttBus:
             payload = payload.encode()
         elif not isinstance(payload, bytes | bytearray):
             payload = b"" if payload is None else str(payload).encode()
-        return Message(received.topic.value, bytes(payload), properties)
+        acknowledge = None
+        if self._manual_ack and received.qos > 0:
+            acknowledge = functools.partial(self._ack, client, received.mid, received.qos)
+        return Message(received.topic.value, bytes(payload), properties, acknowledge)
+
+    def _ack(self, client: _Client, mid: int, qos: int) -> None:
+        # An ack belongs to the connection that delivered the message: after a reconnect its
+        # id means nothing (a clean session dropped it, a resumed one redelivers it).
+        if client is self._client and self._connected.is_set():
+            with contextlib.suppress(Exception):
+                client.ack(mid, qos)
 
     async def publish(
         self, topic: str, payload: bytes, *, properties: Mapping[str, str] | None = None
@@ -232,11 +324,15 @@ class MqttBus:
             mqtt_properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             mqtt_properties.UserProperty = list(properties.items())
         try:
-            await client.publish(
-                topic, payload, qos=1, properties=mqtt_properties, timeout=self._publish_timeout
+            code = await client.publish_qos1(
+                topic, payload, mqtt_properties, wait=self._publish_timeout
             )
         except (aiomqtt.MqttError, TimeoutError) as exc:
             raise BusUnavailable(f"MQTT publish failed: {exc}") from exc
+        if code == NO_MATCHING_SUBSCRIBERS:
+            raise NoSubscribers(f"no subscriber for {topic}")
+        if code >= 0x80:
+            raise BusUnavailable(f"broker refused the publish (reason code {code})")
 
     async def subscribe(self, topic_filter: str) -> None:
         self._filters.add(topic_filter)

@@ -258,16 +258,16 @@ async def test_station_ids_with_colons_do_not_collide(
 
 async def test_idempotency_ttl_is_honoured(redis_client: aioredis.Redis, prefix: str) -> None:
     store = RedisIdempotencyStore(redis_client, prefix)
-    assert await store.claim("k", 0.2) is True
-    assert await store.claim("k", 0.2) is False
+    assert await store.claim("k", "a|w", 0.2) is True
+    assert await store.claim("k", "a|w", 0.2) is False
     await asyncio.sleep(0.3)
-    assert await store.claim("k", 0.2) is True
+    assert await store.claim("k", "a|w", 0.2) is True
     await store.complete("k", b"done", 0.2)
-    assert await store.claim("k", 0.2) == b"done"
+    assert await store.claim("k", "a|w", 0.2) == b"done"
     pttl = await redis_client.pttl(f"{prefix}idem:k")
     assert 0 < pttl <= 200
     await asyncio.sleep(0.3)
-    assert await store.claim("k", 10) is True
+    assert await store.claim("k", "a|w", 10) is True
 
 
 async def test_rejects_decoding_client(redis_url: str) -> None:
@@ -339,7 +339,7 @@ async def test_closed_port_raises_store_unavailable_promptly() -> None:
             lambda: RedisTokenStore(client).authorize("T"),
             lambda: RedisTransactionStore(client).next_transaction_id(),
             lambda: RedisTransactionStore(client).active("CS1"),
-            lambda: RedisIdempotencyStore(client).claim("k", 1),
+            lambda: RedisIdempotencyStore(client).claim("k", "a|w", 1),
         ]
         for call in calls:
             started = time.monotonic()

@@ -117,8 +117,10 @@ class Csms:
 
 
 async def _record(bus: MemoryBus, into: list[Message]) -> None:
+    """Everything published about stations (the gateway's own presence heartbeats aside)."""
     async for message in bus.messages():
-        into.append(message)
+        if "/gateways/" not in message.topic:
+            into.append(message)
 
 
 @contextlib.asynccontextmanager

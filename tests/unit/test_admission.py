@@ -238,6 +238,50 @@ def test_admission_rules(case: Case) -> None:
         assert result.headers == ()
 
 
+@pytest.mark.parametrize(
+    ("fields", "proven"),
+    [
+        ({"pending_password_hash": NEW_HASH}, NEW_HASH),
+        # The answer to an earlier rotation was lost; a newer one is pending.
+        ({"pending_password_hash": KEY_HASH, "unsettled_password_hashes": [NEW_HASH]}, NEW_HASH),
+        ({}, None),
+    ],
+)
+def test_login_with_a_rotated_password_proves_it(
+    fields: dict[str, object], proven: str | None
+) -> None:
+    credentials = NEW_CREDS if proven else CREDS
+    result = admit(
+        STATION,
+        "ocpp2.0.1",
+        PLAIN,
+        record(1, **fields),
+        unknown="reject",
+        credentials=credentials,
+        verify=_verify,
+    )
+    assert result.accepted
+    assert result.proven_password_hash == proven
+
+
+def test_a_refused_rotation_does_not_lock_out_a_station_using_an_unsettled_one() -> None:
+    stale = record(1, unsettled_password_hashes=[NEW_HASH])
+    result = admit(
+        STATION, "ocpp2.0.1", PLAIN, stale, unknown="reject", credentials=NEW_CREDS, verify=_verify
+    )
+    assert result.accepted and "answer was lost" in result.reason
+    wrong = admit(
+        STATION,
+        "ocpp2.0.1",
+        PLAIN,
+        stale,
+        unknown="reject",
+        credentials=(STATION, "not-the-password-1234"),
+        verify=_verify,
+    )
+    assert wrong.http_status == HTTPStatus.UNAUTHORIZED
+
+
 def test_default_verifier_is_scrypt() -> None:
     assert admit(STATION, "ocpp2.0.1", PLAIN, record(1), credentials=CREDS).accepted
     assert not admit(STATION, "ocpp2.0.1", PLAIN, record(1), credentials=(STATION, "x")).accepted

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from csms import rpc
-from csms.bus import Message
+from csms.bus import Message, NoSubscribers
 from csms.bus.memory import MemoryBroker, MemoryBus
 from csms.config import Settings
 from csms.envelope import (
@@ -421,8 +421,10 @@ async def test_disconnect_makes_calls_undelivered_and_unsubscribes(
     event = await manager.event(ConnectionEventKind.DISCONNECTED, connection=connection_id)
     assert event.reason and "disconnected" in event.reason
     assert gateway.connections == {}
-    # No longer subscribed: a call for the gone station reaches nobody here.
-    await manager.call("m3")
+    # No longer subscribed: the bus says at once that a call for the gone station reaches
+    # nobody, so its originator learns it without waiting for a timeout.
+    with pytest.raises(NoSubscribers):
+        await manager.call("m3")
     await asyncio.sleep(0.05)
     assert manager.nothing(Kind.UNDELIVERED)
 
@@ -634,3 +636,67 @@ async def test_shutdown_closes_sockets_and_reports(
         assert env.message_id == "m1"
         await manager.event(ConnectionEventKind.DISCONNECTED)
         await asyncio.wait_for(serving, 1)
+
+
+# -- presence and prompt refusals ----------------------------------------------------------
+
+
+async def test_station_call_is_answered_at_once_when_no_manager_subscribes(
+    broker: MemoryBroker,
+) -> None:
+    """After a broker restart, before the managers subscribed again, the broker says nobody
+    receives the Call (PUBACK reason code 16): the station gets its CallError now, not after
+    answer_timeout."""
+    settings = make_settings(answer_timeout=60.0)
+    async with (
+        broker.client() as bus,
+        Gateway(settings, bus, gateway_id="gw-1") as gw,
+        connect(gw.url_for("CP-1"), subprotocols=[V201]) as ws,
+    ):
+        await ws.send(json.dumps([2, "hb-1", "Heartbeat", {}]))
+        answer = await recv_json(ws, within=5.0)
+    assert answer[:4] == [4, "hb-1", "InternalError", "CSMS temporarily unavailable"]
+
+
+class SessionBus(MemoryBus):
+    """An in-process bus whose session id the test changes, as a broker reconnect does."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        super().__init__(broker, 1000)
+        self.session = "s1"
+
+    @property
+    def session_id(self) -> str:
+        return self.session
+
+
+async def test_gateway_renews_its_lease_and_announces_again_after_a_new_session(
+    broker: MemoryBroker, manager: Manager
+) -> None:
+    await manager.bus.subscribe("cs/gateways/#")
+    settings = make_settings(gateway_heartbeat_interval=0.05)
+    bus = SessionBus(broker)
+
+    async def presence(state: str) -> dict[str, Any]:
+        message = await manager.expect(
+            lambda m: m.topic == "cs/gateways/gw-1" and json.loads(m.payload)["state"] == state
+        )
+        return dict(json.loads(message.payload))
+
+    async with (
+        bus,
+        Gateway(settings, bus, gateway_id="gw-1") as gw,
+        connect(gw.url_for("CP-1"), subprotocols=[V201]),
+    ):
+        first = await manager.event(ConnectionEventKind.CONNECTED, "CP-1")
+        assert first.session == "s1"
+        alive = await presence("alive")
+        assert alive["lease"] == pytest.approx(0.15) and alive["session"] == "s1"
+        # The broker lost the gateway (its last will took CP-1 offline) and the bus
+        # reconnected: CP-1 is announced again, in the new session.
+        bus.session = "s2"
+        again = await manager.event(ConnectionEventKind.CONNECTED, "CP-1")
+        assert again.session == "s2" and again.connection == first.connection
+        assert (await presence("alive"))["stations"] == 1
+    gone = await presence("gone")
+    assert gone["session"] == "s2"

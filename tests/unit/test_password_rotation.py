@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import msgspec
 import pytest
 from structlog.testing import capture_logs
 
@@ -263,6 +264,7 @@ async def test_pending_hash_is_recorded_before_the_call_is_sent(
 ) -> None:
     bus = RecordingBus(services)
     async with bus:
+        await bus.subscribe(Topics().outbound_any_version(STATION))  # the station's gateway
         rotation = await rotate_password(
             CallMaker(bus, Topics(), origin="test"), services.stations, STATION, version
         )
@@ -329,7 +331,7 @@ async def test_accepted_answer_stores_the_requested_password_not_another_pending
         (Kind.RESULT, {"status": "Rejected"}),
         (Kind.RESULT, {"status": "RebootRequired"}),
         (Kind.ERROR, {"error_code": "NotSupported", "error_description": "no"}),
-        (Kind.TIMEOUT, {"error_description": "no answer within 30 s"}),
+        # Never written to the station (queue full, station already gone).
         (Kind.UNDELIVERED, {"error_description": "station gone"}),
     ],
 )
@@ -344,6 +346,36 @@ async def test_unaccepted_rotation_clears_its_pending_hash(
     )
     assert await pending_hash(services) is None
     assert await stored_hash(services) == OLD_HASH
+
+
+@pytest.mark.parametrize("version", [OCPP16, OCPP201])
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [
+        (Kind.TIMEOUT, {"error_description": "no answer within 30 s"}),
+        (Kind.UNDELIVERED, {"error_description": "station disconnected", "sent": True}),
+    ],
+)
+async def test_rotation_with_an_unknown_outcome_keeps_its_password_admissible(
+    services: Services, version: str, kind: Kind, fields: dict[str, Any]
+) -> None:
+    """The station may have taken the password although no answer says so (it answered too
+    late, or its socket closed after the call was written): clearing the pending hash would
+    lock it out at its next login."""
+    pending = await set_pending(services)
+    call = request(version)
+    fields = dict(fields)  # the parameter's dict is shared by both versions
+    if fields.pop("sent", False):
+        call = msgspec.structs.replace(call, sent_at=1.0)
+    with capture_logs() as logs:
+        await default_router(version).handle_result(
+            answer(version, call, kind, **fields), deps(services)
+        )
+    assert await pending_hash(services) == pending
+    assert await stored_hash(services) == OLD_HASH
+    (warning,) = [entry for entry in logs if entry["event"] == "password_change_unconfirmed"]
+    assert warning["log_level"] == "warning"
+    assert_no_secret(logs)
 
 
 @pytest.mark.parametrize("version", [OCPP16, OCPP201])
@@ -425,7 +457,11 @@ async def test_failed_rotation_call_leaves_the_registry_unchanged(
             answer(version, request(version), kind, **fields), deps(services)
         )
     assert await stored_hash(services) == OLD_HASH
-    warnings = [entry for entry in logs if entry["event"] == "password_not_changed"]
+    warnings = [
+        entry
+        for entry in logs
+        if entry["event"] in ("password_not_changed", "password_change_unconfirmed")
+    ]
     assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
     assert_no_secret(logs)
 

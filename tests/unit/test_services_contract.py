@@ -7,6 +7,7 @@ Redis by overriding the fixtures below, so both implementations answer the same 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 
 import msgspec
@@ -21,6 +22,7 @@ from services.memory import (
     MemoryTransactionStore,
 )
 from services.models import (
+    MAX_UNSETTLED_PASSWORDS,
     AuthorizationStatus,
     BootInfo,
     ConnectorStatus,
@@ -35,6 +37,8 @@ from services.models import (
 from services.rules import parse_time
 
 NOW = dt.datetime(2026, 1, 15, 12, 0, tzinfo=dt.UTC)
+T1 = "2026-01-15T12:00:00Z"
+T2 = "2026-01-15T12:00:05Z"
 TokenStoreFactory = Callable[..., TokenStore]
 
 
@@ -287,9 +291,91 @@ async def test_clearing_a_pending_hash_spares_a_newer_one(registry: StationRegis
     await registry.provision("CS1", RegistrationStatus.ACCEPTED)
     assert await registry.set_pending_password_hash("CS1", HASH_A) is True
     assert await registry.set_pending_password_hash("CS1", HASH_B) is True  # newer rotation
-    assert await registry.set_pending_password_hash("CS1", None, replacing=HASH_A) is False
+    # A's refusal arrives late: A stops being admissible, B stays pending.
+    assert await registry.set_pending_password_hash("CS1", None, replacing=HASH_A) is True
     stored = await registry.get("CS1")
     assert stored is not None and stored.pending_password_hash == HASH_B
+    assert stored.unsettled_password_hashes == []
+    assert await registry.set_pending_password_hash("CS1", None, replacing=HASH_A) is False
+
+
+async def test_a_new_rotation_keeps_the_unsettled_one_admissible(
+    registry: StationRegistry,
+) -> None:
+    """The answer to rotation A was lost (the station may use A); rotation B must not make A
+    inadmissible, or the station is locked out when it rejects B."""
+    await registry.provision("CS1", RegistrationStatus.ACCEPTED)
+    await registry.set_pending_password_hash("CS1", HASH_A)
+    await registry.set_pending_password_hash("CS1", HASH_B)
+    stored = await registry.get("CS1")
+    assert stored is not None
+    assert stored.pending_password_hash == HASH_B
+    assert stored.unsettled_password_hashes == [HASH_A]
+    # B refused: A is still accepted until the station proves what it uses.
+    await registry.set_pending_password_hash("CS1", None, replacing=HASH_B)
+    stored = await registry.get("CS1")
+    assert stored is not None and stored.pending_password_hash is None
+    assert stored.unsettled_password_hashes == [HASH_A]
+    # The station logs in with A: A becomes current, nothing stays unsettled.
+    assert await registry.promote_password_hash("CS1", HASH_A) is True
+    stored = await registry.get("CS1")
+    assert stored is not None and stored.password_hash == HASH_A
+    assert stored.unsettled_password_hashes == [] and stored.pending_password_hash is None
+    # A stale promotion of a hash that is neither pending nor unsettled changes nothing.
+    assert await registry.promote_password_hash("CS1", HASH_B) is False
+    stored = await registry.get("CS1")
+    assert stored is not None and stored.password_hash == HASH_A
+
+
+async def test_unsettled_hashes_are_bounded(registry: StationRegistry) -> None:
+    await registry.provision("CS1", RegistrationStatus.ACCEPTED)
+    hashes = [hash_password(f"password-{index:04d}-xyz") for index in range(7)]
+    for value in hashes:
+        await registry.set_pending_password_hash("CS1", value)
+    stored = await registry.get("CS1")
+    assert stored is not None and stored.pending_password_hash == hashes[-1]
+    assert stored.unsettled_password_hashes == hashes[-1 - MAX_UNSETTLED_PASSWORDS : -1]
+
+
+async def test_gateway_gone_takes_its_stations_offline(registry: StationRegistry) -> None:
+    await registry.mark_connected("CS1", "ocpp2.0.1", "gw-a", "c1", T1, session="s1")
+    await registry.mark_connected("CS2", "ocpp2.0.1", "gw-a", "c2", T1, session="s1")
+    await registry.mark_connected("CS3", "ocpp2.0.1", "gw-b", "c3", T1, session="s9")
+    # CS2 moved to another gateway since.
+    await registry.mark_connected("CS2", "ocpp2.0.1", "gw-b", "c4", T2, session="s9")
+    assert await registry.gateway_gone("gw-a", T2, session="s1") == ["CS1"]
+    cs1, cs2, cs3 = [await registry.get(name) for name in ("CS1", "CS2", "CS3")]
+    assert cs1 is not None and not cs1.online and cs1.gateway is None
+    assert cs2 is not None and cs2.online and cs2.gateway == "gw-b"
+    assert cs3 is not None and cs3.online
+    assert await registry.gateway_gone("gw-a", T2) == []
+
+
+async def test_a_late_last_will_spares_stations_announced_again(
+    registry: StationRegistry,
+) -> None:
+    """The gateway reconnected to the broker (new session) and announced its station again
+    before a manager handled the old session's last will."""
+    await registry.mark_connected("CS1", "ocpp2.0.1", "gw-a", "c1", T1, session="s1")
+    await registry.mark_connected("CS1", "ocpp2.0.1", "gw-a", "c1", T1, session="s2")
+    assert await registry.gateway_gone("gw-a", T2, session="s1") == []
+    record = await registry.get("CS1")
+    assert record is not None and record.online
+    # The gateway keeps its lease for the stations of its new session.
+    assert await registry.expired_gateways(time.time()) == []
+
+
+async def test_gateway_leases_expire(registry: StationRegistry) -> None:
+    now = time.time()
+    await registry.mark_connected("CS1", "ocpp2.0.1", "gw-a", "c1", T1)
+    await registry.gateway_alive("gw-a", now + 100)
+    assert await registry.expired_gateways(now + 99) == []
+    assert await registry.expired_gateways(now + 101) == ["gw-a"]
+    await registry.gateway_alive("gw-a", now + 200)  # renewed
+    assert await registry.expired_gateways(now + 101) == []
+    await registry.gateway_alive("gw-a", now + 100)
+    assert await registry.gateway_gone("gw-a", T2) == ["CS1"]
+    assert await registry.expired_gateways(now + 101) == []
 
 
 async def test_pending_password_hash_never_creates_a_station(registry: StationRegistry) -> None:
@@ -515,25 +601,38 @@ async def test_failing_change_stores_nothing(transactions: TransactionStore) -> 
 
 async def test_claim_complete_replay(idempotency: IdempotencyStore) -> None:
     assert isinstance(idempotency, IdempotencyStore)
-    assert await idempotency.claim("k", 60) is True
-    assert await idempotency.claim("k", 60) is False
+    assert await idempotency.claim("k", "attempt-1|w1", 60) is True
+    assert await idempotency.claim("k", "attempt-1|w1", 60) is False  # same owner: a copy
     await idempotency.complete("k", b'[3,"1",{}]', 60)
-    assert await idempotency.claim("k", 60) == b'[3,"1",{}]'
-    assert await idempotency.claim("k", 60) == b'[3,"1",{}]'
+    assert await idempotency.claim("k", "attempt-1|w1", 60) == b'[3,"1",{}]'
+    assert await idempotency.claim("k", "attempt-2|w2", 60) == b'[3,"1",{}]'
+
+
+async def test_claim_of_another_attempt_is_taken_over(idempotency: IdempotencyStore) -> None:
+    """A claim left by a crashed worker, or applied by a stalled store after the client gave
+    up, must not swallow the station's retry (a new attempt) nor a copy redelivered to
+    another worker."""
+    assert await idempotency.claim("k", "attempt-1|w1", 60) is True  # w1 dies holding it
+    assert await idempotency.claim("k", "attempt-2|w2", 60) is True  # the retry is handled
+    assert await idempotency.claim("k", "attempt-2|w2", 60) is False
+    assert await idempotency.claim("k", "attempt-2|w3", 60) is True  # redelivered elsewhere
+    # The old owner's release cannot drop the new owner's claim.
+    await idempotency.release("k", "attempt-2|w2")
+    assert await idempotency.claim("k", "attempt-2|w3", 60) is False
 
 
 async def test_release_lets_a_retry_work_but_keeps_answers(idempotency: IdempotencyStore) -> None:
-    assert await idempotency.claim("k", 60) is True
-    await idempotency.release("k")
-    assert await idempotency.claim("k", 60) is True
+    assert await idempotency.claim("k", "a|w", 60) is True
+    await idempotency.release("k", "a|w")
+    assert await idempotency.claim("k", "a|w", 60) is True
     await idempotency.complete("k", b"A", 60)
-    await idempotency.release("k")
-    assert await idempotency.claim("k", 60) == b"A"
-    await idempotency.release("never-claimed")
+    await idempotency.release("k", "a|w")
+    assert await idempotency.claim("k", "a|w", 60) == b"A"
+    await idempotency.release("never-claimed", "a|w")
 
 
 async def test_empty_and_marker_like_answers_round_trip(idempotency: IdempotencyStore) -> None:
     for key, answer in (("e", b""), ("p", b"P"), ("a", b"A")):
-        assert await idempotency.claim(key, 60) is True
+        assert await idempotency.claim(key, "a|w", 60) is True
         await idempotency.complete(key, answer, 60)
-        assert await idempotency.claim(key, 60) == answer
+        assert await idempotency.claim(key, "a|w", 60) == answer

@@ -23,6 +23,7 @@ async def test_memory_services_with_preloaded_tokens_and_stations() -> None:
         tokens=[
             TokenSettings(id_token="A"),
             TokenSettings(id_token="B", status="Blocked", group_id="g"),
+            TokenSettings(id_token="R", token_type="ISO14443"),
         ],
         stations=[StationSettings(station_id="CS1", registration="Pending")],
     )
@@ -34,6 +35,9 @@ async def test_memory_services_with_preloaded_tokens_and_stations() -> None:
         blocked = await services.tokens.authorize("B")
         assert (blocked.status, blocked.group_id) == (AuthorizationStatus.BLOCKED, "g")
         assert (await services.tokens.authorize("C")).status is AuthorizationStatus.UNKNOWN
+        # A configured token type is kept: the token is accepted for that type only.
+        assert (await services.tokens.authorize("R", "ISO14443")).status.value == "Accepted"
+        assert (await services.tokens.authorize("R", "eMAID")).status.value == "Unknown"
         station = await services.stations.get("CS1")
         assert station is not None
         assert (station.known, station.registration) == (True, RegistrationStatus.PENDING)

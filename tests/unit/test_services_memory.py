@@ -25,26 +25,26 @@ class FakeClock:
 async def test_idempotency_ttl_expires_claims_and_answers() -> None:
     clock = FakeClock()
     store = MemoryIdempotencyStore(clock=clock)
-    assert await store.claim("k", 5) is True
+    assert await store.claim("k", "a|w", 5) is True
     clock.now += 4.9
-    assert await store.claim("k", 5) is False
+    assert await store.claim("k", "a|w", 5) is False
     clock.now += 0.2
     # The claim expired (a worker died mid-way): the next one may take it.
-    assert await store.claim("k", 5) is True
+    assert await store.claim("k", "a|w", 5) is True
     await store.complete("k", b"answer", 10)
     clock.now += 9.9
-    assert await store.claim("k", 5) == b"answer"
+    assert await store.claim("k", "a|w", 5) == b"answer"
     clock.now += 0.2
-    assert await store.claim("k", 5) is True
+    assert await store.claim("k", "a|w", 5) is True
 
 
 async def test_idempotency_sweeps_expired_entries() -> None:
     clock = FakeClock()
     store = MemoryIdempotencyStore(clock=clock, sweep_every=10)
     for index in range(9):
-        await store.claim(f"k{index}", 1)
+        await store.claim(f"k{index}", "a|w", 1)
     clock.now += 2
-    await store.claim("last", 1)  # the 10th claim sweeps
+    await store.claim("last", "a|w", 1)  # the 10th claim sweeps
     assert list(store._entries) == ["last"]
 
 

@@ -8,6 +8,7 @@ import random
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from structlog.testing import capture_logs
 
@@ -18,6 +19,8 @@ from csms.envelope import (
     ConnectionEvent,
     ConnectionEventKind,
     Envelope,
+    GatewayPresence,
+    GatewayState,
     Kind,
     OriginalCall,
     decode_envelope,
@@ -26,6 +29,7 @@ from csms.envelope import (
 from csms.rpc import OCPP16, OCPP201, RpcError
 from csms.topics import Topics
 from manager.context import CallContext, CallHandler, OcppError, ResultContext, ResultHandler
+from manager.idempotency import claim_owner, idempotency_key
 from manager.worker import Manager
 from services import Services, StoreUnavailable
 from services.memory import (
@@ -140,7 +144,10 @@ async def running(
     concurrency: int = 32,
     **kwargs: Any,
 ) -> AsyncIterator[Manager]:
-    settings = Settings(manager_concurrency=concurrency)
+    settings = Settings(
+        manager_concurrency=concurrency,
+        gateway_heartbeat_interval=kwargs.pop("gateway_heartbeat_interval", 5.0),
+    )
     async with (
         broker.client() as bus,
         Manager(
@@ -257,20 +264,47 @@ async def test_same_message_id_with_other_payload_is_not_a_duplicate(
     assert [p["data"] for p in seen] == ["a", "b"]
 
 
-async def test_duplicate_in_progress_elsewhere_is_dropped(
+async def test_copy_of_a_call_in_progress_here_is_dropped(
     broker: MemoryBroker, station: StationSide
 ) -> None:
+    """A redelivered copy of the delivery attempt this instance is handling already."""
     store = MemoryIdempotencyStore()
     call = heartbeat_call()
     heartbeat = CountingHeartbeat()
-    async with running(broker, make_services(store), handlers={"Heartbeat": heartbeat}) as m:
-        from manager.idempotency import idempotency_key
-
-        assert await store.claim(idempotency_key(call), 60) is True  # another worker's claim
+    async with running(
+        broker, make_services(store), handlers={"Heartbeat": heartbeat}, instance_id="w1"
+    ) as m:
+        owner = claim_owner(call, "w1")
+        assert await store.claim(idempotency_key(call), owner, 60) is True
         await station.send(call)
         await station.nothing()
         assert m.stats.duplicates_dropped == 1
     assert heartbeat.runs == []
+
+
+@pytest.mark.parametrize("holder", ["another attempt", "another worker"])
+async def test_stale_claim_does_not_swallow_a_retry(
+    broker: MemoryBroker, station: StationSide, holder: str
+) -> None:
+    """A claim left by a crashed worker (or applied late by a stalled store) must not make
+    the station's retry wait for the claim to expire: the retry is handled at once."""
+    store = MemoryIdempotencyStore()
+    call = heartbeat_call()
+    heartbeat = CountingHeartbeat()
+    stale = (
+        claim_owner(msgspec.structs.replace(call, at=call.at - 25), "w1")
+        if holder == "another attempt"
+        else claim_owner(call, "crashed-worker")
+    )
+    assert await store.claim(idempotency_key(call), stale, 60) is True
+    async with running(
+        broker, make_services(store), handlers={"Heartbeat": heartbeat}, instance_id="w1"
+    ) as m:
+        await station.send(call)
+        _, answer = await station.receive()
+        assert answer.kind is Kind.RESULT
+        assert m.stats.duplicates_dropped == 0
+    assert len(heartbeat.runs) == 1
 
 
 async def test_internal_error_is_not_stored_and_next_message_works(
@@ -318,7 +352,7 @@ async def test_ocpp_error_answers_are_stored(broker: MemoryBroker, station: Stat
 
 
 class DownStore:
-    async def claim(self, key: str, ttl: float) -> bool:
+    async def claim(self, key: str, owner: str, ttl: float) -> bool:
         raise StoreUnavailable("redis down")
 
     async def complete(self, key: str, answer: bytes, ttl: float) -> None:
@@ -566,6 +600,110 @@ async def test_connection_events_update_the_registry(
         assert not record.online
         assert record.disconnected_at == "2023-11-14T22:13:40.000Z"
         assert m.stats.events == 4
+
+
+class FlakyRegistry(MemoryStationRegistry):
+    """A registry whose writes fail while ``down`` (a Redis outage)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    async def mark_connected(self, *args: Any, **kwargs: Any) -> None:
+        if self.down:
+            raise StoreUnavailable("redis down")
+        await super().mark_connected(*args, **kwargs)
+
+
+async def test_connection_events_refused_by_the_store_are_retried(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    registry = FlakyRegistry()
+    services = make_services()
+    services.stations = registry
+    async with running(broker, services) as m:
+        await station.event(
+            ConnectionEvent(
+                kind=ConnectionEventKind.CONNECTED,
+                station="CP1",
+                version=OCPP201,
+                gateway="gw-1",
+                connection="conn-1",
+            )
+        )
+        await asyncio.sleep(0.05)
+        await m.idle()
+        assert await registry.get("CP1") is None
+        registry.down = False  # Redis is back: the housekeeping retry stores it
+        for _ in range(100):
+            record = await registry.get("CP1")
+            if record is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert record is not None and record.online and record.connection == "conn-1"
+        assert m.stats.event_retries == 1
+
+
+async def test_messages_are_acknowledged_only_once_handled(broker: MemoryBroker) -> None:
+    """So that a broker that redelivers unacknowledged messages can give the work of a
+    manager that died half way to another."""
+    release = asyncio.Event()
+    acked: list[str] = []
+
+    async def slow_heartbeat(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+        assert acked == []  # not acknowledged on receipt
+        await release.wait()
+        return {"currentTime": "2026-01-01T00:00:00Z"}
+
+    async with (
+        running(broker, handlers={"Heartbeat": slow_heartbeat}) as m,
+        broker.client() as gateway,
+    ):
+        await gateway.subscribe(TOPICS.outbound_any_version("CP1"))
+        call = heartbeat_call()
+        # Deliver straight into the manager's queue with an acknowledgement callback, as the
+        # MQTT bus does with manual acknowledgement.
+        m.bus._queue.put_nowait(  # type: ignore[attr-defined]
+            Message(
+                TOPICS.inbound(call.version, call.station),
+                encode(call),
+                {},
+                lambda: acked.append("m1"),
+            )
+        )
+        await asyncio.sleep(0.05)
+        assert acked == [] and m.pending == 1
+        release.set()
+        await m.idle()
+        assert acked == ["m1"]
+
+
+async def test_gateway_presence_takes_stations_offline(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    services = make_services()
+    registry = services.stations
+    async with running(broker, services, gateway_heartbeat_interval=0.05) as m:
+        await registry.mark_connected("CP1", OCPP201, "gw-1", "c1", "2026-01-01T00:00:00Z")
+        await registry.mark_connected("CP2", OCPP201, "gw-2", "c2", "2026-01-01T00:00:00Z")
+        # gw-1's broker connection died: the broker publishes its last will.
+        gone = GatewayPresence(state=GatewayState.GONE, gateway="gw-1")
+        await station.bus.publish(TOPICS.gateway_presence("gw-1"), encode(gone))
+        await asyncio.sleep(0.05)
+        await m.idle()
+        cp1, cp2 = await registry.get("CP1"), await registry.get("CP2")
+        assert cp1 is not None and not cp1.online
+        assert cp2 is not None and cp2.online
+        # gw-2 stops renewing its lease (frozen, or killed while no manager heard its will).
+        alive = GatewayPresence(state=GatewayState.ALIVE, gateway="gw-2", lease=0.01)
+        await station.bus.publish(TOPICS.gateway_presence("gw-2"), encode(alive))
+        for _ in range(100):
+            cp2 = await registry.get("CP2")
+            if cp2 is not None and not cp2.online:
+                break
+            await asyncio.sleep(0.05)
+        assert cp2 is not None and not cp2.online
+        assert m.stats.gateways_expired == 2
 
 
 def test_default_wiring_loads_the_project_handlers() -> None:
