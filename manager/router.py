@@ -20,6 +20,7 @@ import ocpp_schemas
 from csms.config import Settings
 from csms.envelope import Envelope, Kind
 from csms.rpc import OCPP16, OCPP201, RpcError, error_code
+from manager import common
 from manager.call_maker import CallMaker
 from manager.context import (
     CallContext,
@@ -31,6 +32,7 @@ from manager.context import (
 from ocpp_schemas import Direction, SchemaViolation
 from services import Services, StoreUnavailable
 
+BOOT_NOTIFICATION = "BootNotification"
 MAX_DESCRIPTION = 255
 """OCPP-J caps errorDescription at 255 characters."""
 
@@ -171,6 +173,29 @@ class Router:
             ), None
         return None, handler
 
+    async def registration_rejection(self, envelope: Envelope, deps: Deps) -> Envelope | None:
+        """The SecurityError a station that is not Accepted gets for this Call, or None.
+
+        For Calls refused before any handler runs (unknown action, no handler, schema
+        violation): a Pending or Rejected station learns nothing about what the CSMS would
+        accept from it (B02.FR.09, B03.FR.07). Handlers check the registration themselves
+        for the Calls that reach them, so valid Calls cost no extra read here. None too when
+        the registry cannot be read: the refusal then stands as it is.
+        """
+        action = envelope.action or ""
+        if action == BOOT_NOTIFICATION:
+            return None
+        ctx = self._context(envelope, deps, _log)
+        try:
+            registration = await common.current_registration(ctx)
+        except Exception as exc:
+            _log.debug("registration not checked", station=envelope.station, error=str(exc))
+            return None
+        refusal = common.registration_refusal(registration, action)
+        if refusal is None:
+            return None
+        return error_answer(envelope, self.code(refusal.error), refusal.description)
+
     async def handle_call(self, envelope: Envelope, deps: Deps) -> Envelope:
         """Answer a station Call; never raises (faults become CallErrors)."""
         rejection, handler = self.check_call(envelope)
@@ -188,19 +213,7 @@ class Router:
             action=action,
             message_id=envelope.message_id,
         )
-        ctx = CallContext(
-            station_id=envelope.station,
-            version=self.version,
-            message_id=envelope.message_id,
-            action=action,
-            services=deps.services,
-            settings=deps.settings,
-            calls=deps.calls,
-            log=log,
-            connection=envelope.connection,
-            gateway=envelope.gateway,
-            meta=envelope.meta,
-        )
+        ctx = self._context(envelope, deps, log)
         try:
             response = await handler(ctx, envelope.payload)
         except OcppError as exc:
@@ -226,6 +239,21 @@ class Router:
             )
             return error_answer(envelope, self.code(RpcError.INTERNAL_ERROR), "internal error")
         return result_answer(envelope, response)
+
+    def _context(self, envelope: Envelope, deps: Deps, log: Any) -> CallContext:
+        return CallContext(
+            station_id=envelope.station,
+            version=self.version,
+            message_id=envelope.message_id,
+            action=envelope.action or "",
+            services=deps.services,
+            settings=deps.settings,
+            calls=deps.calls,
+            log=log,
+            connection=envelope.connection,
+            gateway=envelope.gateway,
+            meta=envelope.meta,
+        )
 
     def result_context(self, envelope: Envelope, deps: Deps) -> ResultContext | None:
         """Build the context of a station's answer (or its absence) to a CSMS call.

@@ -322,8 +322,9 @@ class Manager:
         rejection, handler = router.check_call(envelope)
         if handler is None:
             # Deterministic refusals need no idempotency round trip and work during a store
-            # outage.
+            # outage; a station that is not Accepted gets SecurityError instead.
             assert rejection is not None
+            rejection = await router.registration_rejection(envelope, self.deps) or rejection
             await self._answer(rejection)
             await self._touch(envelope)
             return

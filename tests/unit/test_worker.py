@@ -38,7 +38,7 @@ from services.memory import (
     MemoryTokenStore,
     MemoryTransactionStore,
 )
-from services.models import StationRecord
+from services.models import RegistrationStatus, StationRecord
 from services.tariff import ConfiguredTariff
 
 TOPICS = Topics()
@@ -201,7 +201,11 @@ async def test_both_versions_are_routed(broker: MemoryBroker, station: StationSi
 
 
 async def test_refusals_are_answered(broker: MemoryBroker, station: StationSide) -> None:
-    async with running(broker, handlers={"Heartbeat": CountingHeartbeat()}):
+    services = make_services()
+    await services.stations.put(
+        StationRecord(station_id="CP1", registration=RegistrationStatus.ACCEPTED)
+    )
+    async with running(broker, services, handlers={"Heartbeat": CountingHeartbeat()}):
         await station.send(heartbeat_call(action="Reset", payload={"type": "Hard"}))
         _, answer = await station.receive()
         assert (answer.kind, answer.error_code) == (Kind.ERROR, "NotSupported")
@@ -209,6 +213,41 @@ async def test_refusals_are_answered(broker: MemoryBroker, station: StationSide)
         _, answer = await station.receive()
         assert answer.error_code == "FormationViolation"
         assert answer.error_details == {"field": "", "rule": "additionalProperties"}
+
+
+@pytest.mark.parametrize("registration", [RegistrationStatus.PENDING, RegistrationStatus.REJECTED])
+async def test_station_not_accepted_learns_nothing_from_refusals(
+    broker: MemoryBroker, station: StationSide, registration: RegistrationStatus
+) -> None:
+    """B02.FR.09 / B03.FR.07: the registration is checked before the schema, so a station
+    that is not Accepted cannot probe which payloads or actions the CSMS would take."""
+    services = make_services()
+    await services.stations.put(StationRecord(station_id="CP1", registration=registration))
+    async with running(
+        broker,
+        services,
+        handlers={
+            "Heartbeat": CountingHeartbeat(),
+            "Authorize": ok_handler,
+            "BootNotification": ok_handler,
+        },
+    ):
+        for index, (action, payload) in enumerate(
+            [("Authorize", {"idTag": 5}), ("Reset", {"type": "Hard"}), ("NoSuchAction", {})]
+        ):
+            await station.send(
+                heartbeat_call(message_id=f"m{index}", action=action, payload=payload)
+            )
+            _, answer = await station.receive()
+            assert (answer.kind, answer.error_code) == (Kind.ERROR, "SecurityError"), action
+        # BootNotification keeps its schema answer: it is how a station gets registered.
+        await station.send(heartbeat_call(message_id="b", action="BootNotification", payload={}))
+        _, answer = await station.receive()
+        assert answer.error_code == "OccurenceConstraintViolation"
+
+
+async def ok_handler(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"idTagInfo": {"status": "Accepted"}}
 
 
 async def test_last_seen_is_touched(broker: MemoryBroker, station: StationSide) -> None:
