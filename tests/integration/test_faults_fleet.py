@@ -21,7 +21,11 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 
+from csms.bus import NoSubscribers
+from csms.bus.mqtt import MqttBus
 from csms.envelope import Envelope, Kind
+from csms.topics import Topics
+from manager.call_maker import CallMaker
 from manager.idempotency import idempotency_key
 from services.redis_store import RedisStationRegistry
 from tests.integration.fleet import CsmsProcess, Fleet
@@ -213,3 +217,19 @@ async def test_calls_are_answered_promptly_while_a_manager_is_killed(fleet: Flee
     finally:
         for ws in sockets:
             await ws.close()
+
+
+async def test_a_call_to_a_station_no_gateway_holds_fails_at_once(fleet: Fleet) -> None:
+    """Its originator learns at once that nobody will deliver it, instead of never hearing
+    of it again (a station that only looks online, or has just left)."""
+    station = f"OFF-{uuid.uuid4().hex[:6]}"
+    async with MqttBus(fleet.mqtt_url) as bus:
+        assert await bus.wait_connected(10)
+        calls = CallMaker(bus, Topics(prefix=fleet.prefix))
+        with pytest.raises(NoSubscribers):
+            await calls.call(station, "ocpp2.0.1", "Reset", {"type": "Immediate"})
+        async with websockets.connect(fleet.url(station), subprotocols=["ocpp2.0.1"]) as ws:  # type: ignore[list-item]
+            assert (await call(ws, "hb-1"))[0] == 3
+            message_id = await calls.call(station, "ocpp2.0.1", "Reset", {"type": "Immediate"})
+            request = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert request[:3] == [2, message_id, "Reset"]

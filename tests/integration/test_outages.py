@@ -63,11 +63,17 @@ async def heartbeat(ws: Any, message_id: str) -> list[Any]:
 
 
 async def until_answered(ws: Any, prefix: str) -> list[Any]:
-    """Heartbeat until one gets a CallResult; returns it."""
+    """Heartbeat until one gets a CallResult; returns it.
+
+    Every answer on the way is prompt: a CallError saying what is unavailable, never the
+    gateway giving up on a Call that vanished ("did not answer in time": a Call published
+    while no manager was subscribed yet, after a broker restart, used to be lost silently).
+    """
     for attempt in range(RECOVERY_ATTEMPTS):
         answer = await heartbeat(ws, f"{prefix}-{attempt}")
         if answer[0] == 3:
             return answer
+        assert "did not answer in time" not in answer[3], answer
         await asyncio.sleep(0.5)
     raise AssertionError(f"the fleet did not recover: last answer {answer}")
 

@@ -396,3 +396,64 @@ async def test_16_station_reconnecting_at_once_with_its_new_key_is_admitted(
     with pytest.raises(InvalidStatus) as refused:
         await connect(fleet, "ocpp1.6", station_id, old_password)
     assert refused.value.response.status_code == 401
+
+
+class LateStation201(Station201):
+    """Takes the new password, but answers after the gateway's call timeout (5 s here): the
+    CSMS never learns that it did."""
+
+    delay = 0.0
+
+    @on("SetVariables")
+    async def on_set_variables(
+        self, set_variable_data: list[dict[str, Any]], **_: Any
+    ) -> result201.SetVariables:
+        result = await super().on_set_variables(set_variable_data)
+        await asyncio.sleep(self.delay)
+        return result
+
+
+async def test_a_lost_rotation_outcome_never_locks_the_station_out(
+    fleet: Fleet, registry: RedisStationRegistry
+) -> None:
+    """Rotation 1 is taken by the station but its answer comes too late; rotation 2 is
+    rejected. The station uses password 1: it must still get in, and its login settles it."""
+    old_password = _password()
+    station_id = await register(fleet, "ocpp2.0.1", old_password)
+    ws = await websockets.connect(
+        fleet.url(station_id),
+        subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+        additional_headers=_basic(station_id, old_password),
+    )
+    station = LateStation201(station_id, ws, response_timeout=10)
+    station.passwords, station.delay = [], 7.0
+    connected = Connected(station, ws, asyncio.create_task(station.start()))
+    try:
+        boot = await station.call(
+            call201.BootNotification(
+                charging_station={"model": "M", "vendor_name": "V"}, reason="PowerUp"
+            )
+        )
+        assert boot.status == "Accepted"
+        await wait_online(registry, station_id)
+        first = await cli(fleet, "station", "rotate-password", station_id, "--wait", "20")
+        assert first.returncode != 0 and "did not answer" in first.stderr, first.stderr
+        (taken,) = station.passwords
+        await asyncio.sleep(station.delay)  # its late answer is dropped by the gateway
+        station.status, station.delay = "Rejected", 0.0
+        second = await cli(fleet, "station", "rotate-password", station_id, "--wait", "20")
+        assert second.returncode == 1 and "Rejected" in second.stderr, second.stderr
+    finally:
+        await connected.close()
+    again = await connect(fleet, "ocpp2.0.1", station_id, taken)
+    await again.close()
+    for _ in range(100):
+        record = await registry.get(station_id)
+        if record is not None and verify_password(taken, record.password_hash or ""):
+            break
+        await asyncio.sleep(0.1)
+    assert record is not None and verify_password(taken, record.password_hash or "")
+    assert record.pending_password_hash is None and record.unsettled_password_hashes == []
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(fleet, "ocpp2.0.1", station_id, old_password)
+    assert refused.value.response.status_code == 401
