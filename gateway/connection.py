@@ -13,10 +13,10 @@ The pipe's reports, and unexpected exceptions while handling this connection's t
 thousands of bad frames produces one line per kind and ``REPORT_INTERVAL``, with the count of
 those suppressed.
 
-MQTT user properties of every publish are percent-encoded (:func:`property_text`): they hold
-text stations and originators chose (message ids, actions, station ids, meta), and a broker
-drops the connection of a client sending a string MQTT v5 forbids, which would cut off every
-station of the gateway. The envelope, JSON in the payload, carries the exact values.
+MQTT user properties of every publish are percent-encoded (:func:`csms.bus.property_text`):
+they hold text stations and originators chose (message ids, actions, station ids, meta), and
+a broker drops the connection of a client sending a string MQTT v5 forbids, which would cut
+off every station of the gateway. The envelope, JSON in the payload, carries the exact values.
 """
 
 from __future__ import annotations
@@ -27,20 +27,19 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
-from urllib.parse import quote
 
 import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from csms.bus import Bus, BusUnavailable
+from csms.bus import Bus, BusUnavailable, property_text
 from csms.envelope import Envelope, encode
 from csms.topics import Topics
 from gateway.limits import LogThrottle, format_peer
 from gateway.pipe import Action, Disconnect, Pipe, Publish, Report, SendToStation
 
-__all__ = ["Connection", "property_text"]
+__all__ = ["Connection"]
 
 _T = TypeVar("_T")
 
@@ -50,18 +49,6 @@ gateway with frames is slowed down to the pace at which its frames can be handle
 
 REPORT_INTERVAL = 10.0
 """Seconds between two log lines of the same kind from one connection."""
-
-_PROPERTY_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
-"""Kept as is in MQTT properties: printable ASCII but ``%``."""
-
-
-def property_text(text: str) -> str:
-    """``text`` percent-encoded (UTF-8) into printable ASCII, reversible with
-    :func:`urllib.parse.unquote`; ids such as ``CP-1`` or ``BootNotification`` are unchanged.
-    Lone surrogates, which UTF-8 cannot encode, are encoded as their code units."""
-    if text.isascii() and text.isprintable() and "%" not in text and " " not in text:
-        return text
-    return quote(text, safe=_PROPERTY_SAFE, errors="surrogatepass")
 
 
 def _mqtt_properties(envelope: Envelope, station: str) -> dict[str, str]:

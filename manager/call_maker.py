@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from csms.bus import Bus
+from csms.bus import Bus, property_text
 from csms.envelope import Envelope, Kind, encode
 from csms.topics import Topics
 from ocpp_schemas import Direction, validate
@@ -61,6 +61,6 @@ class CallMaker:
         await self._bus.publish(
             self._topics.outbound(version, station_id),
             encode(envelope),
-            properties={"action": action, "message_id": message_id},
+            properties={"action": property_text(action), "message_id": message_id},
         )
         return message_id

@@ -28,7 +28,7 @@ import msgspec
 import structlog
 
 import ocpp_schemas
-from csms.bus import Bus, BusUnavailable, Message
+from csms.bus import Bus, BusUnavailable, Message, property_text
 from csms.config import Settings
 from csms.envelope import (
     ConnectionEvent,
@@ -407,7 +407,10 @@ class Manager:
             await self.bus.publish(
                 self.topics.outbound(answer.version, answer.station),
                 encoded,
-                properties={"message_id": answer.message_id, "station": answer.station},
+                properties={
+                    "message_id": property_text(answer.message_id),
+                    "station": property_text(answer.station),
+                },
             )
         except BusUnavailable as exc:
             self.stats.publish_failures += 1

@@ -12,6 +12,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import quote
+
+_PROPERTY_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
+"""Kept as is in MQTT properties: printable ASCII but ``%``."""
+
+
+def property_text(text: str) -> str:
+    """``text`` percent-encoded (UTF-8) into printable ASCII, reversible with
+    :func:`urllib.parse.unquote`; ids such as ``CP-1`` or ``BootNotification`` are unchanged.
+    Lone surrogates, which UTF-8 cannot encode, are encoded as their code units.
+
+    Every MQTT user property a process publishes goes through this: a broker drops the
+    connection of a client that sends a string MQTT v5 forbids (control characters,
+    noncharacters), which would cut off everything that process serves.
+    """
+    if text.isascii() and text.isprintable() and "%" not in text and " " not in text:
+        return text
+    return quote(text, safe=_PROPERTY_SAFE, errors="surrogatepass")
 
 
 class BusUnavailable(Exception):
