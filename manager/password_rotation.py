@@ -354,7 +354,11 @@ async def apply_result(ctx: ResultContext) -> bool:
         return False
     # The pending hash, when it is this password's, becomes current (and stops being
     # pending); otherwise (an unmarked change, a newer rotation pending) hash it afresh.
-    password_hash = await _pending_hash_of(ctx, password)
+    current, password_hash = await _hashes_of(ctx, password)
+    if current:
+        # The station logged in with it before its answer arrived, which promoted it.
+        log.info("password_changed", applies="already current: the station logged in with it")
+        return True
     if password_hash is None:
         # scrypt costs tens of milliseconds of CPU: keep it off the event loop.
         password_hash = await asyncio.to_thread(hash_password, password)
@@ -370,6 +374,25 @@ def outcome_unknown(ctx: ResultContext) -> bool:
     """True when the station may have applied the call although no answer says so: it timed
     out, or the connection closed after the call was written to it."""
     return ctx.timed_out or (ctx.undelivered is not None and ctx.request.sent_at is not None)
+
+
+async def _hashes_of(ctx: ResultContext, password: str) -> tuple[bool, str | None]:
+    """From one read of the registry: whether the current hash already checks ``password``,
+    else the pending hash when it does (None: the caller hashes the password itself, also
+    when the registry cannot be read)."""
+    try:
+        record = await ctx.services.stations.get(ctx.station_id)
+    except StoreUnavailable:
+        return False, None
+    if record is None:
+        return False, None
+    for candidate, is_current in (
+        (record.password_hash, True),
+        (record.pending_password_hash, False),
+    ):
+        if candidate is not None and await asyncio.to_thread(verify_password, password, candidate):
+            return is_current, None if is_current else candidate
+    return False, None
 
 
 async def _pending_hash_of(ctx: ResultContext, password: str) -> str | None:
