@@ -24,6 +24,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from csms.versions import OcppVersion
+
 
 class TariffSettings(BaseModel):
     """The built-in tariff: price per kWh, per hour plugged in, per session; one currency."""
@@ -87,7 +89,7 @@ class StationSettings(BaseModel):
     security_profile: int | None = Field(default=None, ge=0, le=3)
     password_hash: str | None = None
     certificate_identity: str | None = Field(default=None, min_length=1)
-    allowed_versions: list[Literal["ocpp1.6", "ocpp2.0.1"]] | None = None
+    allowed_versions: list[OcppVersion] | None = None
 
     @field_validator("password_hash")
     @classmethod

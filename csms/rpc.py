@@ -1,7 +1,7 @@
-"""OCPP-J RPC framing: message type ids, CallError codes per version, frame parsing.
+"""OCPP-J RPC framing: message type ids, version-neutral RPC faults, frame parsing.
 
 Pure functions, no I/O. The gateway uses :func:`parse_frame` to check what a station sends
-and the manager uses :func:`error_code` to pick the right CallError code for a version.
+and the manager use :func:`csms.versions.error_code` to pick a fault's CallError code for a version.
 
 OCPP-J frames are JSON arrays:
 
@@ -10,7 +10,7 @@ OCPP-J frames are JSON arrays:
 - CallError:  ``[4, "<messageId>", "<errorCode>", "<errorDescription>", {errorDetails}]``
 
 What the parser refuses, and with which fault (the wire code per version is in
-:func:`error_code`):
+:func:`csms.versions.error_code`):
 
 - Not JSON, not an array of the right length, a message type id that is not an integer, a
   message id that cannot be used: :attr:`RpcError.RPC_FRAMEWORK` (2.0.1 RpcFrameworkError,
@@ -46,11 +46,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-
-OCPP16 = "ocpp1.6"
-OCPP201 = "ocpp2.0.1"
-SUPPORTED_VERSIONS = (OCPP201, OCPP16)
-"""Subprotocols in server preference order."""
 
 MAX_MESSAGE_ID_LENGTH = 36
 UNKNOWN_MESSAGE_ID = "-1"
@@ -100,46 +95,6 @@ class RpcError(enum.Enum):
     TYPE_CONSTRAINT = "type"
     GENERIC = "generic"
     RPC_FRAMEWORK = "rpc_framework"
-
-
-_CODES: dict[str, dict[RpcError, str]] = {
-    OCPP16: {
-        RpcError.FORMAT_VIOLATION: "FormationViolation",
-        RpcError.PROTOCOL_ERROR: "ProtocolError",
-        # 1.6 has no MessageTypeNotSupported nor RpcFrameworkError: a frame that does not
-        # have the RPC structure "does not conform to the PDU structure".
-        RpcError.MESSAGE_TYPE_NOT_SUPPORTED: "FormationViolation",
-        RpcError.NOT_IMPLEMENTED: "NotImplemented",
-        RpcError.NOT_SUPPORTED: "NotSupported",
-        RpcError.INTERNAL_ERROR: "InternalError",
-        RpcError.SECURITY_ERROR: "SecurityError",
-        RpcError.PROPERTY_CONSTRAINT: "PropertyConstraintViolation",
-        # Spelled this way in the OCPP 1.6 JSON specification.
-        RpcError.OCCURRENCE_CONSTRAINT: "OccurenceConstraintViolation",
-        RpcError.TYPE_CONSTRAINT: "TypeConstraintViolation",
-        RpcError.GENERIC: "GenericError",
-        RpcError.RPC_FRAMEWORK: "FormationViolation",
-    },
-    OCPP201: {
-        RpcError.FORMAT_VIOLATION: "FormatViolation",
-        RpcError.PROTOCOL_ERROR: "ProtocolError",
-        RpcError.MESSAGE_TYPE_NOT_SUPPORTED: "MessageTypeNotSupported",
-        RpcError.NOT_IMPLEMENTED: "NotImplemented",
-        RpcError.NOT_SUPPORTED: "NotSupported",
-        RpcError.INTERNAL_ERROR: "InternalError",
-        RpcError.SECURITY_ERROR: "SecurityError",
-        RpcError.PROPERTY_CONSTRAINT: "PropertyConstraintViolation",
-        RpcError.OCCURRENCE_CONSTRAINT: "OccurrenceConstraintViolation",
-        RpcError.TYPE_CONSTRAINT: "TypeConstraintViolation",
-        RpcError.GENERIC: "GenericError",
-        RpcError.RPC_FRAMEWORK: "RpcFrameworkError",
-    },
-}
-
-
-def error_code(version: str, error: RpcError) -> str:
-    """Wire error code of ``error`` in OCPP ``version``."""
-    return _CODES[version][error]
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,6 @@ from urllib.parse import quote, unquote
 # "$" and control characters) is percent-encoded.
 _SAFE = "-_.~:@!*'()=,;"
 
-VERSIONS = ("ocpp1.6", "ocpp2.0.1")
-
 
 def encode_station(station_id: str) -> str:
     """Encode a station id into one MQTT topic level (reversible)."""

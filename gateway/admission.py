@@ -55,6 +55,7 @@ import http
 from collections.abc import Callable, Collection, Sequence
 from typing import Literal
 
+from csms.versions import PasswordStyle, spec
 from services.credentials import verify_password
 from services.models import StationRecord
 
@@ -240,7 +241,8 @@ def _password_matches(
         return True
     # Some 1.6 stations send their AuthorizationKey as the hex text instead of the octets it
     # encodes. Knowing the hex is knowing the octets, so accepting it weakens nothing.
-    if (version is None or version.startswith("ocpp1.")) and 32 <= len(password) <= 40:
+    sends_keys = version is None or spec(version).password is PasswordStyle.AUTHORIZATION_KEY
+    if sends_keys and 32 <= len(password) <= 40:
         try:
             octets = bytes.fromhex(password)
         except ValueError:

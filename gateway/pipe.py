@@ -37,6 +37,7 @@ from csms import rpc
 from csms.config import Settings
 from csms.envelope import Envelope, Kind, OriginalCall
 from csms.rpc import RpcError
+from csms.versions import error_code, supported
 from gateway.limits import TokenBucket
 
 __all__ = [
@@ -184,7 +185,7 @@ class Pipe:
         limits: Limits | None = None,
         meta: dict[str, str] | None = None,
     ) -> None:
-        if version not in rpc.SUPPORTED_VERSIONS:
+        if version not in supported():
             raise ValueError(f"unsupported OCPP version {version!r}")
         self.station = station
         self.version = version
@@ -455,7 +456,7 @@ class Pipe:
         return SendToStation(
             rpc.encode_error(
                 message_id,
-                rpc.error_code(self.version, RpcError.GENERIC),
+                error_code(self.version, RpcError.GENERIC),
                 RATE_LIMITED,
                 details,
             )
@@ -519,7 +520,7 @@ class Pipe:
         if envelope.kind is Kind.RESULT:
             payload = envelope.payload if envelope.payload is not None else {}
             return [SendToStation(rpc.encode_result(message_id, payload))]
-        code = envelope.error_code or rpc.error_code(self.version, RpcError.INTERNAL_ERROR)
+        code = envelope.error_code or error_code(self.version, RpcError.INTERNAL_ERROR)
         return [
             SendToStation(
                 rpc.encode_error(
@@ -658,7 +659,7 @@ class Pipe:
 
     def _error(self, message_id: str, error: RpcError, description: str) -> SendToStation:
         return SendToStation(
-            rpc.encode_error(message_id, rpc.error_code(self.version, error), description)
+            rpc.encode_error(message_id, error_code(self.version, error), description)
         )
 
     def _fault(self, fault: rpc.FrameFault) -> list[Action]:

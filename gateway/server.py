@@ -57,7 +57,6 @@ from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from csms import rpc
 from csms.bus import Bus, BusUnavailable, Message
 from csms.config import Settings
 from csms.envelope import (
@@ -71,6 +70,7 @@ from csms.envelope import (
     encode,
 )
 from csms.topics import Topics
+from csms.versions import supported
 from gateway.admission import Admission, admit, parse_basic_auth, select_version
 from gateway.connection import Connection
 from gateway.guard import LOG_INTERVAL, Guard
@@ -338,10 +338,8 @@ class Gateway:
             response.headers["Retry-After"] = "10"
             return response
         offered = _offered_subprotocols(request)
-        ordered = [version for version in rpc.SUPPORTED_VERSIONS if version in offered]
-        version = select_version(
-            ordered, rpc.SUPPORTED_VERSIONS, record.allowed_versions if record else ()
-        )
+        ordered = [version for version in supported() if version in offered]
+        version = select_version(ordered, supported(), record.allowed_versions if record else ())
         authorization = request.headers.get_all("Authorization")
         credentials = parse_basic_auth(authorization[0]) if len(authorization) == 1 else None
         decide = functools.partial(
@@ -451,7 +449,7 @@ class Gateway:
             listener.settings.host,
             listener.settings.port,
             ssl=listener.ssl_context,
-            subprotocols=[Subprotocol(version) for version in rpc.SUPPORTED_VERSIONS],
+            subprotocols=[Subprotocol(version) for version in supported()],
             select_subprotocol=self._select_subprotocol,
             compression=None,
             process_request=functools.partial(self._process_request, listener=listener),
@@ -539,10 +537,10 @@ class Gateway:
             )
             return ws.respond(refused.status, refused.reason)
         offered = _offered_subprotocols(request)
-        if not any(version in offered for version in rpc.SUPPORTED_VERSIONS):
+        if not any(version in offered for version in supported()):
             reason = (
                 f"unsupported or missing subprotocol (offered: {', '.join(offered) or 'none'}); "
-                f"this server speaks {', '.join(rpc.SUPPORTED_VERSIONS)}\n"
+                f"this server speaks {', '.join(supported())}\n"
             )
             self._log.info("connection refused", station=station, status=400, reason=reason.strip())
             return ws.respond(http.HTTPStatus.BAD_REQUEST, reason)

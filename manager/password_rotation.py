@@ -54,6 +54,7 @@ from typing import Any
 import structlog
 
 from csms.envelope import OriginalCall
+from csms.versions import PasswordStyle, spec
 from manager.call_maker import CallMaker
 from manager.context import ResultContext
 from services.credentials import (
@@ -123,7 +124,8 @@ class Rotation:
 
 
 def _is_v16(version: str) -> bool:
-    return version.startswith("ocpp1.")
+    """True when the version's stations get their password as a 1.6 AuthorizationKey."""
+    return spec(version).password is PasswordStyle.AUTHORIZATION_KEY
 
 
 def is_secret_key(key: object) -> bool:

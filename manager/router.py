@@ -19,7 +19,8 @@ import structlog
 import ocpp_schemas
 from csms.config import Settings
 from csms.envelope import Envelope, Kind
-from csms.rpc import OCPP16, OCPP201, RpcError, error_code
+from csms.rpc import RpcError
+from csms.versions import OcppVersion, error_code, spec, supported
 from manager import common
 from manager.call_maker import CallMaker
 from manager.context import (
@@ -355,13 +356,10 @@ class Router:
         return True
 
 
-_HANDLER_MODULES = {OCPP16: "manager.v16", OCPP201: "manager.v201"}
-
-
 def load_handlers(version: str) -> tuple[Mapping[str, CallHandler], Mapping[str, ResultHandler]]:
     """The project's handler registries of ``version``, imported on first use so the core
     does not depend on every handler module at import time."""
-    module = importlib.import_module(_HANDLER_MODULES[version])
+    module = importlib.import_module(spec(version).handlers)
     handlers: Mapping[str, CallHandler] = module.HANDLERS
     result_handlers: Mapping[str, ResultHandler] = getattr(module, "RESULT_HANDLERS", {})
     return handlers, result_handlers
@@ -371,3 +369,8 @@ def default_router(version: str) -> Router:
     """A router wired with the project's handlers for ``version``."""
     handlers, result_handlers = load_handlers(version)
     return Router(version, handlers, result_handlers)
+
+
+def default_routers() -> dict[OcppVersion, Router]:
+    """One router per supported version, wired with the project's handlers."""
+    return {version: default_router(version) for version in supported()}

@@ -41,12 +41,13 @@ from csms.envelope import (
     decode_presence,
     encode,
 )
-from csms.rpc import OCPP16, OCPP201, RpcError, error_code
+from csms.rpc import RpcError
 from csms.topics import Topics
+from csms.versions import OcppVersion, error_code
 from manager.call_maker import CallMaker
-from manager.context import CallHandler, ResultHandler, iso
+from manager.context import iso
 from manager.idempotency import claim_owner, idempotency_key, replay
-from manager.router import Deps, Router, error_answer, load_handlers
+from manager.router import Deps, Router, default_routers, error_answer
 from services import Services, StoreUnavailable
 
 _log = structlog.get_logger("manager.worker")
@@ -108,9 +109,10 @@ class Manager:
     """One manager instance: ``async with Manager(...) as m: await m.run_forever()``.
 
     The bus is owned by the caller (it may be shared with other components of the process);
-    the manager subscribes on enter and unsubscribes on exit. Handler registries default to
-    :mod:`manager.v16` / :mod:`manager.v201`; passing ``handlers_*`` or ``result_handlers_*``
-    for a version replaces both registries of that version (missing one = empty).
+    the manager subscribes on enter and unsubscribes on exit. ``routers`` maps each OCPP
+    version to its router (default: :func:`manager.router.default_routers`, the project's
+    handlers of every version in :data:`csms.versions.VERSIONS`); a version without a router
+    is dropped with a warning.
     """
 
     def __init__(
@@ -120,10 +122,7 @@ class Manager:
         services: Services,
         *,
         instance_id: str | None = None,
-        handlers_v16: Mapping[str, CallHandler] | None = None,
-        result_handlers_v16: Mapping[str, ResultHandler] | None = None,
-        handlers_v201: Mapping[str, CallHandler] | None = None,
-        result_handlers_v201: Mapping[str, ResultHandler] | None = None,
+        routers: Mapping[OcppVersion, Router] | None = None,
         compile_schemas: bool = True,
         drain_timeout: float = 5.0,
         claim_ttl: float | None = None,
@@ -136,8 +135,8 @@ class Manager:
         self.calls = CallMaker(bus, self.topics, origin=f"manager:{self.instance_id}")
         self.deps = Deps(services=services, settings=settings, calls=self.calls)
         self.routers: dict[str, Router] = {
-            OCPP16: _router(OCPP16, handlers_v16, result_handlers_v16),
-            OCPP201: _router(OCPP201, handlers_v201, result_handlers_v201),
+            str(version): router
+            for version, router in (routers if routers is not None else default_routers()).items()
         }
         self.stats = ManagerStats()
         self._compile_schemas = compile_schemas
@@ -600,13 +599,3 @@ class Manager:
                 self._log.debug("housekeeping postponed: store unavailable", error=str(exc))
             except Exception:
                 self._log.exception("housekeeping failed")
-
-
-def _router(
-    version: str,
-    handlers: Mapping[str, CallHandler] | None,
-    result_handlers: Mapping[str, ResultHandler] | None,
-) -> Router:
-    if handlers is None and result_handlers is None:
-        handlers, result_handlers = load_handlers(version)
-    return Router(version, handlers or {}, result_handlers or {})

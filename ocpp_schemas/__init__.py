@@ -22,10 +22,7 @@ from typing import Any
 
 import fastjsonschema
 
-OCPP16 = "ocpp1.6"
-OCPP201 = "ocpp2.0.1"
-
-_DIRS = {OCPP16: "v16", OCPP201: "v201"}
+from csms.versions import UnsupportedVersion, spec, supported
 
 
 class Direction(Enum):
@@ -55,24 +52,24 @@ _actions: dict[str, frozenset[str]] = {}
 
 
 def _schema_file(version: str, action: str, direction: Direction) -> str:
-    if direction is Direction.RESPONSE:
-        return f"{action}Response.json"
-    return f"{action}Request.json" if version == OCPP201 else f"{action}.json"
+    row = spec(version)
+    pattern = row.response_schema if direction is Direction.RESPONSE else row.request_schema
+    return pattern.format(action=action)
 
 
 def actions(version: str) -> frozenset[str]:
     """Every action name the OCA schemas define for ``version``."""
     if version not in _actions:
-        folder = resources.files(__name__).joinpath(_DIRS[version])
+        row = spec(version)
+        folder = resources.files(__name__).joinpath(row.schema_folder)
+        head, _, tail = row.request_schema.partition("{action}")
+        response_tail = row.response_schema.partition("{action}")[2]
         names = set()
         for entry in folder.iterdir():
             name = entry.name
-            if not name.endswith(".json") or name.endswith("Response.json"):
+            if not name.endswith(tail) or name.endswith(response_tail) or not name.startswith(head):
                 continue
-            stem = name[: -len(".json")]
-            if version == OCPP201:
-                stem = stem.removesuffix("Request")
-            names.add(stem)
+            names.add(name[len(head) : len(name) - len(tail)])
         _actions[version] = frozenset(names)
     return _actions[version]
 
@@ -86,13 +83,17 @@ def validator(version: str, action: str, direction: Direction) -> Validator:
     found = _validators.get(key)
     if found is not None:
         return found
-    if version not in _DIRS or action not in actions(version):
+    try:
+        known = actions(version)
+    except UnsupportedVersion:
+        raise KeyError(f"unknown OCPP version {version!r}") from None
+    if action not in known:
         raise KeyError(f"{version} has no action {action!r}")
     with _lock:
         found = _validators.get(key)
         if found is None:
             path = resources.files(__name__).joinpath(
-                _DIRS[version], _schema_file(version, action, direction)
+                spec(version).schema_folder, _schema_file(version, action, direction)
             )
             schema = json.loads(path.read_text(encoding="utf-8"))
             schema.pop("$id", None)
@@ -126,9 +127,9 @@ def _first_missing(value: Any, required: list[str]) -> str | None:
 
 
 def compile_all() -> int:
-    """Compile every validator of both versions now (start-up), returning how many."""
+    """Compile every validator of every version now (start-up), returning how many."""
     count = 0
-    for version in _DIRS:
+    for version in supported():
         for action in actions(version):
             for direction in Direction:
                 validator(version, action, direction)

@@ -35,6 +35,8 @@ import hmac
 import secrets
 import string
 
+from csms.versions import PasswordStyle, spec
+
 __all__ = [
     "OCPP16_KEY_MAX_BYTES",
     "OCPP16_KEY_MIN_BYTES",
@@ -151,8 +153,13 @@ def needs_rehash(encoded: str) -> bool:
     return (n, r, p, len(salt), len(digest)) != (_N, _R, _P, _SALT_BYTES, _HASH_BYTES)
 
 
+def _is_authorization_key(version: str) -> bool:
+    """True for versions whose stations get a 1.6 AuthorizationKey (hex octets)."""
+    return spec(version).password is PasswordStyle.AUTHORIZATION_KEY
+
+
 def _length_range(version: str) -> tuple[int, int]:
-    if version.startswith("ocpp1."):
+    if _is_authorization_key(version):
         return OCPP16_KEY_MIN_BYTES, OCPP16_KEY_MAX_BYTES
     return OCPP201_PASSWORD_MIN, OCPP201_PASSWORD_MAX
 
@@ -172,7 +179,7 @@ def check_password(password: str, *, version: str = "ocpp2.0.1") -> None:
     """Raise ``ValueError`` (saying why, without the password) unless ``password`` is one a
     station of ``version`` can be given: for provisioning, never for admission."""
     low, high = _length_range(version)
-    if version.startswith("ocpp1."):
+    if _is_authorization_key(version):
         size = len(_octets(password))
         if not low <= size <= high:
             raise ValueError(f"an OCPP 1.6 AuthorizationKey has {low}-{high} octets, not {size}")

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+from csms.versions import spec
 from services.models import EnergyReading, Transaction, TransactionState
 from services.rules import parse_time
 
@@ -85,7 +86,8 @@ def screen_wh(value: Decimal | int | float) -> float | str:
 
 
 def _is_v16(version: str) -> bool:
-    return version.removeprefix("ocpp") == "1.6"
+    """1.6 message shapes: sampled values are strings, with 1.6's measurand names."""
+    return spec(version).generation == 1
 
 
 def _ordered(readings: Iterable[EnergyReading]) -> list[EnergyReading]:

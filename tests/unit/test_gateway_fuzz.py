@@ -38,10 +38,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
 
 import gateway.server
-from csms import rpc
 from csms.app import all_in_one
 from csms.bus.memory import MemoryBus
 from csms.config import Settings
+from csms.versions import OcppVersion
 from gateway import Gateway
 
 _T = TypeVar("_T")
@@ -150,7 +150,7 @@ station_ids = st.one_of(
     st.from_regex(r"[A-Za-z0-9\-_.]{1,24}", fullmatch=True),
     st.text(min_size=1, max_size=60),
 ).filter(lambda sid: sid != GOOD)
-versions = st.sampled_from([Subprotocol(rpc.OCPP201), Subprotocol(rpc.OCPP16)])
+versions = st.sampled_from([Subprotocol(OcppVersion.OCPP201), Subprotocol(OcppVersion.OCPP16)])
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,7 @@ class Arena:
         self.good = await self._stack.enter_async_context(
             connect(
                 self.gateway.url_for(GOOD),
-                subprotocols=[Subprotocol(rpc.OCPP201)],
+                subprotocols=[Subprotocol(OcppVersion.OCPP201)],
                 ping_interval=None,
             )
         )
@@ -345,7 +345,7 @@ class Arena:
 
     async def _half_open(self, attack: HalfOpen) -> None:
         if attack.sends == "upgrade then deaf":
-            ws = await self._connect(f"deaf-{next(self._ids)}", Subprotocol(rpc.OCPP201))
+            ws = await self._connect(f"deaf-{next(self._ids)}", Subprotocol(OcppVersion.OCPP201))
             ws.transport.pause_reading()
             self._deaf.append(ws)
             return
@@ -494,14 +494,18 @@ def arena(monkeypatch: pytest.MonkeyPatch) -> Iterator[Arena]:
 
 WARM_UP: list[Attack] = [
     Frames(
-        "warm-1", Subprotocol(rpc.OCPP201), ["garbage", b"\x00", "[]", '[2,"a","Heartbeat",{}]']
+        "warm-1",
+        Subprotocol(OcppVersion.OCPP201),
+        ["garbage", b"\x00", "[]", '[2,"a","Heartbeat",{}]'],
     ),
     Frames(
-        "warm-2", Subprotocol(rpc.OCPP16), ['[2,"h","DataTransfer",{"d":"' + "x" * 9000 + '"}]']
+        "warm-2",
+        Subprotocol(OcppVersion.OCPP16),
+        ['[2,"h","DataTransfer",{"d":"' + "x" * 9000 + '"}]'],
     ),
     Frames(
         "warm-6",
-        Subprotocol(rpc.OCPP201),
+        Subprotocol(OcppVersion.OCPP201),
         [
             '[2,"w\\u0001","Heartbeat",{}]',
             '[2,"w6","Heart\\u0000beat",{}]',
@@ -510,11 +514,11 @@ WARM_UP: list[Attack] = [
             '[2,"w7","DataTransfer",{"d":' + "[" * 990 + "]" * 990 + "}]",
         ],
     ),
-    Flood("warm-3", Subprotocol(rpc.OCPP201), '[2,"f","Heartbeat",{}]', True),
-    Flood("warm-4", Subprotocol(rpc.OCPP16), "junk", False),
+    Flood("warm-3", Subprotocol(OcppVersion.OCPP201), '[2,"f","Heartbeat",{}]', True),
+    Flood("warm-4", Subprotocol(OcppVersion.OCPP16), "junk", False),
     HalfOpen("nothing"),
     HalfOpen("upgrade then deaf"),
-    Vanish("warm-5", Subprotocol(rpc.OCPP201)),
+    Vanish("warm-5", Subprotocol(OcppVersion.OCPP201)),
 ]
 
 

@@ -19,10 +19,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 import gateway.server
-from csms import rpc
 from csms.bus.memory import MemoryBroker
 from csms.config import Settings
 from csms.envelope import ConnectionEventKind, Envelope, Kind, decode_envelope
+from csms.versions import OcppVersion
 from gateway import Gateway
 from gateway.guard import RETRY_AFTER
 from gateway.pipe import FLOODING, RATE_LIMITED, Pipe
@@ -267,7 +267,7 @@ async def test_published_properties_hold_only_text_mqtt_accepts(
             Envelope(
                 kind=Kind.CALL,
                 station="CP %é/1",
-                version=rpc.OCPP201,
+                version=OcppVersion.OCPP201,
                 message_id="m1",
                 action="Reset",
                 payload={"type": "Immediate"},

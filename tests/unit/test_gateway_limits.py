@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from csms import rpc
 from csms.config import Settings
 from csms.envelope import Envelope, Kind
+from csms.versions import OcppVersion
 from gateway.limits import AddressLimiter, LogThrottle, TokenBucket, address_key
 from gateway.pipe import (
     FLOODING,
@@ -140,7 +140,7 @@ def test_log_throttle_memory_is_bounded() -> None:
 RATE = Limits(message_rate=2, message_burst=3, flood_close_after=5, answer_timeout=1000)
 
 
-def make_pipe(version: str = rpc.OCPP201, limits: Limits = RATE) -> Pipe:
+def make_pipe(version: str = OcppVersion.OCPP201, limits: Limits = RATE) -> Pipe:
     return Pipe("CP-1", version, connection="c1", gateway="g1", limits=limits)
 
 
@@ -160,7 +160,7 @@ def warnings(actions: list[Action]) -> list[str]:
     return [a.event for a in actions if isinstance(a, Report) and a.level == "warning"]
 
 
-@pytest.mark.parametrize("version", [rpc.OCPP201, rpc.OCPP16])
+@pytest.mark.parametrize("version", [OcppVersion.OCPP201, OcppVersion.OCPP16])
 def test_call_over_the_rate_gets_generic_error_and_is_not_published(version: str) -> None:
     pipe = make_pipe(version)
     for n in range(3):
@@ -196,7 +196,7 @@ def test_answer_to_the_csms_call_in_flight_is_never_refused() -> None:
         Envelope(
             kind=Kind.CALL,
             station="CP-1",
-            version=rpc.OCPP201,
+            version=OcppVersion.OCPP201,
             message_id="m1",
             action="Reset",
             payload={"type": "Immediate"},

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from csms import rpc
 from csms.envelope import Envelope, Kind, OriginalCall
+from csms.versions import OcppVersion
 from gateway.pipe import (
     CSMS_LATE,
     CSMS_UNAVAILABLE,
@@ -26,7 +26,7 @@ T0 = 1_000_000.0
 LIMITS = Limits(call_timeout=10, call_queue_size=2, answer_timeout=5, max_frame_bytes=1024)
 
 
-def make_pipe(version: str = rpc.OCPP201) -> Pipe:
+def make_pipe(version: str = OcppVersion.OCPP201) -> Pipe:
     return Pipe("CP-1", version, connection="c1", gateway="g1", limits=LIMITS)
 
 
@@ -35,7 +35,7 @@ def csms_call(
     action: str = "Reset",
     payload: Any = None,
     *,
-    version: str = rpc.OCPP201,
+    version: str = OcppVersion.OCPP201,
     reply_to: str | None = None,
     meta: dict[str, str] | None = None,
 ) -> Envelope:
@@ -52,7 +52,9 @@ def csms_call(
 
 
 def csms_answer(message_id: str, kind: Kind = Kind.RESULT, **fields: Any) -> Envelope:
-    return Envelope(kind=kind, station="CP-1", version=rpc.OCPP201, message_id=message_id, **fields)
+    return Envelope(
+        kind=kind, station="CP-1", version=OcppVersion.OCPP201, message_id=message_id, **fields
+    )
 
 
 def sent(actions: list[Action]) -> list[list[Any]]:
@@ -79,7 +81,7 @@ def test_station_call_is_published_and_remembered() -> None:
     assert (env.kind, env.station, env.version, env.message_id) == (
         Kind.CALL,
         "CP-1",
-        rpc.OCPP201,
+        OcppVersion.OCPP201,
         "s1",
     )
     assert (env.action, env.payload, env.gateway, env.connection, env.at) == (
@@ -143,7 +145,7 @@ def test_csms_late_gets_internal_error_from_pipe() -> None:
 
 
 def test_publish_failure_answers_station_promptly() -> None:
-    pipe = make_pipe(rpc.OCPP16)
+    pipe = make_pipe(OcppVersion.OCPP16)
     [publish] = published(pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0))
     actions = pipe.publish_failed(publish.envelope, T0)
     assert sent(actions) == [[4, "s1", "InternalError", CSMS_UNAVAILABLE, {}]]
@@ -168,7 +170,7 @@ def test_station_retry_of_pending_call_is_not_published_again_and_answered_once(
 def test_many_resends_of_a_pending_call_publish_once_and_get_one_answer() -> None:
     pipe = Pipe(
         "CP-1",
-        rpc.OCPP201,
+        OcppVersion.OCPP201,
         connection="c",
         gateway="g",
         limits=Limits(answer_timeout=5, message_rate=None),
@@ -202,7 +204,7 @@ def test_call_id_may_be_used_again_once_answered_or_timed_out() -> None:
 def test_resend_of_a_pending_call_over_the_rate_gets_no_second_answer() -> None:
     pipe = Pipe(
         "CP-1",
-        rpc.OCPP201,
+        OcppVersion.OCPP201,
         connection="c",
         gateway="g",
         limits=Limits(message_rate=1, message_burst=1, flood_close_after=None),
@@ -226,7 +228,7 @@ def test_retry_after_publish_failure_is_published() -> None:
 def test_too_many_unanswered_station_calls_are_refused() -> None:
     pipe = Pipe(
         "CP-1",
-        rpc.OCPP201,
+        OcppVersion.OCPP201,
         connection="c",
         gateway="g",
         limits=Limits(max_station_calls=2),
@@ -383,8 +385,8 @@ def test_invalid_csms_call_is_undelivered() -> None:
 
 
 def test_envelope_of_other_version_is_dropped() -> None:
-    pipe = make_pipe(rpc.OCPP16)
-    actions = pipe.receive_bus_envelope(csms_call("m1", version=rpc.OCPP201), T0)
+    pipe = make_pipe(OcppVersion.OCPP16)
+    actions = pipe.receive_bus_envelope(csms_call("m1", version=OcppVersion.OCPP201), T0)
     assert sent(actions) == [] and published(actions) == [] and reports(actions)
 
 
@@ -462,7 +464,7 @@ FAULTS = [
 ]
 
 
-@pytest.mark.parametrize("version", [rpc.OCPP16, rpc.OCPP201])
+@pytest.mark.parametrize("version", [OcppVersion.OCPP16, OcppVersion.OCPP201])
 @pytest.mark.parametrize(("frame", "message_id", "code16", "code201"), FAULTS)
 def test_framing_faults_get_version_specific_call_error(
     version: str, frame: str, message_id: str, code16: str, code201: str
@@ -471,7 +473,7 @@ def test_framing_faults_get_version_specific_call_error(
     actions = pipe.receive_station_frame(frame, T0)
     [[type_id, mid, code, description, details]] = sent(actions)
     assert (type_id, mid, details) == (4, message_id, {})
-    assert code == (code16 if version == rpc.OCPP16 else code201)
+    assert code == (code16 if version == OcppVersion.OCPP16 else code201)
     assert description
     assert published(actions) == []
     assert pipe.pending_station_calls == frozenset()
@@ -491,7 +493,8 @@ def test_malformed_answers_are_reported_never_answered(frame: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("version", "code"), [(rpc.OCPP16, "FormationViolation"), (rpc.OCPP201, "RpcFrameworkError")]
+    ("version", "code"),
+    [(OcppVersion.OCPP16, "FormationViolation"), (OcppVersion.OCPP201, "RpcFrameworkError")],
 )
 def test_binary_call_is_answered_with_its_id(version: str, code: str) -> None:
     pipe = make_pipe(version)
@@ -531,7 +534,8 @@ def test_binary_garbage_and_binary_answers() -> None:
 
 
 @pytest.mark.parametrize(
-    ("version", "code"), [(rpc.OCPP16, "FormationViolation"), (rpc.OCPP201, "FormatViolation")]
+    ("version", "code"),
+    [(OcppVersion.OCPP16, "FormationViolation"), (OcppVersion.OCPP201, "FormatViolation")],
 )
 def test_oversized_call_is_answered_with_format_violation(version: str, code: str) -> None:
     pipe = make_pipe(version)

@@ -13,7 +13,6 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
-from csms import rpc
 from csms.bus import Message, NoSubscribers
 from csms.bus.memory import MemoryBroker, MemoryBus
 from csms.config import Settings
@@ -27,11 +26,12 @@ from csms.envelope import (
     encode,
 )
 from csms.topics import Topics
+from csms.versions import OcppVersion
 from gateway import Action, Gateway, HandshakeRefused, Pipe, parse_station_path
 
 TOPICS = Topics()
-V16 = Subprotocol(rpc.OCPP16)
-V201 = Subprotocol(rpc.OCPP201)
+V16 = Subprotocol(OcppVersion.OCPP16)
+V201 = Subprotocol(OcppVersion.OCPP201)
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -133,7 +133,7 @@ class Manager:
         payload: dict[str, Any] | None = None,
         *,
         station: str = "CP-1",
-        version: str = rpc.OCPP201,
+        version: str = OcppVersion.OCPP201,
         reply_to: str | None = None,
     ) -> None:
         await self.send(
@@ -155,7 +155,7 @@ class Manager:
         payload: dict[str, Any],
         *,
         station: str = "CP-1",
-        version: str = rpc.OCPP201,
+        version: str = OcppVersion.OCPP201,
     ) -> None:
         await self.send(
             Envelope(
@@ -296,7 +296,7 @@ async def test_station_call_published_and_answer_routed_back(
             "admitted_as": "Accepted",  # an unknown station, admitted by policy
         }
         assert (env.version, env.message_id, env.action, env.payload, env.gateway) == (
-            rpc.OCPP201,
+            OcppVersion.OCPP201,
             "s1",
             "BootNotification",
             {"reason": "PowerUp"},
@@ -315,10 +315,10 @@ async def test_csms_late_answer_becomes_internal_error(gateway: Gateway, manager
         assert answer[:3] == [4, "s1", "InternalError"]
         assert "did not answer in time" in answer[3]
         # The CSMS's answer arriving afterwards is dropped: one answer per Call.
-        await manager.answer("s1", {}, version=rpc.OCPP16)
+        await manager.answer("s1", {}, version=OcppVersion.OCPP16)
         await ws.send('[2,"s2","Heartbeat",{}]')
         await manager.envelope(Kind.CALL)
-        await manager.answer("s2", {"currentTime": "t"}, version=rpc.OCPP16)
+        await manager.answer("s2", {"currentTime": "t"}, version=OcppVersion.OCPP16)
         assert await recv_json(ws) == [3, "s2", {"currentTime": "t"}]
 
 
@@ -326,8 +326,8 @@ async def test_answer_of_other_version_is_not_routed(gateway: Gateway, manager: 
     async with station(gateway, manager, subprotocol=V16) as ws:
         await ws.send('[2,"s1","Heartbeat",{}]')
         await manager.envelope(Kind.CALL)
-        await manager.answer("s1", {"x": 1}, version=rpc.OCPP201)
-        await manager.answer("s1", {"x": 2}, version=rpc.OCPP16)
+        await manager.answer("s1", {"x": 1}, version=OcppVersion.OCPP201)
+        await manager.answer("s1", {"x": 2}, version=OcppVersion.OCPP16)
         assert await recv_json(ws) == [3, "s1", {"x": 2}]
 
 
@@ -566,7 +566,7 @@ async def test_station_connecting_during_outage_is_kept_and_answered(
         event = await manager.event(ConnectionEventKind.CONNECTED)
         assert (event.station, event.connection) == ("CP-1", gateway.connections["CP-1"].id)
         # Subscribed despite the outage: CSMS calls reach the station afterwards.
-        await manager.call("m1", version=rpc.OCPP16)
+        await manager.call("m1", version=OcppVersion.OCPP16)
         assert (await recv_json(ws))[1] == "m1"
 
 

@@ -16,7 +16,8 @@ from structlog.testing import capture_logs
 
 from csms.config import Settings, TariffSettings
 from csms.envelope import OriginalCall
-from csms.rpc import OCPP16, RpcError
+from csms.rpc import RpcError
+from csms.versions import OcppVersion
 from manager.context import OcppError, ResultContext
 from manager.v16 import HANDLERS, RESULT_HANDLERS
 from ocpp_schemas import Direction, actions, validate
@@ -36,7 +37,7 @@ STATION = "CP-1"
 class Harness(handler_harness.Harness):
     """Calls 1.6 handlers the way the router does, on in-memory services."""
 
-    version = OCPP16
+    version = OcppVersion.OCPP16
     handlers = HANDLERS
     station = STATION
 
@@ -59,8 +60,8 @@ async def h() -> Harness:
 
 
 def test_handler_tables_name_real_actions() -> None:
-    assert set(HANDLERS) <= actions(OCPP16)
-    assert set(RESULT_HANDLERS) <= actions(OCPP16)
+    assert set(HANDLERS) <= actions(OcppVersion.OCPP16)
+    assert set(RESULT_HANDLERS) <= actions(OcppVersion.OCPP16)
     for action in ("BootNotification", "Heartbeat", "StatusNotification", "Authorize"):
         assert action in HANDLERS
     for action in ("StartTransaction", "StopTransaction", "MeterValues"):
@@ -91,7 +92,7 @@ async def test_boot_known_station_gets_its_registration(
     assert record.known
     assert (record.boot.vendor, record.boot.model) == ("Acme", "Wallbox 22")
     assert record.boot.firmware_version == "1.2"
-    assert record.ocpp_version == OCPP16
+    assert record.ocpp_version == OcppVersion.OCPP16
     assert record.last_boot_at == NOW_ISO
 
 
@@ -691,7 +692,7 @@ async def test_notifications_are_acknowledged(
 def result_ctx(h: Harness, **answer: Any) -> ResultContext:
     return ResultContext(
         station_id=STATION,
-        version=OCPP16,
+        version=OcppVersion.OCPP16,
         request=OriginalCall(
             message_id="c1",
             action="ChangeConfiguration",
@@ -716,7 +717,7 @@ def result_ctx(h: Harness, **answer: Any) -> ResultContext:
 )
 async def test_change_configuration_result_is_logged(h: Harness, status: str, level: str) -> None:
     payload = {"status": status}
-    validate(OCPP16, "ChangeConfiguration", Direction.RESPONSE, payload)
+    validate(OcppVersion.OCPP16, "ChangeConfiguration", Direction.RESPONSE, payload)
     with capture_logs() as logs:
         await RESULT_HANDLERS["ChangeConfiguration"](result_ctx(h, payload=payload))
     assert logs == [

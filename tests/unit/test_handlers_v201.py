@@ -17,8 +17,9 @@ from structlog.testing import capture_logs
 from csms.bus.memory import MemoryBroker
 from csms.config import Settings, TariffSettings
 from csms.envelope import OriginalCall
-from csms.rpc import OCPP201, RpcError
+from csms.rpc import RpcError
 from csms.topics import Topics
+from csms.versions import OcppVersion
 from manager.call_maker import CallMaker
 from manager.common import registration_refusal
 from manager.context import OcppError, ResultContext
@@ -44,7 +45,7 @@ TARIFF = TariffSettings(
 class Harness(handler_harness.Harness):
     """Calls 2.0.1 handlers the way the router does, on in-memory services."""
 
-    version = OCPP201
+    version = OcppVersion.OCPP201
     handlers = HANDLERS
     station = STATION
 
@@ -71,8 +72,8 @@ async def h() -> Harness:
 
 
 def test_handler_tables_name_real_actions() -> None:
-    assert set(HANDLERS) <= actions(OCPP201)
-    assert set(RESULT_HANDLERS) <= actions(OCPP201)
+    assert set(HANDLERS) <= actions(OcppVersion.OCPP201)
+    assert set(RESULT_HANDLERS) <= actions(OcppVersion.OCPP201)
     for action in ("BootNotification", "Heartbeat", "StatusNotification", "Authorize"):
         assert action in HANDLERS
     for action in ("TransactionEvent", "MeterValues"):
@@ -97,7 +98,7 @@ async def test_boot_known_station(registration: RegistrationStatus, interval: in
     assert response == {"status": registration.value, "currentTime": NOW_ISO, "interval": interval}
     record = await h.services.stations.get(STATION)
     assert record is not None and record.boot is not None
-    assert record.ocpp_version == OCPP201
+    assert record.ocpp_version == OcppVersion.OCPP201
     assert (record.boot.vendor, record.boot.model, record.boot.reason) == (
         "Acme",
         "DC 50",
@@ -279,7 +280,7 @@ async def test_session_started_updated_ended(h: Harness) -> None:
         1000,
         7,
     )
-    assert tx.version == OCPP201
+    assert tx.version == OcppVersion.OCPP201
 
     assert await h.call("TransactionEvent", CHARGING) == {}
     assert await h.call("TransactionEvent", PERIODIC) == {}
@@ -578,7 +579,7 @@ async def test_pending_station_may_send_what_the_csms_triggers(
 ) -> None:
     h = Harness(Settings(unknown_stations="pending"))
     await h.call("BootNotification", BOOT, station="NEW")
-    validate(OCPP201, action, Direction.REQUEST, payload)
+    validate(OcppVersion.OCPP201, action, Direction.REQUEST, payload)
     assert "status" not in await h.call(action, payload, station="NEW")
 
 
@@ -826,10 +827,10 @@ def set_variables_ctx(h: Harness, **answer: Any) -> ResultContext:
             },
         ]
     }
-    validate(OCPP201, "SetVariables", Direction.REQUEST, request)
+    validate(OcppVersion.OCPP201, "SetVariables", Direction.REQUEST, request)
     return ResultContext(
         station_id=STATION,
-        version=OCPP201,
+        version=OcppVersion.OCPP201,
         request=OriginalCall(message_id="c1", action="SetVariables", payload=request),
         services=h.services,
         settings=h.settings,
@@ -856,7 +857,7 @@ async def test_set_variables_result_is_logged_per_variable(h: Harness) -> None:
             },
         ]
     }
-    validate(OCPP201, "SetVariables", Direction.RESPONSE, payload)
+    validate(OcppVersion.OCPP201, "SetVariables", Direction.RESPONSE, payload)
     with capture_logs() as logs:
         await RESULT_HANDLERS["SetVariables"](set_variables_ctx(h, payload=payload))
     assert [(e["variable"], e["value"], e["status"], e["log_level"]) for e in logs] == [

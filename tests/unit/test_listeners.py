@@ -17,8 +17,8 @@ from websockets.datastructures import Headers
 from csms.bus.memory import MemoryBroker
 from csms.config import ListenerSettings, Settings, TlsOffloadSettings, load_settings
 from csms.envelope import ADMITTED_AS
-from csms.rpc import OCPP201
 from csms.topics import Topics
+from csms.versions import OcppVersion
 from gateway.listeners import (
     TlsOffload,
     decide_first_try,
@@ -283,7 +283,7 @@ def _ctx(settings: Settings, meta: dict[str, str]) -> CallContext:
     )
     return CallContext(
         station_id="NEW",
-        version=OCPP201,
+        version=OcppVersion.OCPP201,
         message_id="m1",
         action="BootNotification",
         services=services,

@@ -20,8 +20,8 @@ from csms.bus import BusUnavailable
 from csms.bus.memory import MemoryBroker, MemoryBus
 from csms.config import Settings
 from csms.envelope import Envelope, Kind, OriginalCall, decode_envelope, encode
-from csms.rpc import OCPP16, OCPP201
 from csms.topics import Topics
+from csms.versions import OcppVersion
 from manager import password_rotation
 from manager.call_maker import CallMaker
 from manager.password_rotation import (
@@ -77,7 +77,7 @@ async def services() -> Services:
     )
     await services.stations.provision(STATION, RegistrationStatus.ACCEPTED)
     await services.stations.mark_connected(
-        STATION, OCPP201, "gw-1", "conn-1", "2026-01-15T12:00:00Z"
+        STATION, OcppVersion.OCPP201, "gw-1", "conn-1", "2026-01-15T12:00:00Z"
     )
     return services
 
@@ -111,7 +111,7 @@ def answer(version: str, call: OriginalCall, kind: Kind = Kind.RESULT, **fields:
 
 
 def accepted(version: str, status: str = "Accepted") -> dict[str, Any]:
-    if version == OCPP16:
+    if version == OcppVersion.OCPP16:
         payload: dict[str, Any] = {"status": status}
     else:
         payload = {
@@ -151,8 +151,8 @@ def assert_no_secret(logs: list[dict[str, Any]], password: str = NEW_PASSWORD) -
 
 
 def test_201_call_sets_basic_auth_password_actual() -> None:
-    action, payload = rotation_call(OCPP201, NEW_PASSWORD)
-    validate(OCPP201, action, Direction.REQUEST, payload)
+    action, payload = rotation_call(OcppVersion.OCPP201, NEW_PASSWORD)
+    validate(OcppVersion.OCPP201, action, Direction.REQUEST, payload)
     assert action == "SetVariables"
     assert payload == {
         "setVariableData": [
@@ -167,8 +167,8 @@ def test_201_call_sets_basic_auth_password_actual() -> None:
 
 
 def test_16_call_sends_the_password_hex_encoded_as_authorization_key() -> None:
-    action, payload = rotation_call(OCPP16, NEW_PASSWORD)
-    validate(OCPP16, action, Direction.REQUEST, payload)
+    action, payload = rotation_call(OcppVersion.OCPP16, NEW_PASSWORD)
+    validate(OcppVersion.OCPP16, action, Direction.REQUEST, payload)
     assert action == "ChangeConfiguration"
     assert payload["key"] == "AuthorizationKey"
     assert payload["value"] == NEW_PASSWORD.encode().hex().upper()
@@ -178,10 +178,10 @@ def test_16_call_sends_the_password_hex_encoded_as_authorization_key() -> None:
 @pytest.mark.parametrize(
     ("version", "password"),
     [
-        (OCPP201, "too-short"),
-        (OCPP201, "has spaces in it, not allowed"),
-        (OCPP16, "twenty-one-characters"),
-        (OCPP16, "short"),
+        (OcppVersion.OCPP201, "too-short"),
+        (OcppVersion.OCPP201, "has spaces in it, not allowed"),
+        (OcppVersion.OCPP16, "twenty-one-characters"),
+        (OcppVersion.OCPP16, "short"),
     ],
 )
 def test_call_refuses_passwords_the_version_does_not_allow(version: str, password: str) -> None:
@@ -190,7 +190,7 @@ def test_call_refuses_passwords_the_version_does_not_allow(version: str, passwor
     assert password not in str(refused.value)
 
 
-@pytest.mark.parametrize("version", [OCPP16, OCPP201])
+@pytest.mark.parametrize("version", [OcppVersion.OCPP16, OcppVersion.OCPP201])
 async def test_rotate_password_publishes_a_marked_call(services: Services, version: str) -> None:
     broker = MemoryBroker()
     topics = Topics()
@@ -224,7 +224,7 @@ async def test_rotate_password_publishes_a_marked_call(services: Services, versi
 
 
 async def test_rotation_version_refuses_what_cannot_be_rotated(services: Services) -> None:
-    assert await rotation_version(services.stations, STATION) == OCPP201
+    assert await rotation_version(services.stations, STATION) == OcppVersion.OCPP201
     with pytest.raises(RotationRefused, match="not in the registry"):
         await rotation_version(services.stations, "nobody")
     await services.stations.provision("NEVER", RegistrationStatus.ACCEPTED)
@@ -258,7 +258,7 @@ class RecordingBus(MemoryBus):
         await super().publish(topic, payload, properties=properties)
 
 
-@pytest.mark.parametrize("version", [OCPP16, OCPP201])
+@pytest.mark.parametrize("version", [OcppVersion.OCPP16, OcppVersion.OCPP201])
 async def test_pending_hash_is_recorded_before_the_call_is_sent(
     services: Services, version: str
 ) -> None:
@@ -278,7 +278,10 @@ async def test_pending_hash_is_cleared_when_the_call_cannot_be_sent(services: Se
     async with bus:
         with pytest.raises(BusUnavailable):
             await rotate_password(
-                CallMaker(bus, Topics(), origin="test"), services.stations, STATION, OCPP201
+                CallMaker(bus, Topics(), origin="test"),
+                services.stations,
+                STATION,
+                OcppVersion.OCPP201,
             )
     assert bus.pending_at_publish[0] is not None
     assert await pending_hash(services) is None
@@ -290,7 +293,10 @@ async def test_rotation_of_a_station_without_record_is_refused() -> None:
     async with bus:
         with pytest.raises(RotationRefused, match="not in the registry"):
             await rotate_password(
-                CallMaker(bus, Topics(), origin="test"), bus.services.stations, "nobody", OCPP16
+                CallMaker(bus, Topics(), origin="test"),
+                bus.services.stations,
+                "nobody",
+                OcppVersion.OCPP16,
             )
     assert bus.pending_at_publish == []
 
@@ -301,7 +307,7 @@ async def set_pending(services: Services, password: str = NEW_PASSWORD) -> str:
     return encoded
 
 
-@pytest.mark.parametrize("version", [OCPP16, OCPP201])
+@pytest.mark.parametrize("version", [OcppVersion.OCPP16, OcppVersion.OCPP201])
 async def test_accepted_rotation_promotes_the_pending_hash(
     services: Services, version: str
 ) -> None:
@@ -317,14 +323,17 @@ async def test_accepted_answer_stores_the_requested_password_not_another_pending
     services: Services,
 ) -> None:
     newer = await set_pending(services, "AnotherPassword0123")
-    await default_router(OCPP16).handle_result(
-        answer(OCPP16, request(OCPP16), payload=accepted(OCPP16)), deps(services)
+    await default_router(OcppVersion.OCPP16).handle_result(
+        answer(
+            OcppVersion.OCPP16, request(OcppVersion.OCPP16), payload=accepted(OcppVersion.OCPP16)
+        ),
+        deps(services),
     )
     assert verify_password(NEW_PASSWORD, await stored_hash(services) or "")
     assert await pending_hash(services) == newer  # the newer rotation is still in flight
 
 
-@pytest.mark.parametrize("version", [OCPP16, OCPP201])
+@pytest.mark.parametrize("version", [OcppVersion.OCPP16, OcppVersion.OCPP201])
 @pytest.mark.parametrize(
     ("kind", "fields"),
     [
@@ -348,7 +357,7 @@ async def test_unaccepted_rotation_clears_its_pending_hash(
     assert await stored_hash(services) == OLD_HASH
 
 
-@pytest.mark.parametrize("version", [OCPP16, OCPP201])
+@pytest.mark.parametrize("version", [OcppVersion.OCPP16, OcppVersion.OCPP201])
 @pytest.mark.parametrize(
     ("kind", "fields"),
     [
@@ -378,7 +387,7 @@ async def test_rotation_with_an_unknown_outcome_keeps_its_password_admissible(
     assert_no_secret(logs)
 
 
-@pytest.mark.parametrize("version", [OCPP16, OCPP201])
+@pytest.mark.parametrize("version", [OcppVersion.OCPP16, OcppVersion.OCPP201])
 @pytest.mark.parametrize("kind", [Kind.RESULT, Kind.TIMEOUT])
 async def test_stale_answer_does_not_clear_a_newer_pending_hash(
     services: Services, version: str, kind: Kind
@@ -397,7 +406,7 @@ async def test_stale_answer_does_not_clear_a_newer_pending_hash(
 # --- the answers -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", [OCPP16, OCPP201])
+@pytest.mark.parametrize("version", [OcppVersion.OCPP16, OcppVersion.OCPP201])
 async def test_accepted_rotation_stores_the_new_hash(services: Services, version: str) -> None:
     call = request(version)
     with capture_logs() as logs:
@@ -416,13 +425,13 @@ async def test_accepted_rotation_stores_the_new_hash(services: Services, version
 @pytest.mark.parametrize(
     ("version", "status"),
     [
-        (OCPP16, "Rejected"),
-        (OCPP16, "RebootRequired"),
-        (OCPP16, "NotSupported"),
-        (OCPP201, "Rejected"),
-        (OCPP201, "RebootRequired"),
-        (OCPP201, "UnknownVariable"),
-        (OCPP201, "NotSupportedAttributeType"),
+        (OcppVersion.OCPP16, "Rejected"),
+        (OcppVersion.OCPP16, "RebootRequired"),
+        (OcppVersion.OCPP16, "NotSupported"),
+        (OcppVersion.OCPP201, "Rejected"),
+        (OcppVersion.OCPP201, "RebootRequired"),
+        (OcppVersion.OCPP201, "UnknownVariable"),
+        (OcppVersion.OCPP201, "NotSupportedAttributeType"),
     ],
 )
 async def test_refused_rotation_leaves_the_registry_unchanged(
@@ -438,7 +447,7 @@ async def test_refused_rotation_leaves_the_registry_unchanged(
     assert_no_secret(logs)
 
 
-@pytest.mark.parametrize("version", [OCPP16, OCPP201])
+@pytest.mark.parametrize("version", [OcppVersion.OCPP16, OcppVersion.OCPP201])
 @pytest.mark.parametrize(
     ("kind", "fields"),
     [
@@ -469,7 +478,7 @@ async def test_failed_rotation_call_leaves_the_registry_unchanged(
 async def test_201_result_status_is_read_for_the_password_variable_only(
     services: Services,
 ) -> None:
-    action, payload = rotation_call(OCPP201, NEW_PASSWORD)
+    action, payload = rotation_call(OcppVersion.OCPP201, NEW_PASSWORD)
     payload["setVariableData"].insert(
         0,
         {
@@ -494,8 +503,8 @@ async def test_201_result_status_is_read_for_the_password_variable_only(
         ]
     }
     with capture_logs() as logs:
-        await default_router(OCPP201).handle_result(
-            answer(OCPP201, call, payload=result), deps(services)
+        await default_router(OcppVersion.OCPP201).handle_result(
+            answer(OcppVersion.OCPP201, call, payload=result), deps(services)
         )
     assert await stored_hash(services) == OLD_HASH
     variables = {entry["variable"]: entry for entry in logs if entry["event"] == "variable_set"}
@@ -504,7 +513,7 @@ async def test_201_result_status_is_read_for_the_password_variable_only(
     assert_no_secret(logs)
 
 
-@pytest.mark.parametrize("version", [OCPP16, OCPP201])
+@pytest.mark.parametrize("version", [OcppVersion.OCPP16, OcppVersion.OCPP201])
 async def test_unmarked_password_change_is_stored_too(services: Services, version: str) -> None:
     """A station that took a password from any CSMS call uses it: the registry must follow."""
     with capture_logs() as logs:
@@ -521,8 +530,13 @@ async def test_unmarked_password_change_is_stored_too(services: Services, versio
 async def test_accepted_rotation_of_a_station_without_record_creates_nothing() -> None:
     services = make_services()
     with capture_logs() as logs:
-        await default_router(OCPP201).handle_result(
-            answer(OCPP201, request(OCPP201), payload=accepted(OCPP201)), deps(services)
+        await default_router(OcppVersion.OCPP201).handle_result(
+            answer(
+                OcppVersion.OCPP201,
+                request(OcppVersion.OCPP201),
+                payload=accepted(OcppVersion.OCPP201),
+            ),
+            deps(services),
         )
     assert await services.stations.get(STATION) is None
     assert any(entry["event"] == "password_not_changed" for entry in logs)
@@ -535,8 +549,8 @@ async def test_other_configuration_keys_still_log_their_values(services: Service
         payload={"key": "HeartbeatInterval", "value": "60"},
     )
     with capture_logs() as logs:
-        await default_router(OCPP16).handle_result(
-            answer(OCPP16, call, payload={"status": "Accepted"}), deps(services)
+        await default_router(OcppVersion.OCPP16).handle_result(
+            answer(OcppVersion.OCPP16, call, payload={"status": "Accepted"}), deps(services)
         )
     (entry,) = [e for e in logs if e["event"] == "configuration_change"]
     assert entry["value"] == "60"
@@ -568,8 +582,13 @@ async def test_store_outage_while_storing_is_retried_then_loud(
         STATION, StationCredentials(security_profile=1, password_hash=OLD_HASH)
     )
     with capture_logs() as logs:
-        await default_router(OCPP201).handle_result(
-            answer(OCPP201, request(OCPP201), payload=accepted(OCPP201)), deps(services)
+        await default_router(OcppVersion.OCPP201).handle_result(
+            answer(
+                OcppVersion.OCPP201,
+                request(OcppVersion.OCPP201),
+                payload=accepted(OcppVersion.OCPP201),
+            ),
+            deps(services),
         )
     assert verify_password(NEW_PASSWORD, await stored_hash(services) or "") is stored
     if not stored:
@@ -602,7 +621,7 @@ async def test_rotation_round_trip_through_a_manager(
 ) -> None:
     _, gateway_bus, manager = embedded
     topics = Topics()
-    await gateway_bus.subscribe(topics.outbound(OCPP201, STATION))
+    await gateway_bus.subscribe(topics.outbound(OcppVersion.OCPP201, STATION))
     version = await rotation_version(services.stations, STATION)
     rotation: Rotation = await rotate_password(manager.calls, services.stations, STATION, version)
     message = await asyncio.wait_for(anext(aiter(gateway_bus.messages())), 1)
@@ -615,8 +634,10 @@ async def test_rotation_round_trip_through_a_manager(
         meta=call.meta,
     )
     await gateway_bus.publish(
-        topics.inbound(OCPP201, STATION),
-        encode(answer(OCPP201, original, payload=accepted(OCPP201, status))),
+        topics.inbound(OcppVersion.OCPP201, STATION),
+        encode(
+            answer(OcppVersion.OCPP201, original, payload=accepted(OcppVersion.OCPP201, status))
+        ),
     )
     for _ in range(100):
         await manager.idle()

@@ -10,8 +10,9 @@ from structlog.testing import capture_logs
 from csms.bus.memory import MemoryBroker
 from csms.config import Settings
 from csms.envelope import Envelope, Kind, OriginalCall
-from csms.rpc import OCPP16, OCPP201, RpcError
+from csms.rpc import RpcError
 from csms.topics import Topics
+from csms.versions import OcppVersion
 from manager.call_maker import CallMaker
 from manager.context import CallContext, OcppError, ResultContext
 from manager.router import Deps, Router
@@ -75,12 +76,12 @@ class Recorder:
 
 def ok_response(version: str, action: str) -> dict[str, Any]:
     responses: dict[tuple[str, str], dict[str, Any]] = {
-        (OCPP16, "Heartbeat"): {"currentTime": NOW},
-        (OCPP201, "Heartbeat"): {"currentTime": NOW},
-        (OCPP16, "Authorize"): {"idTagInfo": {"status": "Accepted"}},
-        (OCPP201, "Authorize"): {"idTokenInfo": {"status": "Accepted"}},
-        (OCPP16, "MeterValues"): {},
-        (OCPP201, "NotifyEVChargingNeeds"): {"status": "Accepted"},
+        (OcppVersion.OCPP16, "Heartbeat"): {"currentTime": NOW},
+        (OcppVersion.OCPP201, "Heartbeat"): {"currentTime": NOW},
+        (OcppVersion.OCPP16, "Authorize"): {"idTagInfo": {"status": "Accepted"}},
+        (OcppVersion.OCPP201, "Authorize"): {"idTokenInfo": {"status": "Accepted"}},
+        (OcppVersion.OCPP16, "MeterValues"): {},
+        (OcppVersion.OCPP201, "NotifyEVChargingNeeds"): {"status": "Accepted"},
     }
     return responses[(version, action)]
 
@@ -92,7 +93,7 @@ def router_for(version: str, **handlers: Recorder) -> Router:
 # -- action routing --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", [OCPP16, OCPP201])
+@pytest.mark.parametrize("version", [OcppVersion.OCPP16, OcppVersion.OCPP201])
 async def test_unknown_action_is_not_implemented(version: str) -> None:
     router = router_for(version, Heartbeat=Recorder(ok_response(version, "Heartbeat")))
     answer = await router.handle_call(call(version, "FlyToTheMoon", {}), make_deps())
@@ -106,11 +107,11 @@ async def test_unknown_action_is_not_implemented(version: str) -> None:
     ("version", "action", "payload"),
     [
         # CSMS -> station actions a station wrongly sends.
-        (OCPP16, "Reset", {"type": "Hard"}),
-        (OCPP201, "Reset", {"type": "Immediate"}),
+        (OcppVersion.OCPP16, "Reset", {"type": "Hard"}),
+        (OcppVersion.OCPP201, "Reset", {"type": "Immediate"}),
         # Station -> CSMS actions nobody registered a handler for.
-        (OCPP16, "Authorize", {"idTag": "A"}),
-        (OCPP201, "Authorize", {"idToken": {"idToken": "A", "type": "Central"}}),
+        (OcppVersion.OCPP16, "Authorize", {"idTag": "A"}),
+        (OcppVersion.OCPP201, "Authorize", {"idToken": {"idToken": "A", "type": "Central"}}),
     ],
 )
 async def test_known_action_without_handler_is_not_supported(
@@ -124,7 +125,7 @@ async def test_known_action_without_handler_is_not_supported(
 
 def test_registry_with_unknown_action_is_refused() -> None:
     with pytest.raises(ValueError, match="Heartbeet"):
-        Router(OCPP16, {"Heartbeet": Recorder({})}, {})
+        Router(OcppVersion.OCPP16, {"Heartbeet": Recorder({})}, {})
 
 
 # -- schema violations -----------------------------------------------------------------------
@@ -133,20 +134,27 @@ LONG = "x" * 300
 
 VIOLATIONS = [
     # version, action, payload, code, field, rule
-    (OCPP16, "Authorize", {}, "OccurenceConstraintViolation", "idTag", "required"),
-    (OCPP201, "Authorize", {}, "OccurrenceConstraintViolation", "idToken", "required"),
-    (OCPP16, "Authorize", {"idTag": 1}, "TypeConstraintViolation", "idTag", "type"),
+    (OcppVersion.OCPP16, "Authorize", {}, "OccurenceConstraintViolation", "idTag", "required"),
+    (OcppVersion.OCPP201, "Authorize", {}, "OccurrenceConstraintViolation", "idToken", "required"),
+    (OcppVersion.OCPP16, "Authorize", {"idTag": 1}, "TypeConstraintViolation", "idTag", "type"),
     (
-        OCPP201,
+        OcppVersion.OCPP201,
         "Authorize",
         {"idToken": {"idToken": 7, "type": "Central"}},
         "TypeConstraintViolation",
         "idToken.idToken",
         "type",
     ),
-    (OCPP16, "Authorize", {"idTag": LONG}, "PropertyConstraintViolation", "idTag", "maxLength"),
     (
-        OCPP201,
+        OcppVersion.OCPP16,
+        "Authorize",
+        {"idTag": LONG},
+        "PropertyConstraintViolation",
+        "idTag",
+        "maxLength",
+    ),
+    (
+        OcppVersion.OCPP201,
         "Authorize",
         {"idToken": {"idToken": "A", "type": "Nope"}},
         "PropertyConstraintViolation",
@@ -154,7 +162,7 @@ VIOLATIONS = [
         "enum",
     ),
     (
-        OCPP16,
+        OcppVersion.OCPP16,
         "MeterValues",
         {"connectorId": 1, "meterValue": [{"timestamp": "yesterday", "sampledValue": []}]},
         "PropertyConstraintViolation",
@@ -162,7 +170,7 @@ VIOLATIONS = [
         "format",
     ),
     (
-        OCPP201,
+        OcppVersion.OCPP201,
         "NotifyEVChargingNeeds",
         {
             "evseId": 1,
@@ -180,7 +188,7 @@ VIOLATIONS = [
         "maximum",
     ),
     (
-        OCPP16,
+        OcppVersion.OCPP16,
         "MeterValues",
         {"connectorId": 1, "meterValue": []},
         "OccurenceConstraintViolation",
@@ -188,7 +196,7 @@ VIOLATIONS = [
         "minItems",
     ),
     (
-        OCPP16,
+        OcppVersion.OCPP16,
         "Heartbeat",
         {"surprise": True},
         "FormationViolation",
@@ -196,7 +204,7 @@ VIOLATIONS = [
         "additionalProperties",
     ),
     (
-        OCPP201,
+        OcppVersion.OCPP201,
         "Heartbeat",
         {"surprise": True},
         "FormatViolation",
@@ -224,19 +232,23 @@ async def test_schema_violation_code_names_the_field(
 
 
 async def test_valid_call_reaches_handler_with_context() -> None:
-    handler = Recorder(ok_response(OCPP201, "Authorize"))
-    router = Router(OCPP201, {"Authorize": handler}, {})
+    handler = Recorder(ok_response(OcppVersion.OCPP201, "Authorize"))
+    router = Router(OcppVersion.OCPP201, {"Authorize": handler}, {})
     deps = make_deps()
     payload = {"idToken": {"idToken": "A", "type": "Central"}}
-    answer = await router.handle_call(call(OCPP201, "Authorize", payload), deps)
+    answer = await router.handle_call(call(OcppVersion.OCPP201, "Authorize", payload), deps)
     assert answer.kind is Kind.RESULT
     assert answer.payload == {"idTokenInfo": {"status": "Accepted"}}
-    assert (answer.station, answer.version, answer.message_id) == ("CP/1", OCPP201, "m1")
+    assert (answer.station, answer.version, answer.message_id) == (
+        "CP/1",
+        OcppVersion.OCPP201,
+        "m1",
+    )
     assert (answer.gateway, answer.connection) == ("gw-1", "conn-1")
     (ctx,) = handler.contexts
     assert (ctx.station_id, ctx.version, ctx.action, ctx.message_id) == (
         "CP/1",
-        OCPP201,
+        OcppVersion.OCPP201,
         "Authorize",
         "m1",
     )
@@ -248,7 +260,7 @@ async def test_valid_call_reaches_handler_with_context() -> None:
 # -- handler faults --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", [OCPP16, OCPP201])
+@pytest.mark.parametrize("version", [OcppVersion.OCPP16, OcppVersion.OCPP201])
 async def test_ocpp_error_becomes_its_call_error(version: str) -> None:
     handler = Recorder(
         exc=OcppError(RpcError.OCCURRENCE_CONSTRAINT, "no such connector", {"field": "x"})
@@ -257,16 +269,18 @@ async def test_ocpp_error_becomes_its_call_error(version: str) -> None:
     answer = await router.handle_call(call(version, "Heartbeat", {}), make_deps())
     assert answer.kind is Kind.ERROR
     assert answer.error_code == (
-        "OccurenceConstraintViolation" if version == OCPP16 else "OccurrenceConstraintViolation"
+        "OccurenceConstraintViolation"
+        if version == OcppVersion.OCPP16
+        else "OccurrenceConstraintViolation"
     )
     assert answer.error_description == "no such connector"
     assert answer.error_details == {"field": "x"}
 
 
 async def test_handler_exception_is_internal_error_and_logged() -> None:
-    router = Router(OCPP16, {"Heartbeat": Recorder(exc=RuntimeError("boom"))}, {})
+    router = Router(OcppVersion.OCPP16, {"Heartbeat": Recorder(exc=RuntimeError("boom"))}, {})
     with capture_logs() as logs:
-        answer = await router.handle_call(call(OCPP16, "Heartbeat", {}), make_deps())
+        answer = await router.handle_call(call(OcppVersion.OCPP16, "Heartbeat", {}), make_deps())
     assert answer.kind is Kind.ERROR
     assert answer.error_code == "InternalError"
     assert answer.error_description == "internal error"
@@ -278,18 +292,20 @@ async def test_handler_exception_is_internal_error_and_logged() -> None:
 
 
 async def test_store_unavailable_is_internal_error_storage() -> None:
-    router = Router(OCPP201, {"Heartbeat": Recorder(exc=StoreUnavailable("redis down"))}, {})
+    router = Router(
+        OcppVersion.OCPP201, {"Heartbeat": Recorder(exc=StoreUnavailable("redis down"))}, {}
+    )
     with capture_logs() as logs:
-        answer = await router.handle_call(call(OCPP201, "Heartbeat", {}), make_deps())
+        answer = await router.handle_call(call(OcppVersion.OCPP201, "Heartbeat", {}), make_deps())
     assert answer.error_code == "InternalError"
     assert answer.error_description == "storage temporarily unavailable"
     assert any(e["log_level"] == "warning" for e in logs)
 
 
 async def test_invalid_handler_response_is_internal_error_naming_field() -> None:
-    router = Router(OCPP16, {"Heartbeat": Recorder({"currentTime": 12})}, {})
+    router = Router(OcppVersion.OCPP16, {"Heartbeat": Recorder({"currentTime": 12})}, {})
     with capture_logs() as logs:
-        answer = await router.handle_call(call(OCPP16, "Heartbeat", {}), make_deps())
+        answer = await router.handle_call(call(OcppVersion.OCPP16, "Heartbeat", {}), make_deps())
     assert answer.kind is Kind.ERROR
     assert answer.error_code == "InternalError"
     (entry,) = [e for e in logs if e["log_level"] == "error"]
@@ -298,8 +314,8 @@ async def test_invalid_handler_response_is_internal_error_naming_field() -> None
 
 async def test_long_ocpp_error_description_is_capped() -> None:
     handler = Recorder(exc=OcppError(RpcError.GENERIC, "y" * 1000))
-    router = Router(OCPP201, {"Heartbeat": handler}, {})
-    answer = await router.handle_call(call(OCPP201, "Heartbeat", {}), make_deps())
+    router = Router(OcppVersion.OCPP201, {"Heartbeat": handler}, {})
+    answer = await router.handle_call(call(OcppVersion.OCPP201, "Heartbeat", {}), make_deps())
     assert answer.error_code == "GenericError"
     assert len(answer.error_description or "") == 255
 
@@ -327,7 +343,7 @@ def answer(kind: Kind, **fields: Any) -> Envelope:
     return Envelope(
         kind=kind,
         station="CP/1",
-        version=OCPP201,
+        version=OcppVersion.OCPP201,
         message_id="csms-1",
         request=RESET,
         **fields,
@@ -336,7 +352,7 @@ def answer(kind: Kind, **fields: Any) -> Envelope:
 
 async def test_result_reaches_result_handler_with_original_request() -> None:
     handler = ResultRecorder()
-    router = Router(OCPP201, {}, {"Reset": handler})
+    router = Router(OcppVersion.OCPP201, {}, {"Reset": handler})
     deps = make_deps()
     assert await router.handle_result(answer(Kind.RESULT, payload={"status": "Accepted"}), deps)
     (ctx,) = handler.contexts
@@ -344,12 +360,13 @@ async def test_result_reaches_result_handler_with_original_request() -> None:
     assert ctx.request.meta == {"who": "api"}
     assert ctx.payload == {"status": "Accepted"} and ctx.ok
     assert ctx.error_code is None and not ctx.timed_out and ctx.undelivered is None
-    assert ctx.station_id == "CP/1" and ctx.version == OCPP201
+    assert ctx.station_id == "CP/1" and ctx.version == OcppVersion.OCPP201
     assert ctx.calls is deps.calls
 
 
 @pytest.mark.parametrize(
-    ("version", "code"), [(OCPP16, "FormationViolation"), (OCPP201, "FormatViolation")]
+    ("version", "code"),
+    [(OcppVersion.OCPP16, "FormationViolation"), (OcppVersion.OCPP201, "FormatViolation")],
 )
 async def test_invalid_result_payload_reaches_handler_as_format_error(
     version: str, code: str
@@ -375,7 +392,7 @@ async def test_invalid_result_payload_reaches_handler_as_format_error(
 
 async def test_call_error_reaches_result_handler() -> None:
     handler = ResultRecorder()
-    router = Router(OCPP201, {}, {"Reset": handler})
+    router = Router(OcppVersion.OCPP201, {}, {"Reset": handler})
     envelope = answer(Kind.ERROR, error_code="NotSupported", error_description="nope")
     await router.handle_result(envelope, make_deps())
     (ctx,) = handler.contexts
@@ -385,7 +402,7 @@ async def test_call_error_reaches_result_handler() -> None:
 
 async def test_timeout_reaches_result_handler() -> None:
     handler = ResultRecorder()
-    router = Router(OCPP201, {}, {"Reset": handler})
+    router = Router(OcppVersion.OCPP201, {}, {"Reset": handler})
     await router.handle_result(answer(Kind.TIMEOUT), make_deps())
     (ctx,) = handler.contexts
     assert ctx.timed_out and ctx.payload is None and ctx.undelivered is None
@@ -394,7 +411,7 @@ async def test_timeout_reaches_result_handler() -> None:
 
 async def test_undelivered_reaches_result_handler_with_reason() -> None:
     handler = ResultRecorder()
-    router = Router(OCPP201, {}, {"Reset": handler})
+    router = Router(OcppVersion.OCPP201, {}, {"Reset": handler})
     envelope = answer(Kind.UNDELIVERED, error_description="queue full")
     await router.handle_result(envelope, make_deps())
     (ctx,) = handler.contexts
@@ -403,7 +420,7 @@ async def test_undelivered_reaches_result_handler_with_reason() -> None:
 
 
 async def test_result_without_handler_is_dropped_quietly() -> None:
-    router = Router(OCPP201, {}, {})
+    router = Router(OcppVersion.OCPP201, {}, {})
     with capture_logs() as logs:
         ran = await router.handle_result(
             answer(Kind.RESULT, payload={"status": "Accepted"}), make_deps()
@@ -413,7 +430,7 @@ async def test_result_without_handler_is_dropped_quietly() -> None:
 
 
 async def test_result_handler_exception_is_logged_not_raised() -> None:
-    router = Router(OCPP201, {}, {"Reset": ResultRecorder(exc=RuntimeError("boom"))})
+    router = Router(OcppVersion.OCPP201, {}, {"Reset": ResultRecorder(exc=RuntimeError("boom"))})
     with capture_logs() as logs:
         ran = await router.handle_result(
             answer(Kind.RESULT, payload={"status": "Accepted"}), make_deps()
@@ -424,9 +441,9 @@ async def test_result_handler_exception_is_logged_not_raised() -> None:
 
 async def test_answer_without_request_is_dropped() -> None:
     handler = ResultRecorder()
-    router = Router(OCPP201, {}, {"Reset": handler})
+    router = Router(OcppVersion.OCPP201, {}, {"Reset": handler})
     envelope = Envelope(
-        kind=Kind.RESULT, station="CP/1", version=OCPP201, message_id="x", payload={}
+        kind=Kind.RESULT, station="CP/1", version=OcppVersion.OCPP201, message_id="x", payload={}
     )
     assert not await router.handle_result(envelope, make_deps())
     assert handler.contexts == []

@@ -9,8 +9,6 @@ import pytest
 
 from csms.rpc import (
     MAX_JSON_DEPTH,
-    OCPP16,
-    OCPP201,
     Call,
     CallError,
     CallResult,
@@ -18,10 +16,10 @@ from csms.rpc import (
     RpcError,
     encode_call,
     encode_error,
-    error_code,
     json_loads,
     parse_frame,
 )
+from csms.versions import OcppVersion, error_code
 
 
 def test_parses_each_message_type() -> None:
@@ -62,13 +60,22 @@ def test_faults_name_the_error_and_id(
 
 
 def test_error_codes_differ_per_version() -> None:
-    assert error_code(OCPP16, RpcError.FORMAT_VIOLATION) == "FormationViolation"
-    assert error_code(OCPP201, RpcError.FORMAT_VIOLATION) == "FormatViolation"
-    assert error_code(OCPP16, RpcError.OCCURRENCE_CONSTRAINT) == "OccurenceConstraintViolation"
-    assert error_code(OCPP201, RpcError.OCCURRENCE_CONSTRAINT) == "OccurrenceConstraintViolation"
-    assert error_code(OCPP201, RpcError.MESSAGE_TYPE_NOT_SUPPORTED) == "MessageTypeNotSupported"
-    assert error_code(OCPP201, RpcError.RPC_FRAMEWORK) == "RpcFrameworkError"
-    for version in (OCPP16, OCPP201):
+    assert error_code(OcppVersion.OCPP16, RpcError.FORMAT_VIOLATION) == "FormationViolation"
+    assert error_code(OcppVersion.OCPP201, RpcError.FORMAT_VIOLATION) == "FormatViolation"
+    assert (
+        error_code(OcppVersion.OCPP16, RpcError.OCCURRENCE_CONSTRAINT)
+        == "OccurenceConstraintViolation"
+    )
+    assert (
+        error_code(OcppVersion.OCPP201, RpcError.OCCURRENCE_CONSTRAINT)
+        == "OccurrenceConstraintViolation"
+    )
+    assert (
+        error_code(OcppVersion.OCPP201, RpcError.MESSAGE_TYPE_NOT_SUPPORTED)
+        == "MessageTypeNotSupported"
+    )
+    assert error_code(OcppVersion.OCPP201, RpcError.RPC_FRAMEWORK) == "RpcFrameworkError"
+    for version in (OcppVersion.OCPP16, OcppVersion.OCPP201):
         assert {error_code(version, e) for e in RpcError} <= _allowed(version)
 
 
@@ -83,7 +90,7 @@ def _allowed(version: str) -> set[str]:
         "SecurityError",
         "TypeConstraintViolation",
     }
-    if version == OCPP16:
+    if version == OcppVersion.OCPP16:
         return common | {"FormationViolation", "OccurenceConstraintViolation"}
     return common | {
         "FormatViolation",

@@ -26,10 +26,12 @@ from csms.envelope import (
     decode_envelope,
     encode,
 )
-from csms.rpc import OCPP16, OCPP201, RpcError
+from csms.rpc import RpcError
 from csms.topics import Topics
+from csms.versions import OcppVersion, supported
 from manager.context import CallContext, CallHandler, OcppError, ResultContext, ResultHandler
 from manager.idempotency import claim_owner, idempotency_key
+from manager.router import Router
 from manager.worker import Manager
 from services import Services, StoreUnavailable
 from services.memory import (
@@ -59,7 +61,7 @@ def make_services(idempotency: Any = None) -> Services:
 def heartbeat_call(
     station: str = "CP1",
     message_id: str = "m1",
-    version: str = OCPP16,
+    version: str = OcppVersion.OCPP16,
     connection: str = "conn-1",
     action: str = "Heartbeat",
     payload: dict[str, Any] | None = None,
@@ -154,10 +156,10 @@ async def running(
             settings,
             bus,
             services or make_services(),
-            handlers_v16=handlers or {},
-            result_handlers_v16=result_handlers or {},
-            handlers_v201=handlers or {},
-            result_handlers_v201=result_handlers or {},
+            routers={
+                version: Router(version, handlers or {}, result_handlers or {})
+                for version in supported()
+            },
             compile_schemas=kwargs.pop("compile_schemas", False),
             **kwargs,
         ) as manager,
@@ -182,10 +184,14 @@ async def test_call_is_answered_on_the_outbound_topic(
     async with running(broker, handlers={"Heartbeat": heartbeat}, compile_schemas=True) as m:
         await station.send(heartbeat_call(station="CP/1+#", message_id="abc"))
         message, answer = await station.receive()
-    assert message.topic == TOPICS.outbound(OCPP16, "CP/1+#")
+    assert message.topic == TOPICS.outbound(OcppVersion.OCPP16, "CP/1+#")
     assert message.properties == {"message_id": "abc", "station": "CP/1+#"}
     assert answer.kind is Kind.RESULT
-    assert (answer.station, answer.version, answer.message_id) == ("CP/1+#", OCPP16, "abc")
+    assert (answer.station, answer.version, answer.message_id) == (
+        "CP/1+#",
+        OcppVersion.OCPP16,
+        "abc",
+    )
     assert (answer.gateway, answer.connection) == ("gw-1", "conn-1")
     assert set(answer.payload) == {"currentTime"}
     assert heartbeat.runs == [("CP/1+#", "abc")]
@@ -194,10 +200,10 @@ async def test_call_is_answered_on_the_outbound_topic(
 
 async def test_both_versions_are_routed(broker: MemoryBroker, station: StationSide) -> None:
     async with running(broker, handlers={"Heartbeat": CountingHeartbeat()}):
-        await station.send(heartbeat_call(version=OCPP201))
+        await station.send(heartbeat_call(version=OcppVersion.OCPP201))
         message, answer = await station.receive()
-    assert message.topic == TOPICS.outbound(OCPP201, "CP1")
-    assert answer.kind is Kind.RESULT and answer.version == OCPP201
+    assert message.topic == TOPICS.outbound(OcppVersion.OCPP201, "CP1")
+    assert answer.kind is Kind.RESULT and answer.version == OcppVersion.OCPP201
 
 
 async def test_refusals_are_answered(broker: MemoryBroker, station: StationSide) -> None:
@@ -542,9 +548,11 @@ async def test_shutdown_lets_in_flight_work_finish(
 async def test_garbage_on_the_bus_is_dropped(broker: MemoryBroker, station: StationSide) -> None:
     async with running(broker, handlers={"Heartbeat": CountingHeartbeat()}) as m:
         with no_errors_logged() as logs:
-            await station.bus.publish(TOPICS.inbound(OCPP16, "CP1"), b"not json")
-            await station.bus.publish(TOPICS.inbound(OCPP16, "CP1"), b'{"kind": "call"}')
-            await station.bus.publish(TOPICS.event(OCPP16, "CP1"), b"[]")
+            await station.bus.publish(TOPICS.inbound(OcppVersion.OCPP16, "CP1"), b"not json")
+            await station.bus.publish(
+                TOPICS.inbound(OcppVersion.OCPP16, "CP1"), b'{"kind": "call"}'
+            )
+            await station.bus.publish(TOPICS.event(OcppVersion.OCPP16, "CP1"), b"[]")
             await station.bus.publish(f"{TOPICS.prefix}/in/extra/levels/here", b"{}")
             await station.send(heartbeat_call(version="ocpp9"))
             await station.send(heartbeat_call())
@@ -579,7 +587,7 @@ async def test_results_reach_result_handlers_which_can_call_again(
                 Envelope(
                     kind=kind,
                     station="CP1",
-                    version=OCPP201,
+                    version=OcppVersion.OCPP201,
                     message_id="c1",
                     request=request,
                     **extra,
@@ -593,7 +601,7 @@ async def test_results_reach_result_handlers_which_can_call_again(
     assert contexts[2].timed_out
     assert contexts[3].undelivered == "queue full"
     assert all(c.request == request for c in contexts)
-    assert message.topic == TOPICS.outbound(OCPP201, "CP1")
+    assert message.topic == TOPICS.outbound(OcppVersion.OCPP201, "CP1")
     assert (follow_up.kind, follow_up.action) == (Kind.CALL, "Reset")
     assert follow_up.meta["origin"] == "manager:mgr-1"
 
@@ -611,7 +619,7 @@ async def test_connection_events_update_the_registry(
         return ConnectionEvent(
             kind=kind,
             station="CP1",
-            version=OCPP201,
+            version=OcppVersion.OCPP201,
             gateway="gw-1",
             connection=connection,
             at=at,
@@ -665,7 +673,7 @@ async def test_connection_events_refused_by_the_store_are_retried(
             ConnectionEvent(
                 kind=ConnectionEventKind.CONNECTED,
                 station="CP1",
-                version=OCPP201,
+                version=OcppVersion.OCPP201,
                 gateway="gw-1",
                 connection="conn-1",
             )
@@ -723,8 +731,12 @@ async def test_gateway_presence_takes_stations_offline(
     services = make_services()
     registry = services.stations
     async with running(broker, services, gateway_heartbeat_interval=0.05) as m:
-        await registry.mark_connected("CP1", OCPP201, "gw-1", "c1", "2026-01-01T00:00:00Z")
-        await registry.mark_connected("CP2", OCPP201, "gw-2", "c2", "2026-01-01T00:00:00Z")
+        await registry.mark_connected(
+            "CP1", OcppVersion.OCPP201, "gw-1", "c1", "2026-01-01T00:00:00Z"
+        )
+        await registry.mark_connected(
+            "CP2", OcppVersion.OCPP201, "gw-2", "c2", "2026-01-01T00:00:00Z"
+        )
         # gw-1's broker connection died: the broker publishes its last will.
         gone = GatewayPresence(state=GatewayState.GONE, gateway="gw-1")
         await station.bus.publish(TOPICS.gateway_presence("gw-1"), encode(gone))
@@ -747,7 +759,7 @@ async def test_gateway_presence_takes_stations_offline(
 
 def test_default_wiring_loads_the_project_handlers() -> None:
     manager = Manager(Settings(), MemoryBroker().client(), make_services())
-    for version in (OCPP16, OCPP201):
+    for version in (OcppVersion.OCPP16, OcppVersion.OCPP201):
         router = manager.routers[version]
         assert {"BootNotification", "Heartbeat", "Authorize"} <= set(router.handlers)
         assert "Reset" not in router.handlers  # CSMS -> station only
