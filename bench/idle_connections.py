@@ -75,7 +75,7 @@ async def main() -> None:
         }
     )
     child = subprocess.Popen(  # noqa: ASYNC220 (start-up only)
-        [sys.executable, "-m", "csms", "run"], env=env, stdout=subprocess.DEVNULL
+        [sys.executable, "-m", "cli", "run"], env=env, stdout=subprocess.DEVNULL
     )
     held: list[Any] = []
     try:

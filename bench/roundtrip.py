@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import websockets
 
-from csms.app import all_in_one
+from cli.processes import all_in_one
 from csms.config import load_settings
 from csms.logs import configure_logging
 
@@ -82,7 +82,7 @@ async def _fleet(args: argparse.Namespace) -> AsyncIterator[Callable[[str], str]
     )
     if args.redis_url:
         env["CSMS_REDIS_URL"] = args.redis_url
-    command = [sys.executable, "-m", "csms"]
+    command = [sys.executable, "-m", "cli"]
     roles = ["manager"] * args.managers + ["gateway"]
     processes = [subprocess.Popen([*command, role], env=env) for role in roles]  # noqa: ASYNC220
     try:

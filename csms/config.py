@@ -94,7 +94,7 @@ class StationSettings(BaseModel):
     @field_validator("password_hash")
     @classmethod
     def _check_password_hash(cls, value: str | None) -> str | None:
-        from services.credentials import is_password_hash
+        from csms.credentials import is_password_hash
 
         if value is not None and not is_password_hash(value):
             raise ValueError(

@@ -53,10 +53,10 @@ import binascii
 import dataclasses
 import http
 from collections.abc import Callable, Collection, Sequence
-from typing import Literal
+from typing import Literal, Protocol
 
+from csms.credentials import verify_password
 from csms.versions import PasswordStyle, spec
-from services.credentials import verify_password
 from services.models import StationRecord
 
 __all__ = [
@@ -78,6 +78,24 @@ MAX_AUTHORIZATION_HEADER = 4096
 """Longer ``Authorization`` values are garbage, not credentials."""
 
 _ALL_PROFILES = frozenset({1, 2, 3})
+
+
+class StationLookup(Protocol):
+    """What admission needs from the station registry: one station's record.
+
+    The gateway asks for nothing else, so any store can serve it (the managers' Redis
+    registry in a fleet, the shared in-memory one in ``csms run``).
+    """
+
+    async def get(self, station_id: str) -> StationRecord | None: ...
+
+
+class NoStations:
+    """A :class:`StationLookup` that knows no station (only ``unknown_stations`` or
+    first-try mode let stations in)."""
+
+    async def get(self, station_id: str) -> StationRecord | None:
+        return None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -168,7 +186,7 @@ def parse_basic_auth(header: str | None) -> tuple[str, str] | None:
     is case-insensitive and missing base64 padding is accepted. The user-id ends at the first
     colon; the password is everything after it. Octets that are not UTF-8 are kept, decoded
     with ``surrogateescape``: an OCPP 1.6 station sends the raw octets of its hex
-    AuthorizationKey, which need not be text (see :mod:`services.credentials`).
+    AuthorizationKey, which need not be text (see :mod:`csms.credentials`).
     """
     if not header or len(header) > MAX_AUTHORIZATION_HEADER:
         return None

@@ -71,7 +71,14 @@ from csms.envelope import (
 )
 from csms.topics import Topics
 from csms.versions import supported
-from gateway.admission import Admission, admit, parse_basic_auth, select_version
+from gateway.admission import (
+    Admission,
+    NoStations,
+    StationLookup,
+    admit,
+    parse_basic_auth,
+    select_version,
+)
 from gateway.connection import Connection
 from gateway.guard import LOG_INTERVAL, Guard
 from gateway.limits import LogThrottle, format_peer, peer_host
@@ -79,8 +86,6 @@ from gateway.listeners import StationListener, is_loopback, station_listeners
 from gateway.password_checks import PasswordChecks, PasswordChecksBusy
 from gateway.pipe import STATION_DISCONNECTED, Limits, Pipe
 from gateway.tls import peer_identity
-from services.interfaces import StationRegistry
-from services.memory import MemoryStationRegistry
 
 __all__ = ["Gateway", "HandshakeRefused", "parse_station_path"]
 
@@ -180,8 +185,9 @@ class Gateway:
     connection's outcomes. ``bus`` must already be open and be used by nobody else for
     receiving.
 
-    ``registry`` is the station registry admission reads (default: an empty in-memory one,
-    so only ``unknown_stations`` or first-try mode let stations in). ``first_try`` admits
+    ``registry`` is where admission looks stations up, a
+    :class:`~gateway.admission.StationLookup` (default: none is known, so only
+    ``unknown_stations`` or first-try mode let stations in). ``first_try`` admits
     stations without credentials; it is ignored unless every listener is on loopback.
     """
 
@@ -191,7 +197,7 @@ class Gateway:
         bus: Bus,
         *,
         gateway_id: str | None = None,
-        registry: StationRegistry | None = None,
+        registry: StationLookup | None = None,
         first_try: bool = False,
     ) -> None:
         self._settings = settings
@@ -213,9 +219,7 @@ class Gateway:
         """Disconnect events the bus did not take, by connection id, oldest first."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._log = log.bind(gateway=self._id)
-        self._registry: StationRegistry = (
-            registry if registry is not None else MemoryStationRegistry()
-        )
+        self._registry: StationLookup = registry if registry is not None else NoStations()
         configured = station_listeners(settings)
         if first_try and not all(is_loopback(item.host) for item in configured):
             self._log.warning("first-try mode refused: a listener is not on a loopback address")
@@ -265,7 +269,7 @@ class Gateway:
         return self._first_try
 
     @property
-    def registry(self) -> StationRegistry:
+    def registry(self) -> StationLookup:
         """The station registry admission reads."""
         return self._registry
 

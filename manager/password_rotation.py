@@ -3,7 +3,7 @@
 - OCPP 2.0.1 A01 "Update Charging Station Password for HTTP Basic Authentication":
   SetVariables ``SecurityCtrlr.BasicAuthPassword`` (attributeType Actual).
 - OCPP 1.6 Security Whitepaper: ChangeConfiguration ``AuthorizationKey``, whose value is the
-  password's octets hex-encoded (:func:`services.credentials.authorization_key`).
+  password's octets hex-encoded (:func:`csms.credentials.authorization_key`).
 
 How a rotation flows, with no instance remembering anything:
 
@@ -53,11 +53,7 @@ from typing import Any
 
 import structlog
 
-from csms.envelope import OriginalCall
-from csms.versions import PasswordStyle, spec
-from manager.call_maker import CallMaker
-from manager.context import ResultContext
-from services.credentials import (
+from csms.credentials import (
     authorization_key,
     check_password,
     generate_password,
@@ -65,6 +61,10 @@ from services.credentials import (
     password_from_authorization_key,
     verify_password,
 )
+from csms.envelope import OriginalCall
+from csms.versions import PasswordStyle, spec
+from manager.call_maker import CallMaker
+from manager.context import ResultContext
 from services.interfaces import StationRegistry, StoreUnavailable
 
 __all__ = [

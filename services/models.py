@@ -8,7 +8,7 @@ import enum
 
 import msgspec
 
-from services.credentials import is_password_hash
+from csms.credentials import is_password_hash
 
 
 class RegistrationStatus(enum.StrEnum):
@@ -88,7 +88,7 @@ class StationCredentials(msgspec.Struct, kw_only=True, frozen=True):
 
     security_profile: int | msgspec.UnsetType = msgspec.UNSET
     password_hash: str | msgspec.UnsetType | None = msgspec.UNSET
-    """A :func:`services.credentials.hash_password` value; None removes the password."""
+    """A :func:`csms.credentials.hash_password` value; None removes the password."""
     certificate_identity: str | msgspec.UnsetType | None = msgspec.UNSET
     """Profile 3: the name the client certificate must carry (None = the station id)."""
     allowed_versions: tuple[str, ...] | msgspec.UnsetType = msgspec.UNSET

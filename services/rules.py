@@ -11,7 +11,7 @@ import datetime as dt
 
 import msgspec
 
-from services.credentials import is_password_hash
+from csms.credentials import is_password_hash
 from services.models import (
     MAX_UNSETTLED_PASSWORDS,
     Authorization,

@@ -114,7 +114,7 @@ class Fleet:
         for index in range(self.managers):
             manager = CsmsProcess(
                 f"manager-{index}",
-                [sys.executable, "-m", "csms", "manager"],
+                [sys.executable, "-m", "cli", "manager"],
                 self.workdir / f"manager-{index}.log",
                 env,
             )
@@ -122,7 +122,7 @@ class Fleet:
             manager.start()
         gateway = CsmsProcess(
             "gateway",
-            [sys.executable, "-m", "csms", "gateway"],
+            [sys.executable, "-m", "cli", "gateway"],
             self.workdir / "gateway.log",
             env,
         )
@@ -151,7 +151,7 @@ class Fleet:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run a ``csms`` command against this fleet's stores."""
         return subprocess.run(
-            [sys.executable, "-m", "csms", *args],
+            [sys.executable, "-m", "cli", *args],
             cwd=ROOT,
             env=self._env(),
             capture_output=True,

@@ -33,7 +33,7 @@ from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as result201
 from websockets.exceptions import InvalidStatus
 
-from services.credentials import password_from_authorization_key, verify_password
+from csms.credentials import password_from_authorization_key, verify_password
 from services.models import StationRecord
 from services.redis_store import RedisStationRegistry
 from tests.integration.fleet import Fleet

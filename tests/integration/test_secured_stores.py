@@ -21,8 +21,8 @@ from structlog.testing import capture_logs
 
 from csms.bus.mqtt import MqttBus
 from csms.config import Settings, StationSettings
+from csms.credentials import hash_password, verify_password
 from services import StoreUnavailable, factory
-from services.credentials import hash_password, verify_password
 from services.factory import open_services
 from services.models import RegistrationStatus, StationCredentials
 from services.redis_store import RedisStationRegistry

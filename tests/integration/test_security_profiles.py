@@ -36,11 +36,11 @@ from websockets.typing import Subprotocol
 from csms.bus import Message
 from csms.bus.memory import MemoryBroker, MemoryBus
 from csms.config import ListenerSettings, ListenerTlsSettings, Settings, TokenSettings
+from csms.credentials import hash_password, verify_password
 from csms.envelope import ADMITTED_AS, decode_envelope
 from gateway.server import Gateway
 from manager.worker import Manager
 from services import Services
-from services.credentials import hash_password, verify_password
 from services.factory import open_services
 from services.interfaces import StoreUnavailable
 from services.models import RegistrationStatus, StationRecord
@@ -647,7 +647,7 @@ def _run_banner(*args: str) -> str:
     port = free_port()
     env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "csms", "run", "--port", str(port), *args],
+        [sys.executable, "-m", "cli", "run", "--port", str(port), *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

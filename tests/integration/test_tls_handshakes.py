@@ -27,9 +27,9 @@ from websockets.exceptions import InvalidMessage, InvalidStatus
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from csms.credentials import hash_password
 from gateway.admission import CertificateIdentity, ListenerPolicy, admit, parse_basic_auth
 from gateway.tls import CertificateReloader, peer_identity, server_ssl_context
-from services.credentials import hash_password
 from services.models import StationRecord
 from tests.certs import CertFiles, Pki, client_context, make_pki
 

@@ -18,7 +18,7 @@ from cryptography.x509 import load_pem_x509_certificate
 from structlog.testing import capture_logs
 
 from csms.config import ListenerSettings, TlsOffloadSettings
-from services.credentials import hash_password
+from csms.credentials import hash_password
 from tests.certs import CertFiles, Pki, make_pki
 from tests.integration.test_security_profiles import (
     PASSWORD,

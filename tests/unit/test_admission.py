@@ -10,6 +10,7 @@ from http import HTTPStatus
 import msgspec
 import pytest
 
+from csms.credentials import hash_password, password_from_authorization_key, verify_password
 from gateway.admission import (
     Admission,
     CertificateIdentity,
@@ -19,7 +20,6 @@ from gateway.admission import (
     parse_basic_auth,
     select_version,
 )
-from services.credentials import hash_password, password_from_authorization_key, verify_password
 from services.models import StationRecord
 
 STATION = "CS001"

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 import services.factory
-from csms.cli import main
+from cli.main import main
 from csms.config import Settings
 from services import Services
 from services.memory import (

@@ -1,4 +1,4 @@
-"""Station password hashing, checking and generation (services.credentials)."""
+"""Station password hashing, checking and generation (csms.credentials)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import string
 
 import pytest
 
-from services import credentials
-from services.credentials import (
+from csms.credentials import (
     authorization_key,
     check_password,
     generate_password,
@@ -17,6 +16,7 @@ from services.credentials import (
     password_from_authorization_key,
     verify_password,
 )
+from csms import credentials
 
 PASSWORD = "Correct-Horse-Battery-9"
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from csms.cli import build_parser
+from cli.main import build_parser
 from csms.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

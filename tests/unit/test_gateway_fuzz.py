@@ -1,6 +1,6 @@
 """Hostile input against a running CSMS: the gateway keeps serving and its memory stays bounded.
 
-The embedded CSMS (:func:`csms.app.all_in_one`: gateway + manager on the in-process bus) runs
+The embedded CSMS (:func:`cli.processes.all_in_one`: gateway + manager on the in-process bus) runs
 on an event loop in a background thread for the whole test. Hypothesis drives rounds of
 attacks at it (random text and binary frames, random JSON arrays, OCPP-shaped frames with
 random contents, frames far over the size limit, floods that read their answers and floods
@@ -38,7 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
 
 import gateway.server
-from csms.app import all_in_one
+from cli.processes import all_in_one
 from csms.bus.memory import MemoryBus
 from csms.config import Settings
 from csms.versions import OcppVersion

@@ -19,6 +19,12 @@ from structlog.testing import capture_logs
 from csms.bus import BusUnavailable
 from csms.bus.memory import MemoryBroker, MemoryBus
 from csms.config import Settings
+from csms.credentials import (
+    check_password,
+    hash_password,
+    password_from_authorization_key,
+    verify_password,
+)
 from csms.envelope import Envelope, Kind, OriginalCall, decode_envelope, encode
 from csms.topics import Topics
 from csms.versions import OcppVersion
@@ -37,12 +43,6 @@ from manager.router import Deps, default_router
 from manager.worker import Manager
 from ocpp_schemas import Direction, validate
 from services import Services, StoreUnavailable
-from services.credentials import (
-    check_password,
-    hash_password,
-    password_from_authorization_key,
-    verify_password,
-)
 from services.memory import (
     MemoryIdempotencyStore,
     MemoryStationRegistry,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
-from services.credentials import hash_password
+from csms.credentials import hash_password
 from services.interfaces import IdempotencyStore, StationRegistry, TokenStore, TransactionStore
 from services.memory import (
     MemoryIdempotencyStore,

@@ -12,13 +12,13 @@ import pytest
 from pydantic import ValidationError
 
 from csms.config import Settings, StationSettings
-from services import rules
-from services.credentials import (
+from csms.credentials import (
     hash_password,
     is_password_hash,
     password_from_authorization_key,
     verify_password,
 )
+from services import rules
 from services.factory import configured_credentials
 from services.models import StationCredentials, StationRecord
 
@@ -29,7 +29,7 @@ HASH = hash_password("configured-pass-123")
 def csms(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CSMS_")}
     return subprocess.run(
-        [sys.executable, "-m", "csms", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=ROOT,
         env={**clean, **env},
         input=stdin if stdin is not None else "",

@@ -1,0 +1,78 @@
+"""``csms`` command line: the parser and the dispatch to one module per command group.
+
+    csms run        gateway + manager in one process (embedded default without broker/Redis)
+    csms gateway    one gateway instance (needs --broker-url)
+    csms manager    one manager instance (needs --broker-url; --redis-url for shared state)
+    csms station add ID [--registration Accepted|Pending|Rejected] [--profile 0-3]
+                        [--password P | --password - | --generate-password]
+                        [--certificate-identity CN] [--versions ocpp1.6,ocpp2.0.1]
+    csms station rotate-password ID [--wait SECONDS]
+    csms password generate [--version ocpp1.6|ocpp2.0.1] [--length N]
+    csms password hash [--version ...] [--authorization-key]   (password on stdin)
+    csms token add ID [--status ...] [--expiry ISO [--allow-past-expiry]] [--group ID]
+                      [--type ISO14443|eMAID|...]
+
+Every setting can also come from a TOML file (--config) or ``CSMS_*`` environment variables;
+see :mod:`csms.config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from cli import password, serve, station, token
+from cli.common import CommandError, describe, settings_from
+from csms.logs import configure_logging
+from services.interfaces import StoreUnavailable
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="csms", description="OCPP 1.6 / 2.0.1 CSMS")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve.add_commands(commands)
+    station.add_commands(commands)
+    password.add_commands(commands)
+    token.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "password":
+            return password.run(args)  # needs no settings
+        try:
+            settings = settings_from(args)
+        except ValidationError as exc:
+            print(f"csms: invalid settings:\n{describe(exc)}", file=sys.stderr)
+            return 2
+        except FileNotFoundError as exc:
+            print(f"csms: {exc}", file=sys.stderr)
+            return 2
+        configure_logging(settings.log_format, settings.log_level)
+        if args.command in serve.COMMANDS:
+            return serve.run(settings, args)
+        if args.command == "station":
+            return station.run(settings, args)
+        return token.run(settings, args)
+    except CommandError as exc:
+        print(f"csms: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except StoreUnavailable as exc:
+        print(f"csms: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130 if args.command == "password" else 0
+    except OSError as exc:
+        print(f"csms: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

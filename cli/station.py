@@ -1,0 +1,332 @@
+"""``csms station``: register stations and rotate their passwords."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from cli.common import (
+    OCPP_VERSIONS,
+    CommandError,
+    add_setting_flags,
+    parse_versions,
+    progress,
+    read_secret,
+    require_redis,
+)
+from csms.config import Settings
+
+if TYPE_CHECKING:
+    from csms.bus import Bus
+    from csms.envelope import Envelope
+    from services import Services
+
+__all__ = ["add_commands", "run"]
+
+
+def add_commands(commands: Any) -> None:
+    """The ``station`` command group."""
+    station = commands.add_parser("station", help="manage the station registry")
+    station_commands = station.add_subparsers(dest="station_command", required=True)
+    add_station = station_commands.add_parser("add", help="register a station")
+    add_station.add_argument("station_id")
+    add_station.add_argument(
+        "--registration",
+        choices=["Accepted", "Pending", "Rejected"],
+        help="default: Accepted for a new station; a registered station keeps its registration",
+    )
+    add_station.add_argument(
+        "--profile",
+        type=int,
+        choices=[0, 1, 2, 3],
+        help="security profile: 0 none, 1 Basic auth, 2 TLS + Basic auth, 3 client certificate",
+    )
+    secret = add_station.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--password", help="Basic auth password ('-' reads it from stdin); only its hash is kept"
+    )
+    secret.add_argument(
+        "--generate-password",
+        action="store_true",
+        help="generate a password valid for the station's versions and print it once",
+    )
+    add_station.add_argument(
+        "--certificate-identity",
+        help="profile 3: name the client certificate must carry (default: the station id)",
+    )
+    add_station.add_argument(
+        "--versions", help="OCPP versions the station may use, e.g. ocpp1.6,ocpp2.0.1 (default any)"
+    )
+    add_setting_flags(add_station)
+
+    rotate = station_commands.add_parser(
+        "rotate-password",
+        help="give a connected station a new Basic auth password",
+        description="Send the station a new password (2.0.1 SetVariables BasicAuthPassword, "
+        "1.6 ChangeConfiguration AuthorizationKey) and wait until the registry holds its hash. "
+        "Exit status: 0 accepted and stored; 1 the station did not accept (password "
+        "unchanged); 2 nothing sent (settings, unknown or offline station, broker); "
+        "3 no outcome within --wait.",
+    )
+    rotate.add_argument("station_id")
+    rotate.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for the outcome (default 60)"
+    )
+    add_setting_flags(rotate)
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    if args.station_command == "rotate-password":
+        return asyncio.run(_rotate_password(settings, args.station_id, args.wait))
+    asyncio.run(_station_add(settings, args))
+    return 0
+
+
+def _check_password_for(password: str, versions: Sequence[str]) -> None:
+    from csms.credentials import check_password
+
+    for version in versions:
+        try:
+            check_password(password, version=version)
+        except ValueError as exc:
+            raise CommandError(
+                f"password not usable for {version}: {exc} (--versions narrows the versions "
+                "it must suit)"
+            ) from None
+
+
+async def _station_add(settings: Settings, args: argparse.Namespace) -> None:
+    """Register (or update) a station: credentials if any were given, then registration.
+
+    Only the fields given change; connection and boot facts are kept. Without
+    ``--registration`` a registered station keeps its registration and any other becomes
+    Accepted.
+    """
+    from csms.credentials import authorization_key, generate_password, hash_password
+    from services.factory import open_services
+    from services.models import RegistrationStatus, StationCredentials
+
+    station_id: str = args.station_id
+    versions = parse_versions(args.versions)
+    password: str | None = args.password
+    if password == "-":
+        password = read_secret("password: ")
+    require_redis(settings)
+    async with open_services(settings) as services:
+        record = await services.stations.get(station_id)
+        profile = args.profile
+        if profile is None:
+            profile = record.security_profile if record is not None else 0
+        # The versions the password must suit: those allowed, else the one the station
+        # speaks, else both.
+        targets: Sequence[str] = versions or (
+            (record.allowed_versions or ([record.ocpp_version] if record.ocpp_version else []))
+            if record is not None
+            else []
+        )
+        targets = list(targets) or list(OCPP_VERSIONS)
+        if args.generate_password:
+            version = "ocpp1.6" if "ocpp1.6" in targets else "ocpp2.0.1"
+            password = generate_password(version=version)
+        if password is not None:
+            _check_password_for(password, targets)
+            if profile == 0:
+                raise CommandError(
+                    "a password is for security profile 1 or 2: add --profile 1 (ws) or "
+                    "--profile 2 (wss)"
+                )
+            if profile == 3:
+                raise CommandError(
+                    "security profile 3 authenticates with a client certificate, not a password"
+                )
+        elif profile in (1, 2) and (record is None or record.password_hash is None):
+            raise CommandError(
+                f"security profile {profile} uses HTTP Basic auth: give --password or "
+                "--generate-password"
+            )
+        fields: dict[str, Any] = {}
+        if args.profile is not None:
+            fields["security_profile"] = args.profile
+        if password is not None:
+            fields["password_hash"] = await asyncio.to_thread(hash_password, password)
+        if args.certificate_identity is not None:
+            fields["certificate_identity"] = args.certificate_identity
+        if versions is not None:
+            fields["allowed_versions"] = versions
+        if fields:
+            # Credentials first: the station is never Accepted without the ones asked for.
+            await services.stations.set_credentials(station_id, StationCredentials(**fields))
+        if args.registration is not None:
+            await services.stations.provision(station_id, RegistrationStatus(args.registration))
+        elif record is None or not record.known:
+            await services.stations.provision(station_id, RegistrationStatus.ACCEPTED)
+        record = await services.stations.get(station_id)
+    assert record is not None
+    facts = [
+        f"registration {record.registration.value}",
+        f"security profile {record.security_profile}",
+    ]
+    if record.password_hash is not None:
+        facts.append("password set" if password is not None else "password kept")
+    if record.certificate_identity is not None:
+        facts.append(f"certificate identity {record.certificate_identity}")
+    if record.allowed_versions:
+        facts.append(f"versions {','.join(record.allowed_versions)}")
+    print(f"station {station_id}: {', '.join(facts)}")
+    if args.generate_password and password is not None:
+        print(f"password (shown once, only its hash is stored): {password}")
+        if "ocpp1.6" in targets:
+            print(f"AuthorizationKey for OCPP 1.6 (hex): {authorization_key(password)}")
+
+
+async def _rotate_password(settings: Settings, station_id: str, wait: float) -> int:
+    """``csms station rotate-password``: see the command's description for exit statuses."""
+    from csms.bus.mqtt import MqttBus
+    from csms.topics import Topics
+    from manager.call_maker import CallMaker
+    from manager.password_rotation import RotationRefused, rotate_password, rotation_version
+    from services.factory import open_services
+
+    if not settings.broker_url or not settings.redis_url:
+        raise CommandError(
+            "rotating a password needs the fleet: set --broker-url (the broker the gateways "
+            "use) and --redis-url (the managers' registry), or CSMS_BROKER_URL / "
+            "CSMS_REDIS_URL; the embedded default cannot be reached from another process"
+        )
+    if wait <= 0:
+        raise CommandError("--wait must be a positive number of seconds")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    async with open_services(settings) as services:
+        try:
+            version = await rotation_version(services.stations, station_id)
+        except RotationRefused as exc:
+            raise CommandError(str(exc)) from None
+        before = await services.stations.get(station_id)
+        old_hash = before.password_hash if before is not None else None
+        topics = Topics(prefix=settings.topic_prefix, group=settings.shared_group)
+        bus = MqttBus(
+            settings.broker_url,
+            client_id_prefix="csms-cli",
+            publish_timeout=settings.publish_timeout,
+            tls_ca_file=settings.broker_ca_file,
+            tls_cert_file=settings.broker_cert_file,
+            tls_key_file=settings.broker_key_file,
+        )
+        async with bus:
+            connect_wait = max(1.0, min(10.0, wait))
+            if not await bus.wait_connected(connect_wait):
+                raise CommandError(
+                    f"not connected to the MQTT broker within {connect_wait:g} s "
+                    "(the log above says why)"
+                )
+            # A plain subscription gets a copy of the station's answer; the managers' shared
+            # subscription gets the one that updates the registry.
+            await bus.subscribe(topics.inbound(version, station_id))
+            try:
+                rotation = await rotate_password(
+                    CallMaker(bus, topics, origin="cli"), services.stations, station_id, version
+                )
+            except RotationRefused as exc:
+                raise CommandError(str(exc)) from None
+            progress(f"sent {rotation.action} to {station_id} ({version}); waiting for its answer")
+            answer = await _station_answer(bus, rotation.message_id, deadline, loop)
+        if answer is None:
+            progress(f"no answer from {station_id} within {wait:g} s: outcome unknown")
+            return 3
+        refusal = _refusal(version, answer)
+        if refusal is not None:
+            progress(f"{station_id} did not take the new password: {refusal}; password unchanged")
+            return 1
+        progress(f"{station_id} accepted; waiting for a manager to store the new password hash")
+        if await _hash_stored(services, station_id, rotation.password, old_hash, deadline, loop):
+            progress(
+                f"done: the registry holds the new password of {station_id}; "
+                "it applies from the station's next connection"
+            )
+            return 0
+        progress(
+            f"{station_id} accepted the new password but the registry did not show it within "
+            f"{wait:g} s: check that managers are running"
+        )
+        return 3
+
+
+async def _station_answer(
+    bus: Bus, message_id: str, deadline: float, loop: asyncio.AbstractEventLoop
+) -> Envelope | None:
+    """The gateway's envelope answering ``message_id`` (result, error, timeout,
+    undelivered), None when ``deadline`` passes first. Prints progress every 5 s."""
+    import msgspec
+
+    from csms.envelope import Kind, decode_envelope
+
+    started = loop.time()
+    ticker = asyncio.create_task(_tick(started, deadline, loop))
+    try:
+        async with asyncio.timeout_at(deadline):
+            async for message in bus.messages():
+                try:
+                    envelope = decode_envelope(message.payload)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue
+                request = envelope.request
+                if envelope.kind is not Kind.CALL and request and request.message_id == message_id:
+                    return envelope
+    except TimeoutError:
+        return None
+    finally:
+        ticker.cancel()
+    return None
+
+
+async def _tick(started: float, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
+    while True:
+        await asyncio.sleep(5)
+        waited = loop.time() - started
+        progress(f"  still waiting ({waited:.0f} s of {deadline - started:.0f} s)")
+
+
+def _refusal(version: str, answer: Envelope) -> str | None:
+    """Why the station did not take the password, None when it accepted it."""
+    from csms.envelope import Kind
+    from manager.password_rotation import rotation_status
+
+    if answer.kind is Kind.RESULT:
+        status = rotation_status(
+            version, answer.payload if isinstance(answer.payload, dict) else {}
+        )
+        if status == "Accepted":
+            return None
+        if status == "RebootRequired":
+            return "it answered RebootRequired (it would switch only after a reboot)"
+        return f"it answered {status or 'without a status for the password'}"
+    if answer.kind is Kind.ERROR:
+        return f"it answered CallError {answer.error_code}: {answer.error_description or ''}"
+    if answer.kind is Kind.TIMEOUT:
+        return "it did not answer within the gateway's call timeout"
+    return f"the call was not delivered ({answer.error_description or answer.error_code})"
+
+
+async def _hash_stored(
+    services: Services,
+    station_id: str,
+    password: str,
+    old_hash: str | None,
+    deadline: float,
+    loop: asyncio.AbstractEventLoop,
+) -> bool:
+    """Poll the registry until its hash checks ``password``; False at ``deadline``."""
+    from csms.credentials import verify_password
+
+    while True:
+        record = await services.stations.get(station_id)
+        current = record.password_hash if record is not None else None
+        changed = current is not None and current != old_hash
+        if changed and await asyncio.to_thread(verify_password, password, current or ""):
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.2)

@@ -1,7 +1,0 @@
-"""``python -m csms`` is the same as the ``csms`` command."""
-
-import sys
-
-from csms.cli import main
-
-sys.exit(main())
