@@ -7,6 +7,7 @@ import string
 
 import pytest
 
+from csms import credentials
 from csms.credentials import (
     authorization_key,
     check_password,
@@ -16,7 +17,6 @@ from csms.credentials import (
     password_from_authorization_key,
     verify_password,
 )
-from csms import credentials
 
 PASSWORD = "Correct-Horse-Battery-9"
 
