@@ -286,11 +286,16 @@ class Connection:
 
     async def _publish(self, action: Publish) -> None:
         envelope = action.envelope
-        topic = action.reply_to or self._topics.inbound(self.version, self.station)
         properties = _mqtt_properties(envelope, self.station)
+        data = encode(envelope)
+        if action.reply_to is not None:
+            # The originator that waits for this outcome gets its own copy; the managers get
+            # theirs on the shared topic below, so result handlers always run.
+            await self._publish_reply(action.reply_to, data, properties, envelope)
+        topic = self._topics.inbound(self.version, self.station)
         try:
             async with asyncio.timeout(self._publish_timeout):
-                await self._bus.publish(topic, encode(envelope), properties=properties)
+                await self._bus.publish(topic, data, properties=properties)
         except (BusUnavailable, TimeoutError) as exc:
             self.log.warning(
                 "publish failed",
@@ -305,6 +310,24 @@ class Connection:
         else:
             return
         self._apply(self.pipe.publish_failed(envelope, time.time()))
+
+    async def _publish_reply(
+        self, topic: str, data: bytes, properties: dict[str, str], envelope: Envelope
+    ) -> None:
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                await self._bus.publish(topic, data, properties=properties)
+        except (BusUnavailable, TimeoutError) as exc:
+            # The originator stopped waiting (NoSubscribers) or the bus is down; the shared
+            # copy still reaches the managers.
+            self.log.info(
+                "outcome not delivered to its originator",
+                error=str(exc) or type(exc).__name__,
+                kind=str(envelope.kind),
+                message_id=envelope.message_id,
+            )
+        except Exception:
+            self.log_exception("publish failed unexpectedly", kind=str(envelope.kind), topic=topic)
 
     async def _close_socket(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):

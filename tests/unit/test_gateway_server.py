@@ -364,6 +364,10 @@ async def test_csms_call_error_goes_to_reply_to(gateway: Gateway, manager: Manag
         assert message.topic == "replies/api-1"
         assert (env.error_code, env.error_description) == ("NotSupported", "nope")
         assert env.request is not None and env.request.action == "Reset"
+        # The managers get the outcome too, so result handlers run whoever waits for it.
+        shared, copy = await manager.envelope(Kind.ERROR)
+        assert shared.topic == TOPICS.inbound("ocpp2.0.1", "CP-1")
+        assert copy.message_id == "m1"
 
 
 async def test_calls_queue_one_in_flight_and_full_queue_is_undelivered(
