@@ -7,6 +7,11 @@ naming a ``module:factory`` in the settings (see :mod:`services.loader`).
 
 Every method is async and may raise :class:`StoreUnavailable` when its backend cannot be
 reached; the manager turns that into a prompt CallError to the station.
+
+The read side (``list_*`` methods, :class:`StationCounts`) is for operators: listings return a
+:class:`~services.models.Page` with an opaque cursor and raise ``ValueError`` for a cursor
+they did not make, a ``limit`` outside 1 to :data:`~services.models.MAX_PAGE_SIZE` or an
+unreadable time bound (the API answers 400).
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from services.models import (
     BootInfo,
     ConnectorStatus,
     Cost,
+    Page,
     RegistrationStatus,
+    StationCounts,
     StationCredentials,
     StationRecord,
     TokenRecord,
     Transaction,
+    TransactionState,
 )
 
 
@@ -138,6 +146,25 @@ class StationRegistry(Protocol):
 
     async def connector_statuses(self, station_id: str) -> list[ConnectorStatus]: ...
 
+    async def list_stations(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+        online: bool | None = None,
+        registration: RegistrationStatus | None = None,
+        prefix: str | None = None,
+    ) -> Page[StationRecord]:
+        """Station records in station id order (code point order), with ``last_seen`` as
+        :meth:`get` gives it. ``prefix``: ids starting with it; ``online``: presence;
+        ``registration``: that registration status. ``cursor``: a previous page's
+        ``next_cursor`` (the same filters are expected)."""
+        ...
+
+    async def station_counts(self) -> StationCounts:
+        """How many stations there are, online and offline, and per registration status."""
+        ...
+
 
 @runtime_checkable
 class TokenStore(Protocol):
@@ -155,6 +182,18 @@ class TokenStore(Protocol):
 
     async def put(self, record: TokenRecord) -> None:
         """Provision or replace a token."""
+        ...
+
+
+@runtime_checkable
+class TokenDirectory(Protocol):
+    """A token store that can also list its tokens (the built-in ones can; an operator's
+    :class:`TokenStore` plug-in need not: check with ``isinstance``)."""
+
+    async def list_tokens(
+        self, *, cursor: str | None = None, limit: int = 100, prefix: str | None = None
+    ) -> Page[TokenRecord]:
+        """Token records in id order; ``prefix``: ids starting with it."""
         ...
 
 
@@ -185,6 +224,25 @@ class TransactionStore(Protocol):
 
     async def find_by_token(self, id_token: str) -> list[Transaction]:
         """Active transactions started with ``id_token`` (ConcurrentTx checks)."""
+        ...
+
+    async def list_transactions(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+        station_id: str | None = None,
+        state: TransactionState | None = None,
+        id_token: str | None = None,
+        started_after: str | None = None,
+        started_before: str | None = None,
+    ) -> Page[Transaction]:
+        """Transactions newest first by start time (ties: descending station id, then
+        transaction id, both percent-encoded; see :func:`services.rules.transaction_key`),
+        filtered by station, state, idToken and start time: ``started_after <= start <
+        started_before`` (ISO 8601, compared to the millisecond). A transaction without a
+        start time sorts as started at the Unix epoch. The 1.6 pointer records of stops
+        applied to another transaction are not listed (:func:`services.rules.is_listed`)."""
         ...
 
 

@@ -8,10 +8,13 @@ and anything that would not survive Redis fails here too.
 
 from __future__ import annotations
 
+import bisect
+import collections
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
+from urllib.parse import unquote
 
 import msgspec
 
@@ -20,11 +23,14 @@ from services.models import (
     Authorization,
     BootInfo,
     ConnectorStatus,
+    Page,
     RegistrationStatus,
+    StationCounts,
     StationCredentials,
     StationRecord,
     TokenRecord,
     Transaction,
+    TransactionState,
 )
 
 _T = TypeVar("_T", StationRecord, BootInfo, TokenRecord, Transaction, ConnectorStatus)
@@ -35,6 +41,64 @@ _encoder = msgspec.json.Encoder()
 def _copy(record: _T) -> _T:
     """A deep, storage-faithful copy of ``record``."""
     return msgspec.json.decode(_encoder.encode(record), type=type(record))
+
+
+class _Sorted:
+    """A sorted list of distinct strings: the in-memory counterpart of a lexicographic
+    Redis sorted set (insertion is a memmove, fine for the sizes an embedded CSMS holds)."""
+
+    def __init__(self) -> None:
+        self._items: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, item: str) -> None:
+        index = bisect.bisect_left(self._items, item)
+        if index == len(self._items) or self._items[index] != item:
+            self._items.insert(index, item)
+
+    def discard(self, item: str) -> None:
+        index = bisect.bisect_left(self._items, item)
+        if index < len(self._items) and self._items[index] == item:
+            del self._items[index]
+
+    def ascending(self, after: str | None, start: str) -> Iterator[str]:
+        """Items greater than ``after`` and not less than ``start``, in order."""
+        index = bisect.bisect_left(self._items, start)
+        if after is not None:
+            index = max(index, bisect.bisect_right(self._items, after))
+        while index < len(self._items):
+            yield self._items[index]
+            index += 1
+
+    def descending(self, upper: str | None, lower: str | None) -> Iterator[str]:
+        """Items in ``[lower, upper)``, last first."""
+        index = len(self._items) if upper is None else bisect.bisect_left(self._items, upper)
+        stop = 0 if lower is None else bisect.bisect_left(self._items, lower)
+        while index > stop:
+            index -= 1
+            yield self._items[index]
+
+
+def _list_by_id(
+    ids: _Sorted,
+    query: rules.IdQuery,
+    load: Callable[[str], _T],
+    matches: Callable[[_T], bool],
+    kind: str,
+    position: Callable[[_T], str],
+) -> Page[_T]:
+    found: list[_T] = []
+    for record_id in ids.ascending(query.after, query.prefix):
+        if not record_id.startswith(query.prefix):
+            break
+        record = load(record_id)
+        if matches(record):
+            found.append(_copy(record))
+            if len(found) > query.limit:
+                break
+    return rules.page_of(found, query.limit, position, kind)
 
 
 class MemoryStationRegistry:
@@ -48,38 +112,72 @@ class MemoryStationRegistry:
         self._held: dict[str, set[str]] = {}
         """Gateway → stations it was last recorded holding."""
         self._clock = clock
+        self._ids = _Sorted()
+        self._buckets: collections.Counter[rules.StationBucket] = collections.Counter()
+        """(presence, registration) → stations (see rules.station_bucket)."""
+
+    def _store(self, record: StationRecord) -> None:
+        """Store ``record`` (owned by the registry from now on), keeping the listing order
+        and the counts."""
+        old = self._stations.get(record.station_id)
+        if old is None:
+            self._ids.add(record.station_id)
+        else:
+            self._buckets[rules.station_bucket(old)] -= 1
+        self._buckets[rules.station_bucket(record)] += 1
+        self._stations[record.station_id] = record
 
     async def get(self, station_id: str) -> StationRecord | None:
         record = self._stations.get(station_id)
         return _copy(record) if record is not None else None
 
     async def put(self, record: StationRecord) -> None:
-        self._stations[record.station_id] = _copy(record)
+        self._store(_copy(record))
+
+    async def list_stations(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+        online: bool | None = None,
+        registration: RegistrationStatus | None = None,
+        prefix: str | None = None,
+    ) -> Page[StationRecord]:
+        query = rules.station_query(cursor, limit, online, registration, prefix)
+        return _list_by_id(
+            self._ids,
+            query,
+            self._stations.__getitem__,
+            query.matches,
+            rules.STATION_CURSOR,
+            lambda record: record.station_id,
+        )
+
+    async def station_counts(self) -> StationCounts:
+        return rules.station_counts(self._buckets)
 
     async def provision(self, station_id: str, registration: RegistrationStatus) -> None:
         """Declare the station known with ``registration``, keeping its other state (used to
         apply configuration at start-up without wiping connection or boot facts)."""
         record = rules.provisioned(self._stations.get(station_id), station_id, registration)
         if record is not None:
-            self._stations[station_id] = record
+            self._store(record)
 
     async def set_registration(self, station_id: str, status: RegistrationStatus) -> None:
-        self._stations[station_id] = rules.with_registration(
-            self._stations.get(station_id), station_id, status
-        )
+        self._store(rules.with_registration(self._stations.get(station_id), station_id, status))
 
     async def set_credentials(
         self, station_id: str, credentials: StationCredentials
     ) -> StationRecord:
         record = rules.with_credentials(self._stations.get(station_id), station_id, credentials)
-        self._stations[station_id] = _copy(record)
+        self._store(_copy(record))
         return _copy(record)
 
     async def set_password_hash(self, station_id: str, password_hash: str) -> bool:
         record = rules.with_password_hash(self._stations.get(station_id), password_hash)
         if record is None:
             return False
-        self._stations[station_id] = record
+        self._store(record)
         return True
 
     async def set_pending_password_hash(
@@ -90,14 +188,14 @@ class MemoryStationRegistry:
         )
         if record is None:
             return False
-        self._stations[station_id] = record
+        self._store(record)
         return True
 
     async def promote_password_hash(self, station_id: str, password_hash: str) -> bool:
         record = rules.with_proven_password_hash(self._stations.get(station_id), password_hash)
         if record is None:
             return False
-        self._stations[station_id] = record
+        self._store(record)
         return True
 
     async def record_boot(
@@ -111,7 +209,7 @@ class MemoryStationRegistry:
         record = rules.with_boot(
             self._stations.get(station_id), station_id, version, _copy(boot), registration, at
         )
-        self._stations[station_id] = record
+        self._store(record)
         return _copy(record)
 
     async def mark_connected(
@@ -127,7 +225,7 @@ class MemoryStationRegistry:
         old = self._stations.get(station_id)
         record = rules.with_connection(old, station_id, version, gateway, connection, at, session)
         if record is not None:
-            self._stations[station_id] = record
+            self._store(record)
             if old is not None and old.gateway is not None and old.gateway != gateway:
                 self._held.get(old.gateway, set()).discard(station_id)
             self._held.setdefault(gateway, set()).add(station_id)
@@ -138,7 +236,7 @@ class MemoryStationRegistry:
         record = rules.without_connection(old, connection, at)
         if record is None:
             return False
-        self._stations[station_id] = record
+        self._store(record)
         if old is not None and old.gateway is not None:
             self._held.get(old.gateway, set()).discard(station_id)
         return True
@@ -152,7 +250,7 @@ class MemoryStationRegistry:
         for station_id in sorted(held):
             record = rules.without_gateway(self._stations.get(station_id), gateway, at, session)
             if record is not None:
-                self._stations[station_id] = record
+                self._store(record)
                 offline.append(station_id)
             current = self._stations.get(station_id)
             if current is None or current.gateway != gateway:
@@ -169,7 +267,7 @@ class MemoryStationRegistry:
     async def touch(self, station_id: str, at: str) -> None:
         record = rules.with_last_seen(self._stations.get(station_id), at)
         if record is not None:
-            self._stations[station_id] = record
+            self._store(record)
 
     async def set_connector_status(self, station_id: str, status: ConnectorStatus) -> None:
         connectors = self._connectors.setdefault(station_id, {})
@@ -194,6 +292,7 @@ class MemoryTokenStore:
         clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self._tokens: dict[str, TokenRecord] = {}
+        self._ids = _Sorted()
         self._accept_unknown = accept_unknown
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
 
@@ -209,6 +308,20 @@ class MemoryTokenStore:
 
     async def put(self, record: TokenRecord) -> None:
         self._tokens[record.id_token] = _copy(record)
+        self._ids.add(record.id_token)
+
+    async def list_tokens(
+        self, *, cursor: str | None = None, limit: int = 100, prefix: str | None = None
+    ) -> Page[TokenRecord]:
+        query = rules.token_query(cursor, limit, prefix)
+        return _list_by_id(
+            self._ids,
+            query,
+            self._tokens.__getitem__,
+            lambda _: True,
+            rules.TOKEN_CURSOR,
+            lambda record: record.id_token,
+        )
 
     async def get(self, id_token: str) -> TokenRecord | None:
         """The stored record (not part of the protocol; for tools and tests)."""
@@ -218,12 +331,14 @@ class MemoryTokenStore:
 
 class MemoryTransactionStore:
     """:class:`~services.interfaces.TransactionStore` in a dict, with the same indexes as
-    the Redis store (active transactions per station, per token) so lookups stay cheap."""
+    the Redis store (active transactions per station, per token; sort keys of all of them,
+    per station, per token, per state) so lookups and listings stay cheap."""
 
     def __init__(self, *, first_id: int = 1) -> None:
         self._transactions: dict[tuple[str, str], Transaction] = {}
         self._active_by_station: dict[str, set[str]] = {}
         self._active_by_token: dict[str, set[tuple[str, str]]] = {}
+        self._sorted: dict[rules.TransactionIndex, _Sorted] = {}
         self._last_id = first_id - 1
 
     async def next_transaction_id(self) -> int:
@@ -247,7 +362,46 @@ class MemoryTransactionStore:
         self._unindex(old)
         self._transactions[key] = new
         self._index(new)
+        removed, added = rules.transaction_index_changes(old, new)
+        for index, sort_key in removed:
+            entries = self._sorted[index]
+            entries.discard(sort_key)
+            if not entries:
+                del self._sorted[index]
+        for index, sort_key in added:
+            self._sorted.setdefault(index, _Sorted()).add(sort_key)
         return _copy(new)
+
+    async def list_transactions(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+        station_id: str | None = None,
+        state: TransactionState | None = None,
+        id_token: str | None = None,
+        started_after: str | None = None,
+        started_before: str | None = None,
+    ) -> Page[Transaction]:
+        query = rules.transaction_query(
+            cursor, limit, station_id, state, id_token, started_after, started_before
+        )
+        if rules.lists_active_set(query):
+            if query.station_id is not None:
+                ids = self._active_by_station.get(query.station_id, set())
+                keys = [(query.station_id, tx_id) for tx_id in ids]
+            else:
+                keys = list(self._active_by_token.get(query.id_token or "", set()))
+            return rules.active_page(query, [_copy(self._transactions[key]) for key in keys])
+        index, _ = rules.transaction_source(query)
+        found: list[Transaction] = []
+        for sort_key in self._sorted.get(index, _Sorted()).descending(query.upper, query.lower):
+            tx = self._transactions[_record_key(sort_key)]
+            if query.matches(tx, sort_key):
+                found.append(_copy(tx))
+                if len(found) > query.limit:
+                    break
+        return rules.page_of(found, query.limit, rules.transaction_key, rules.TRANSACTION_CURSOR)
 
     async def active(self, station_id: str) -> list[Transaction]:
         ids = sorted(self._active_by_station.get(station_id, ()))
@@ -279,6 +433,12 @@ class MemoryTransactionStore:
                 keys.discard((tx.station_id, tx.transaction_id))
                 if not keys:
                     del self._active_by_token[tx.id_token]
+
+
+def _record_key(sort_key: str) -> tuple[str, str]:
+    """(station, transaction) of a transaction sort key."""
+    station, transaction = rules.transaction_ref(sort_key).split(":")
+    return unquote(station), unquote(transaction)
 
 
 class MemoryIdempotencyStore:

@@ -5,6 +5,7 @@ string so no rounding happens in storage."""
 from __future__ import annotations
 
 import enum
+from typing import Generic, TypeVar
 
 import msgspec
 
@@ -227,3 +228,37 @@ class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True):
     """True when any event of the transaction was sent after an offline period."""
     reservation_id: int | None = None
     remote_start_id: int | None = None
+
+
+# --- read side -----------------------------------------------------------------------------
+
+MAX_PAGE_SIZE = 1000
+"""Largest ``limit`` a listing accepts (a larger one is a ``ValueError``)."""
+
+_Item = TypeVar("_Item")
+
+
+class Page(msgspec.Struct, Generic[_Item], kw_only=True, frozen=True):
+    """One page of a listing, in the listing's order.
+
+    ``next_cursor`` is None on the last page; otherwise pass it back as ``cursor`` to get the
+    items after this page. Cursors are opaque strings naming a position in the order (not
+    an offset), so records inserted or changed between two calls never make a page repeat
+    or skip a record that stayed where it was. A page may hold fewer than ``limit`` items
+    (even none) and still have a ``next_cursor``: a listing whose filters no index answers
+    stops after examining a bounded number of records (see each implementation).
+    """
+
+    items: list[_Item]
+    next_cursor: str | None = None
+
+
+class StationCounts(msgspec.Struct, kw_only=True, frozen=True):
+    """Numbers of stations for a dashboard, exact as of the call."""
+
+    total: int = 0
+    online: int = 0
+    offline: int = 0
+    accepted: int = 0
+    pending: int = 0
+    rejected: int = 0

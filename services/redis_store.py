@@ -11,6 +11,7 @@ Key layout (``{p}`` is the prefix, ids are percent-encoded so ``:`` in a station
 make two keys collide)::
 
     {p}station:{station}              StationRecord
+    {p}seen:{station}                 last-seen time (fixed-width UTC text), see touch()
     {p}connectors:{station}           hash "{evse}:{connector}" -> ConnectorStatus
     {p}token:{id_token}               TokenRecord
     {p}gw-stations:{gateway}          set of station ids the gateway was last recorded holding
@@ -20,6 +21,34 @@ make two keys collide)::
     {p}tx-token:{id_token}            set of "{station}:{transaction}" not ended
     {p}tx-seq                         last 1.6 transactionId handed out
     {p}idem:{key}                     b"P" + owner while claimed, b"A" + answer once done
+
+Read-side indexes (listings for operators). All are sorted sets with every score 0, read
+with ZRANGEBYLEX / ZREVRANGEBYLEX, so order is the members' byte order and a page costs
+O(log n + page)::
+
+    {p}stations                       every station id (raw UTF-8)
+    {p}stations-online:{registration} ids of stations online with that registration
+    {p}stations-offline:{registration}  ... offline (registration: Accepted, Pending, Rejected)
+    {p}tokens                         every idToken (raw UTF-8)
+    {p}tx-by-start                    sort key of every transaction (below)
+    {p}tx-by-station:{station}        sort keys of the station's transactions
+    {p}tx-by-token:{id_token}         sort keys of the transactions with that idToken
+    {p}tx-by-state:{state}            sort keys of the transactions in that state (Active, Ended)
+
+A transaction's sort key is ``{start ms, 13 digits}:{station}:{transaction}``
+(:func:`services.rules.transaction_key`; its tail names the ``tx:`` key), so the reversed
+lexicographic order is newest first and a cursor is one key. 1.6 pointer records
+(``merged_into``) are not indexed. The station buckets make ``online`` and ``registration``
+filters, and their ZCARDs the dashboard counts, exact. A transaction listing reads the index
+of its most selective filter (station, then token, then state, else all), time bounds being
+key ranges; other filters are checked on the records, at most :data:`LIST_SCAN_LIMIT` per
+call (a short page with a cursor when that runs out). Active transactions of a station or
+token come from ``tx-active`` / ``tx-token``, which hold only a few.
+
+Every index is changed in the same MULTI/EXEC as the record it describes, from the record
+read under WATCH, so concurrent managers keep them exactly consistent; an update that
+changes none of the indexed facts (a reading, a charging state) queues nothing more.
+:func:`rebuild_indexes` builds them for records written before they existed.
 
 Any Redis or socket error is raised as :class:`~services.interfaces.StoreUnavailable`. The
 client must be created with ``decode_responses=False`` (values are bytes).
@@ -32,9 +61,8 @@ import contextlib
 import datetime as dt
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import msgspec
 import redis.asyncio as aioredis
@@ -44,19 +72,26 @@ from redis.exceptions import RedisError, WatchError
 from services import rules
 from services.interfaces import StoreUnavailable
 from services.models import (
+    MAX_PAGE_SIZE,
     Authorization,
     BootInfo,
     ConnectorStatus,
+    Page,
     RegistrationStatus,
+    StationCounts,
     StationCredentials,
     StationRecord,
     TokenRecord,
     Transaction,
+    TransactionState,
 )
 
 DEFAULT_PREFIX = "csms:"
 MAX_ATTEMPTS = 100
 """Optimistic attempts before a write under contention gives up (StoreUnavailable)."""
+LIST_SCAN_LIMIT = 2000
+"""Index entries a transaction listing examines at most when its filters are not all answered
+by the index it reads (a station and a token, or one of them and Ended)."""
 
 _R = TypeVar("_R")
 _Write = Callable[[Pipeline], None]
@@ -70,7 +105,7 @@ _tx_decoder = msgspec.json.Decoder(Transaction)
 
 def encode_id(value: str) -> str:
     """Percent-encode an id for use inside a key (reversible; no ``:`` survives)."""
-    return quote(value, safe="")
+    return rules.encode_id(value)
 
 
 def describe(client: aioredis.Redis) -> str:
@@ -97,6 +132,25 @@ def _multi(pipe: Pipeline) -> None:
 
 def _as_bytes(value: bytes | str | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
+
+
+def _id_range(query: rules.IdQuery) -> tuple[bytes, bytes]:
+    """ZRANGEBYLEX bounds of the ids ``query`` admits (after its cursor, with its prefix)."""
+    prefix = query.prefix.encode()
+    if query.after is not None and query.after >= query.prefix:
+        low = b"(" + query.after.encode()
+    else:
+        low = b"[" + prefix if prefix else b"-"
+    # No UTF-8 text contains the byte 0xFF: every id with the prefix sorts below this.
+    high = b"(" + prefix + b"\xff" if prefix else b"+"
+    return low, high
+
+
+def _key_range(query: rules.TransactionQuery) -> tuple[bytes, bytes]:
+    """ZREVRANGEBYLEX bounds (max, min) of the sort keys in ``query``'s range."""
+    high = b"(" + query.upper.encode() if query.upper is not None else b"+"
+    low = b"[" + query.lower.encode() if query.lower is not None else b"-"
+    return high, low
 
 
 class _RedisStore:
@@ -190,20 +244,99 @@ class RedisStationRegistry(_RedisStore):
     def _leases_key(self) -> str:
         return f"{self.prefix}gateways"
 
+    @property
+    def _all_key(self) -> str:
+        return f"{self.prefix}stations"
+
+    def _bucket_key(self, bucket: rules.StationBucket) -> str:
+        online, registration = bucket
+        return f"{self.prefix}stations-{'online' if online else 'offline'}:{registration.value}"
+
+    def _index(self, pipe: Pipeline, old: StationRecord | None, new: StationRecord) -> None:
+        """Queue the index changes of ``old`` (as read under WATCH) becoming ``new``."""
+        member = new.station_id.encode()
+        bucket = rules.station_bucket(new)
+        if old is None:
+            pipe.zadd(self._all_key, {member: 0})
+        elif rules.station_bucket(old) == bucket:
+            return
+        else:
+            pipe.zrem(self._bucket_key(rules.station_bucket(old)), member)
+        pipe.zadd(self._bucket_key(bucket), {member: 0})
+
+    def _index_unread(self, pipe: Pipeline, record: StationRecord) -> None:
+        """Queue the index entries of ``record``, whatever was stored before (not read)."""
+        member = record.station_id.encode()
+        bucket = rules.station_bucket(record)
+        pipe.zadd(self._all_key, {member: 0})
+        for other in rules.STATION_BUCKETS:
+            if other != bucket:
+                pipe.zrem(self._bucket_key(other), member)
+        pipe.zadd(self._bucket_key(bucket), {member: 0})
+
+    def _merge(self, raw: bytes | str, seen: bytes | str | None) -> StationRecord:
+        """The record in ``raw`` with the last-seen time kept in its own key."""
+        record = _station_decoder.decode(raw)
+        if seen is not None:
+            record = rules.with_last_seen(record, _text(seen)) or record
+        return record
+
     async def get(self, station_id: str) -> StationRecord | None:
         with self._guard("get station"):
             raw, seen = await self.client.mget(self._key(station_id), self._seen_key(station_id))
-        if raw is None:
-            return None
-        record = _station_decoder.decode(raw)
-        if seen is not None:
-            seen_at = seen.decode() if isinstance(seen, bytes) else str(seen)
-            record = rules.with_last_seen(record, seen_at) or record
-        return record
+        return self._merge(raw, seen) if raw is not None else None
 
     async def put(self, record: StationRecord) -> None:
+        data = _encoder.encode(record)
         with self._guard("put station"):
-            await self.client.set(self._key(record.station_id), _encoder.encode(record))
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(self._key(record.station_id), data)
+                self._index_unread(pipe, record)
+                await pipe.execute()
+
+    async def list_stations(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+        online: bool | None = None,
+        registration: RegistrationStatus | None = None,
+        prefix: str | None = None,
+    ) -> Page[StationRecord]:
+        query = rules.station_query(cursor, limit, online, registration, prefix)
+        low, high = _id_range(query)
+        if query.online is None and query.registration is None:
+            sources = [self._all_key]
+        else:
+            sources = [self._bucket_key(bucket) for bucket in rules.station_buckets(query)]
+        with self._guard("list stations"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for source in sources:
+                    pipe.zrangebylex(source, low, high, start=0, num=query.limit + 1)
+                found: list[list[bytes]] = await pipe.execute()
+            # The first limit + 1 of the union are among the first limit + 1 of each bucket.
+            ids = sorted({_text(member) for members in found for member in members})
+            page_ids = ids[: query.limit]
+            keys = [key for sid in page_ids for key in (self._key(sid), self._seen_key(sid))]
+            raws = await self.client.mget(keys) if keys else []
+        items = []
+        for raw, seen in zip(raws[::2], raws[1::2], strict=True):
+            # Checked again: the station may have changed between the two reads.
+            if raw is not None and query.matches(record := self._merge(raw, seen)):
+                items.append(record)
+        more = len(ids) > query.limit
+        return Page(
+            items=items,
+            next_cursor=rules.encode_cursor(rules.STATION_CURSOR, page_ids[-1]) if more else None,
+        )
+
+    async def station_counts(self) -> StationCounts:
+        with self._guard("station counts"):
+            async with self.client.pipeline(transaction=True) as pipe:
+                for bucket in rules.STATION_BUCKETS:
+                    pipe.zcard(self._bucket_key(bucket))
+                numbers: list[int] = await pipe.execute()
+        return rules.station_counts(dict(zip(rules.STATION_BUCKETS, numbers, strict=True)))
 
     async def _change(
         self,
@@ -215,13 +348,15 @@ class RedisStationRegistry(_RedisStore):
         key = self._key(station_id)
 
         def attempt(raw: bytes | None) -> tuple[StationRecord | None, _Write | None]:
-            new = rule(_station_decoder.decode(raw) if raw is not None else None)
+            old = _station_decoder.decode(raw) if raw is not None else None
+            new = rule(old)
             if new is None:
                 return None, None
             data = _encoder.encode(new)
 
             def write(pipe: Pipeline) -> None:
                 pipe.set(key, data)
+                self._index(pipe, old, new)
 
             return new, write
 
@@ -321,6 +456,7 @@ class RedisStationRegistry(_RedisStore):
 
             def write(pipe: Pipeline) -> None:
                 pipe.set(key, data)
+                self._index(pipe, old, new)
                 if old is not None and old.gateway is not None and old.gateway != gateway:
                     pipe.srem(self._held_key(old.gateway), member)
                 pipe.sadd(self._held_key(gateway), member)
@@ -343,6 +479,7 @@ class RedisStationRegistry(_RedisStore):
 
             def write(pipe: Pipeline) -> None:
                 pipe.set(key, data)
+                self._index(pipe, old, new)
                 if previous_gateway is not None:
                     pipe.srem(self._held_key(previous_gateway), station_id.encode())
 
@@ -442,9 +579,35 @@ class RedisTokenStore(_RedisStore):
             accept_unknown=self._accept_unknown,
         )
 
+    @property
+    def _all_key(self) -> str:
+        return f"{self.prefix}tokens"
+
     async def put(self, record: TokenRecord) -> None:
+        data = _encoder.encode(record)
         with self._guard("put token"):
-            await self.client.set(self._key(record.id_token), _encoder.encode(record))
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(self._key(record.id_token), data)
+                pipe.zadd(self._all_key, {record.id_token.encode(): 0})
+                await pipe.execute()
+
+    async def list_tokens(
+        self, *, cursor: str | None = None, limit: int = 100, prefix: str | None = None
+    ) -> Page[TokenRecord]:
+        query = rules.token_query(cursor, limit, prefix)
+        low, high = _id_range(query)
+        with self._guard("list tokens"):
+            members = await self.client.zrangebylex(
+                self._all_key, low, high, start=0, num=query.limit + 1
+            )
+            ids = [_text(member) for member in members]
+            page_ids = ids[: query.limit]
+            raws = await self.client.mget([self._key(i) for i in page_ids]) if page_ids else []
+        more = len(ids) > query.limit
+        return Page(
+            items=[_token_decoder.decode(raw) for raw in raws if raw is not None],
+            next_cursor=rules.encode_cursor(rules.TOKEN_CURSOR, page_ids[-1]) if more else None,
+        )
 
 
 _NEXT_ID = """
@@ -477,6 +640,16 @@ class RedisTransactionStore(_RedisStore):
     def _token_key(self, id_token: str) -> str:
         return f"{self.prefix}tx-token:{encode_id(id_token)}"
 
+    def _index_key(self, index: rules.TransactionIndex) -> str:
+        kind, value = index
+        if kind == "all":
+            return f"{self.prefix}tx-by-start"
+        return f"{self.prefix}tx-by-{kind}:{encode_id(value)}"
+
+    def _sorted_key(self, sort_key: str) -> str:
+        """The ``tx:`` key of the transaction with ``sort_key``."""
+        return f"{self.prefix}tx:{rules.transaction_ref(sort_key)}"
+
     async def next_transaction_id(self) -> int:
         with self._guard("next transaction id"):
             value = await self._next_id(keys=[f"{self.prefix}tx-seq"], args=[rules.INT32_MAX])
@@ -503,9 +676,14 @@ class RedisTransactionStore(_RedisStore):
             data = _encoder.encode(new)
             # Decode what is stored so the caller gets exactly what a later get() returns.
             stored = _tx_decoder.decode(data)
+            removed, added = rules.transaction_index_changes(old, new)
 
             def write(pipe: Pipeline) -> None:
                 pipe.set(key, data)
+                for index, sort_key in removed:
+                    pipe.zrem(self._index_key(index), sort_key)
+                for index, sort_key in added:
+                    pipe.zadd(self._index_key(index), {sort_key: 0})
                 if old is not None and old.id_token is not None:
                     pipe.srem(self._token_key(old.id_token), ref)
                 if rules.is_active(new):
@@ -540,6 +718,106 @@ class RedisTransactionStore(_RedisStore):
         keys = [f"{self.prefix}tx:{_text(member)}" for member in sorted(members, key=_text)]
         found = await self._load(keys, "find transactions by token")
         return [tx for tx in found if tx.id_token == id_token]
+
+    async def list_transactions(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+        station_id: str | None = None,
+        state: TransactionState | None = None,
+        id_token: str | None = None,
+        started_after: str | None = None,
+        started_before: str | None = None,
+    ) -> Page[Transaction]:
+        query = rules.transaction_query(
+            cursor, limit, station_id, state, id_token, started_after, started_before
+        )
+        if rules.lists_active_set(query):
+            if query.station_id is not None:
+                candidates = await self.active(query.station_id)
+            else:
+                candidates = await self.find_by_token(query.id_token or "")
+            return rules.active_page(query, candidates)
+        index, exact = rules.transaction_source(query)
+        if exact:
+            return await self._page(self._index_key(index), query)
+        return await self._scan(self._index_key(index), query)
+
+    def _current(
+        self, query: rules.TransactionQuery, sort_key: str, raw: bytes | str | None
+    ) -> Transaction | None:
+        """The transaction in ``raw`` if it still has ``sort_key`` and matches ``query``
+        (it may have changed since the index was read)."""
+        if raw is None:
+            return None
+        tx = _tx_decoder.decode(raw)
+        if rules.transaction_key(tx) != sort_key or not query.matches(tx, sort_key):
+            return None
+        return tx
+
+    async def _page(self, source: str, query: rules.TransactionQuery) -> Page[Transaction]:
+        """A listing ``source`` answers by itself: one range read, one MGET of the page."""
+        high, low = _key_range(query)
+        with self._guard("list transactions"):
+            members = await self.client.zrevrangebylex(
+                source, high, low, start=0, num=query.limit + 1
+            )
+            sort_keys = [_text(member) for member in members[: query.limit]]
+            keys = [self._sorted_key(sort_key) for sort_key in sort_keys]
+            raws = await self.client.mget(keys) if keys else []
+        items = [
+            tx
+            for sort_key, raw in zip(sort_keys, raws, strict=True)
+            if (tx := self._current(query, sort_key, raw)) is not None
+        ]
+        more = len(members) > query.limit
+        return Page(
+            items=items,
+            next_cursor=rules.encode_cursor(rules.TRANSACTION_CURSOR, sort_keys[-1])
+            if more
+            else None,
+        )
+
+    async def _scan(self, source: str, query: rules.TransactionQuery) -> Page[Transaction]:
+        """A listing with filters ``source`` does not answer: read it in growing windows and
+        check the records, until the page is full plus one match (so the cursor is only
+        given when there is more), ``source`` ends, or LIST_SCAN_LIMIT entries were examined
+        (then the cursor continues after the last one)."""
+        items: list[Transaction] = []
+        examined = 0
+        window = min(query.limit + 1, LIST_SCAN_LIMIT)
+        upper = query.upper
+        while True:
+            high, low = _key_range(msgspec.structs.replace(query, upper=upper))
+            with self._guard("list transactions"):
+                members = await self.client.zrevrangebylex(source, high, low, start=0, num=window)
+                sort_keys = [_text(member) for member in members]
+                raws = (
+                    await self.client.mget([self._sorted_key(k) for k in sort_keys])
+                    if sort_keys
+                    else []
+                )
+            for sort_key, raw in zip(sort_keys, raws, strict=True):
+                examined += 1
+                tx = self._current(query, sort_key, raw)
+                if tx is not None:
+                    if len(items) == query.limit:
+                        position = rules.transaction_key(items[-1])
+                        return Page(
+                            items=items,
+                            next_cursor=rules.encode_cursor(rules.TRANSACTION_CURSOR, position),
+                        )
+                    items.append(tx)
+                if examined >= LIST_SCAN_LIMIT:
+                    return Page(
+                        items=items,
+                        next_cursor=rules.encode_cursor(rules.TRANSACTION_CURSOR, sort_key),
+                    )
+            if len(sort_keys) < window:
+                return Page(items=items)
+            upper = sort_keys[-1]
+            window = min(window * 2, LIST_SCAN_LIMIT - examined, MAX_PAGE_SIZE)
 
 
 def _text(value: bytes | str) -> str:
@@ -606,3 +884,206 @@ class RedisIdempotencyStore(_RedisStore):
     async def release(self, key: str, owner: str) -> None:
         with self._guard("release"):
             await self._release(keys=[self._key(key)], args=[_PENDING + owner.encode()])
+
+
+# --- rebuilding the read-side indexes ------------------------------------------------------------
+
+
+class IndexRebuild(msgspec.Struct, kw_only=True, frozen=True):
+    """What :func:`rebuild_indexes` did."""
+
+    stations: int
+    tokens: int
+    transactions: int
+    """Records indexed (a record SCAN returns twice is counted twice)."""
+    removed: int
+    """Index entries the second pass removed: their record is gone or no longer has them.
+    (A station found in another bucket than its record's is moved by the first pass.)"""
+
+
+def _glob(prefix: str) -> str:
+    """``prefix`` with the glob characters of SCAN MATCH escaped."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in prefix)
+
+
+async def _batches(items: AsyncIterator[_R], size: int) -> AsyncIterator[list[_R]]:
+    batch: list[_R] = []
+    async for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+_Decide = Callable[[list[bytes], list[bytes | None]], tuple[int, _Write | None]]
+_Work = Callable[[list[Any]], Awaitable[int]]
+
+
+async def _watched(client: aioredis.Redis, keys: list[bytes], decide: _Decide) -> int:
+    """WATCH ``keys``, read them, let ``decide`` queue writes from what they hold, EXEC. A
+    batch a concurrent writer changed is redone in halves (down to single keys, which are
+    retried like any optimistic write). Returns the sum of ``decide``'s counts."""
+    keys = list(dict.fromkeys(keys))
+    for attempt_no in range(MAX_ATTEMPTS):
+        async with client.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(*keys)
+                raws = [_as_bytes(raw) for raw in await pipe.mget(keys)]
+                count, write = decide(keys, raws)
+                if write is not None:
+                    _multi(pipe)
+                    write(pipe)
+                    await pipe.execute()
+                return count
+            except WatchError:
+                pass
+        if len(keys) > 1:
+            half = len(keys) // 2
+            first = await _watched(client, keys[:half], decide)
+            return first + await _watched(client, keys[half:], decide)
+        await asyncio.sleep(random.uniform(0, 0.001 * min(attempt_no + 1, 20)))
+    raise StoreUnavailable(f"{describe(client)}: index rebuild gave up on a contended record")
+
+
+async def _each_batch(scan: AsyncIterator[Any], size: int, work: _Work) -> int:
+    total = 0
+    async for items in _batches(scan, size):
+        total += await work(items)
+    return total
+
+
+async def rebuild_indexes(
+    client: aioredis.Redis, prefix: str = DEFAULT_PREFIX, *, batch: int = 500
+) -> IndexRebuild:
+    """Make the read-side indexes (see the key layout above) match the records exactly.
+
+    For records written before the indexes existed, or by an older version still running
+    during an upgrade. Safe while managers run: each batch of records is read under WATCH and
+    its index entries are written in the same MULTI/EXEC (a batch changed meanwhile is
+    redone), so a concurrent write is never undone. Two passes (SCAN): every record adds its
+    entries (and leaves the station buckets it is not in), then every index entry whose
+    record is gone or no longer has it is removed. Idempotent; about four round trips per
+    ``batch`` records or index entries.
+    """
+    if batch < 1:
+        raise ValueError("batch must be at least 1")
+    stations = RedisStationRegistry(client, prefix)
+    tokens = RedisTokenStore(client, prefix)
+    transactions = RedisTransactionStore(client, prefix)
+    like = _glob(prefix)
+
+    def scan(pattern: str) -> AsyncIterator[Any]:
+        return client.scan_iter(match=f"{like}{pattern}", count=batch)
+
+    def records(decide: _Decide) -> _Work:
+        async def work(keys: list[Any]) -> int:
+            return await _watched(client, [_as_bytes(key) or b"" for key in keys], decide)
+
+        return work
+
+    def index_stations(keys: list[bytes], raws: list[bytes | None]) -> tuple[int, _Write | None]:
+        found = [_station_decoder.decode(raw) for raw in raws if raw is not None]
+
+        def write(pipe: Pipeline) -> None:
+            for record in found:
+                stations._index_unread(pipe, record)
+
+        return len(found), write if found else None
+
+    def index_tokens(keys: list[bytes], raws: list[bytes | None]) -> tuple[int, _Write | None]:
+        ids = [_token_decoder.decode(raw).id_token.encode() for raw in raws if raw is not None]
+
+        def write(pipe: Pipeline) -> None:
+            pipe.zadd(tokens._all_key, dict.fromkeys(ids, 0))
+
+        return len(ids), write if ids else None
+
+    def index_transactions(
+        keys: list[bytes], raws: list[bytes | None]
+    ) -> tuple[int, _Write | None]:
+        found = [_tx_decoder.decode(raw) for raw in raws if raw is not None]
+        entries = [entry for tx in found for entry in rules.transaction_entries(tx)]
+
+        def write(pipe: Pipeline) -> None:
+            for index, sort_key in entries:
+                pipe.zadd(transactions._index_key(index), {sort_key: 0})
+
+        return len(found), write if entries else None
+
+    def pruner(
+        index_key: str, record_key: Callable[[str], str], valid: Callable[[str, bytes], bool]
+    ) -> _Work:
+        """Work for one index: remove the members whose record does not have that entry."""
+
+        async def prune(members: list[Any]) -> int:
+            by_key: dict[bytes, list[str]] = {}
+            for member, _ in members:
+                text = _text(member)
+                by_key.setdefault(record_key(text).encode(), []).append(text)
+
+            def decide(keys: list[bytes], raws: list[bytes | None]) -> tuple[int, _Write | None]:
+                stale = [
+                    member.encode()
+                    for key, raw in zip(keys, raws, strict=True)
+                    for member in by_key[key]
+                    if raw is None or not valid(member, raw)
+                ]
+
+                def write(pipe: Pipeline) -> None:
+                    pipe.zrem(index_key, *stale)
+
+                return len(stale), write if stale else None
+
+            return await _watched(client, list(by_key), decide)
+
+        return prune
+
+    def always(member: str, raw: bytes) -> bool:
+        return True
+
+    def in_bucket(bucket: rules.StationBucket) -> Callable[[str, bytes], bool]:
+        def valid(member: str, raw: bytes) -> bool:
+            return rules.station_bucket(_station_decoder.decode(raw)) == bucket
+
+        return valid
+
+    def in_index(index_key: str) -> Callable[[str, bytes], bool]:
+        def valid(member: str, raw: bytes) -> bool:
+            return any(
+                transactions._index_key(index) == index_key and sort_key == member
+                for index, sort_key in rules.transaction_entries(_tx_decoder.decode(raw))
+            )
+
+        return valid
+
+    with _guard(client, "rebuild indexes"):
+        indexed_stations = await _each_batch(scan("station:*"), batch, records(index_stations))
+        indexed_tokens = await _each_batch(scan("token:*"), batch, records(index_tokens))
+        indexed_transactions = await _each_batch(scan("tx:*"), batch, records(index_transactions))
+
+        prunes = [
+            (stations._all_key, pruner(stations._all_key, stations._key, always)),
+            (tokens._all_key, pruner(tokens._all_key, tokens._key, always)),
+        ]
+        for bucket in rules.STATION_BUCKETS:
+            key = stations._bucket_key(bucket)
+            prunes.append((key, pruner(key, stations._key, in_bucket(bucket))))
+        tx_indexes = [transactions._index_key(rules.ALL_TRANSACTIONS)]
+        tx_indexes += [
+            transactions._index_key(("state", state.value)) for state in TransactionState
+        ]
+        for pattern in ("tx-by-station:*", "tx-by-token:*"):
+            tx_indexes += [_text(key) async for key in scan(pattern)]
+        for key in dict.fromkeys(tx_indexes):
+            prunes.append((key, pruner(key, transactions._sorted_key, in_index(key))))
+        removed = 0
+        for key, prune in prunes:
+            removed += await _each_batch(client.zscan_iter(key, count=batch), batch, prune)
+    return IndexRebuild(
+        stations=indexed_stations,
+        tokens=indexed_tokens,
+        transactions=indexed_transactions,
+        removed=removed,
+    )

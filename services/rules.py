@@ -7,17 +7,26 @@ lives here once so the two can never disagree. Nothing here does I/O.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
+from urllib.parse import quote
 
 import msgspec
 
 from csms.credentials import is_password_hash
 from services.models import (
+    MAX_PAGE_SIZE,
     MAX_UNSETTLED_PASSWORDS,
     Authorization,
     AuthorizationStatus,
     BootInfo,
+    Page,
     RegistrationStatus,
+    StationCounts,
     StationCredentials,
     StationRecord,
     TokenRecord,
@@ -323,3 +332,338 @@ def check_changed(station_id: str, transaction_id: str, new: Transaction) -> Non
 def next_after(value: int) -> int:
     """The transaction id following ``value``, wrapping within positive int32."""
     return 1 if value >= INT32_MAX or value < 1 else value + 1
+
+
+# --- read side: cursors, filters and index entries ----------------------------------------------
+#
+# Both store implementations list records in the same orders and filter them with the same
+# predicates, defined here once; they differ only in where the ordered entries come from
+# (sorted lists in memory, lexicographic sorted sets in Redis).
+
+
+def encode_id(value: str) -> str:
+    """Percent-encode an id (reversible; no ``:`` survives, so ids joined by ``:`` stay
+    apart). The text is ASCII, so its character order is its byte order."""
+    return quote(value, safe="")
+
+
+def check_limit(limit: int) -> int:
+    """``limit`` when it is a page size the stores accept (1 to MAX_PAGE_SIZE)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}, not {limit!r}")
+    return limit
+
+
+_P = TypeVar("_P")
+_cursor_decoder = msgspec.json.Decoder(tuple[str, str])
+
+
+def encode_cursor(kind: str, position: str) -> str:
+    """An opaque cursor: base64url (unpadded) of the listing's kind and the last position."""
+    raw = msgspec.json.encode((kind, position))
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(kind: str, cursor: str) -> str:
+    """The position in ``cursor``; ``ValueError`` for anything :func:`encode_cursor` did not
+    make for a listing of ``kind``."""
+    try:
+        text = cursor.encode("ascii")
+        raw = base64.b64decode(text + b"=" * (-len(text) % 4), altchars=b"-_", validate=True)
+        found, position = _cursor_decoder.decode(raw)
+    except (AttributeError, UnicodeError, binascii.Error, msgspec.DecodeError):
+        raise ValueError("invalid cursor") from None
+    if found != kind or not position:
+        raise ValueError("invalid cursor")
+    return position
+
+
+# Stations: listed in station id order (code point order, which is UTF-8 byte order).
+
+
+class IdQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """A checked listing in id order: ids after ``after`` (exclusive) starting with
+    ``prefix``."""
+
+    limit: int
+    after: str | None = None
+    prefix: str = ""
+
+    def admits(self, record_id: str) -> bool:
+        return (self.after is None or record_id > self.after) and record_id.startswith(self.prefix)
+
+
+class StationQuery(IdQuery, frozen=True, kw_only=True):
+    """A checked station listing: :class:`IdQuery` with the given presence and
+    registration."""
+
+    online: bool | None = None
+    registration: RegistrationStatus | None = None
+
+    def matches(self, record: StationRecord) -> bool:
+        return (
+            self.admits(record.station_id)
+            and (self.online is None or record.online == self.online)
+            and (self.registration is None or record.registration == self.registration)
+        )
+
+
+STATION_CURSOR = "stations"
+TOKEN_CURSOR = "tokens"
+TRANSACTION_CURSOR = "transactions"
+
+
+def station_query(
+    cursor: str | None,
+    limit: int,
+    online: bool | None,
+    registration: RegistrationStatus | str | None,
+    prefix: str | None,
+) -> StationQuery:
+    """Validate the arguments of ``list_stations`` (``ValueError`` for a bad one)."""
+    return StationQuery(
+        limit=check_limit(limit),
+        after=decode_cursor(STATION_CURSOR, cursor) if cursor is not None else None,
+        prefix=prefix or "",
+        online=online,
+        registration=RegistrationStatus(registration) if registration is not None else None,
+    )
+
+
+StationBucket = tuple[bool, RegistrationStatus]
+"""(online, registration): the stations of one bucket are listed and counted together."""
+
+STATION_BUCKETS: tuple[StationBucket, ...] = tuple(
+    (online, status) for online in (True, False) for status in RegistrationStatus
+)
+
+
+def station_bucket(record: StationRecord) -> StationBucket:
+    """The (presence, registration) a station is counted under."""
+    return record.online, record.registration
+
+
+def station_buckets(query: StationQuery) -> list[StationBucket]:
+    """The buckets holding every station ``query`` can match."""
+    return [
+        bucket
+        for bucket in STATION_BUCKETS
+        if query.online in (None, bucket[0]) and query.registration in (None, bucket[1])
+    ]
+
+
+def station_counts(buckets: Mapping[StationBucket, int]) -> StationCounts:
+    """StationCounts from the number of stations in each bucket."""
+
+    def count(online: bool | None = None, registration: RegistrationStatus | None = None) -> int:
+        return sum(
+            number
+            for (is_online, status), number in buckets.items()
+            if online in (None, is_online) and registration in (None, status)
+        )
+
+    return StationCounts(
+        total=count(),
+        online=count(online=True),
+        offline=count(online=False),
+        accepted=count(registration=RegistrationStatus.ACCEPTED),
+        pending=count(registration=RegistrationStatus.PENDING),
+        rejected=count(registration=RegistrationStatus.REJECTED),
+    )
+
+
+def page_of(items: list[_P], limit: int, position: Callable[[_P], str], kind: str) -> Page[_P]:
+    """The page of the first ``limit`` of ``items`` (at most ``limit + 1`` matches in listing
+    order), with a cursor when there was one more."""
+    if len(items) <= limit:
+        return Page(items=items)
+    return Page(items=items[:limit], next_cursor=encode_cursor(kind, position(items[limit - 1])))
+
+
+# Tokens: listed in id order.
+
+
+def token_query(cursor: str | None, limit: int, prefix: str | None) -> IdQuery:
+    """Validate the arguments of ``list_tokens`` (``ValueError`` for a bad one)."""
+    return IdQuery(
+        limit=check_limit(limit),
+        after=decode_cursor(TOKEN_CURSOR, cursor) if cursor is not None else None,
+        prefix=prefix or "",
+    )
+
+
+# Transactions: listed newest first by start time, ties in descending (station, transaction)
+# order. Each transaction has one sort key, "{start ms, 13 digits}:{station}:{transaction}"
+# with both ids percent-encoded: plain text whose order is the listing order (reversed), so
+# a cursor is simply the last key returned and an index is a lexicographic sorted set.
+
+_KEY_DIGITS = 13
+_MAX_MS: int = 10**_KEY_DIGITS - 1
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_TRANSACTION_KEY = re.compile(r"[0-9]{13}:[^:]*:[^:]*")
+
+
+def _ms(moment: dt.datetime) -> int:
+    return min(max(int((moment - _EPOCH) // dt.timedelta(milliseconds=1)), 0), _MAX_MS)
+
+
+def _time_bound(ms: int) -> str:
+    return f"{ms:0{_KEY_DIGITS}d}:"
+
+
+def transaction_key(tx: Transaction) -> str:
+    """The listing sort key of ``tx``. A transaction without a readable start time sorts as
+    if it had started at 1970-01-01T00:00:00Z (after every other)."""
+    moment = parse_time(tx.started_at)
+    ms = _ms(moment) if moment is not None else 0
+    return f"{_time_bound(ms)}{encode_id(tx.station_id)}:{encode_id(tx.transaction_id)}"
+
+
+def transaction_ref(key: str) -> str:
+    """The ``{station}:{transaction}`` part of a sort key (names the record)."""
+    return key[_KEY_DIGITS + 1 :]
+
+
+def is_listed(tx: Transaction) -> bool:
+    """Whether listings show ``tx``: every transaction but the 1.6 pointer records standing
+    for a stop applied to another transaction (``merged_into``), which would show that
+    charging session twice."""
+    return tx.merged_into is None
+
+
+class TransactionQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """A checked transaction listing: sort keys in ``[lower, upper)``, newest first, with the
+    given station, state and token."""
+
+    limit: int
+    lower: str | None = None
+    """Inclusive lower bound on the sort key (from ``started_after``)."""
+    upper: str | None = None
+    """Exclusive upper bound on the sort key (the cursor, or ``started_before``)."""
+    station_id: str | None = None
+    state: TransactionState | None = None
+    id_token: str | None = None
+
+    def in_range(self, key: str) -> bool:
+        return (self.lower is None or key >= self.lower) and (
+            self.upper is None or key < self.upper
+        )
+
+    def matches(self, tx: Transaction, key: str | None = None) -> bool:
+        """Whether ``tx`` (whose sort key is ``key``, computed when not given) belongs."""
+        return (
+            is_listed(tx)
+            and (self.station_id is None or tx.station_id == self.station_id)
+            and (self.state is None or tx.state == self.state)
+            and (self.id_token is None or tx.id_token == self.id_token)
+            and self.in_range(key if key is not None else transaction_key(tx))
+        )
+
+
+def _bound(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    moment = parse_time(value)
+    if moment is None:
+        raise ValueError(f"{name} is not an ISO 8601 date-time: {value!r}")
+    return _ms(moment)
+
+
+def transaction_query(
+    cursor: str | None,
+    limit: int,
+    station_id: str | None,
+    state: TransactionState | str | None,
+    id_token: str | None,
+    started_after: str | None,
+    started_before: str | None,
+) -> TransactionQuery:
+    """Validate the arguments of ``list_transactions`` (``ValueError`` for a bad one).
+
+    Start times compare at millisecond precision: ``started_after <= start < started_before``.
+    """
+    after = _bound(started_after, "started_after")
+    before = _bound(started_before, "started_before")
+    uppers = []
+    if cursor is not None:
+        position = decode_cursor(TRANSACTION_CURSOR, cursor)
+        if not _TRANSACTION_KEY.fullmatch(position):
+            raise ValueError("invalid cursor")
+        uppers.append(position)
+    if before is not None:
+        uppers.append(_time_bound(before))
+    return TransactionQuery(
+        limit=check_limit(limit),
+        lower=_time_bound(after) if after is not None else None,
+        upper=min(uppers) if uppers else None,
+        station_id=station_id,
+        state=TransactionState(state) if state is not None else None,
+        id_token=id_token,
+    )
+
+
+TransactionIndex = tuple[str, str]
+"""One ordered index of transactions: ("all", ""), ("station", id), ("token", idToken) or
+("state", state)."""
+
+ALL_TRANSACTIONS: TransactionIndex = ("all", "")
+
+
+def transaction_source(query: TransactionQuery) -> tuple[TransactionIndex, bool]:
+    """The index a listing reads in order (the most selective one its filters name) and
+    whether that index answers every filter (otherwise the others are checked on the records
+    it yields, and a listing may have to skip records)."""
+    named = [query.station_id, query.id_token, query.state]
+    exact = sum(value is not None for value in named) <= 1
+    if query.station_id is not None:
+        return ("station", query.station_id), exact
+    if query.id_token is not None:
+        return ("token", query.id_token), exact
+    if query.state is not None:
+        return ("state", query.state.value), exact
+    return ALL_TRANSACTIONS, exact
+
+
+def lists_active_set(query: TransactionQuery) -> bool:
+    """Whether ``query`` is answered from the small sets of active transactions (those of a
+    station, or of a token) instead of an ordered index."""
+    return query.state is TransactionState.ACTIVE and (
+        query.station_id is not None or query.id_token is not None
+    )
+
+
+def active_page(query: TransactionQuery, candidates: Iterable[Transaction]) -> Page[Transaction]:
+    """The page of ``query`` among ``candidates`` (every active transaction of its station
+    or token: a handful, sorted here)."""
+    keyed = sorted(
+        ((transaction_key(tx), tx) for tx in candidates), key=lambda pair: pair[0], reverse=True
+    )
+    found = [tx for key, tx in keyed if query.matches(tx, key)][: query.limit + 1]
+    return page_of(found, query.limit, transaction_key, TRANSACTION_CURSOR)
+
+
+def transaction_entries(tx: Transaction | None) -> frozenset[tuple[TransactionIndex, str]]:
+    """Every (index, sort key) entry the stored ``tx`` has."""
+    if tx is None or not is_listed(tx):
+        return frozenset()
+    key = transaction_key(tx)
+    indexes = [ALL_TRANSACTIONS, ("station", tx.station_id), ("state", tx.state.value)]
+    if tx.id_token is not None:
+        indexes.append(("token", tx.id_token))
+    return frozenset((index, key) for index in indexes)
+
+
+def transaction_index_changes(
+    old: Transaction | None, new: Transaction
+) -> tuple[frozenset[tuple[TransactionIndex, str]], frozenset[tuple[TransactionIndex, str]]]:
+    """The index entries to remove and to add when ``old`` is replaced by ``new``. Nothing
+    for the usual update (a reading, a charging state): the indexed facts are unchanged."""
+    if old is not None and (old.started_at, old.state, old.id_token, old.merged_into) == (
+        new.started_at,
+        new.state,
+        new.id_token,
+        new.merged_into,
+    ):
+        return frozenset(), frozenset()
+    before, after = transaction_entries(old), transaction_entries(new)
+    return before - after, after - before

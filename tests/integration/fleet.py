@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.servers import free_port, wait_for_port
-from tests.timing import timeout as scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,10 +36,10 @@ class CsmsProcess:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(scaled(10))
+                self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.process.wait(scaled(5))
+                self.process.wait(5)
 
     def log_records(self) -> list[dict[str, object]]:
         """JSON log lines written so far."""
@@ -54,9 +53,7 @@ class CsmsProcess:
         return records
 
     def wait_for_log(self, event: str, timeout: float = 30.0) -> None:
-        """Wait until this process logs ``event`` (``timeout`` is scaled by
-        ``CSMS_TEST_TIMEOUT_FACTOR``)."""
-        deadline = time.monotonic() + scaled(timeout)
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any(record.get("event") == event for record in self.log_records()):
                 return
@@ -159,6 +156,6 @@ class Fleet:
             env=self._env(),
             capture_output=True,
             text=True,
-            timeout=scaled(60),
+            timeout=60,
             check=False,
         )

@@ -8,10 +8,13 @@ concurrent writers from several clients, key encoding, TTLs, outages.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -19,26 +22,32 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 
 from csms.config import Settings, StationSettings, TokenSettings
-from services import StoreUnavailable
+from services import StoreUnavailable, redis_store
 from services.factory import open_services, redis_client
 from services.interfaces import IdempotencyStore, StationRegistry, TokenStore, TransactionStore
 from services.models import (
+    MAX_PAGE_SIZE,
     AuthorizationStatus,
     EnergyReading,
     RegistrationStatus,
+    StationCounts,
     StationRecord,
+    TokenRecord,
     Transaction,
+    TransactionState,
 )
 from services.redis_store import (
     RedisIdempotencyStore,
     RedisStationRegistry,
     RedisTokenStore,
     RedisTransactionStore,
+    encode_id,
+    rebuild_indexes,
 )
-from services.rules import parse_time
+from services.rules import parse_time, transaction_key
 from tests.servers import ServerProcess, free_port
 from tests.unit import test_services_contract as contract
-from tests.unit.test_services_contract import NOW, TokenStoreFactory
+from tests.unit.test_services_contract import BOOT, NOW, T1, TokenStoreFactory
 
 # The store contract, collected again in this module where the fixtures below give Redis.
 globals().update({name: test for name, test in vars(contract).items() if name.startswith("test_")})
@@ -232,6 +241,394 @@ async def test_concurrent_touch_and_boot_keep_both(
     assert record is not None
     assert record.boot == boot
     assert parse_time(record.last_seen) == parse_time("2026-01-15T12:00:29Z")
+
+
+# --- read-side indexes ----------------------------------------------------------------------------
+
+
+async def _index_sets(client: aioredis.Redis, prefix: str) -> dict[str, set[str]]:
+    """Every read-side index (name without the prefix -> members); all scores must be 0."""
+    found: dict[str, set[str]] = {}
+    for pattern in ("stations", "stations-*", "tokens", "tx-by-*"):
+        async for key in client.scan_iter(match=f"{prefix}{pattern}"):
+            name = key.decode()
+            entries = await client.zrange(name, 0, -1, withscores=True)
+            assert {score for _, score in entries} <= {0.0}, name
+            found[name.removeprefix(prefix)] = {member.decode() for member, _ in entries}
+    return found
+
+
+async def _indexes_from_records(client: aioredis.Redis, prefix: str) -> dict[str, set[str]]:
+    """What the indexes must hold, worked out from the records alone (the key layout)."""
+    expected: dict[str, set[str]] = collections.defaultdict(set)
+    async for key in client.scan_iter(match=f"{prefix}station:*"):
+        record = msgspec.json.decode(await client.get(key), type=StationRecord)
+        presence = "online" if record.online else "offline"
+        expected["stations"].add(record.station_id)
+        expected[f"stations-{presence}:{record.registration.value}"].add(record.station_id)
+    async for key in client.scan_iter(match=f"{prefix}token:*"):
+        expected["tokens"].add(
+            msgspec.json.decode(await client.get(key), type=TokenRecord).id_token
+        )
+    async for key in client.scan_iter(match=f"{prefix}tx:*"):
+        tx = msgspec.json.decode(await client.get(key), type=Transaction)
+        if tx.merged_into is not None:
+            continue
+        sort_key = transaction_key(tx)
+        expected["tx-by-start"].add(sort_key)
+        expected[f"tx-by-station:{encode_id(tx.station_id)}"].add(sort_key)
+        expected[f"tx-by-state:{tx.state.value}"].add(sort_key)
+        if tx.id_token is not None:
+            expected[f"tx-by-token:{encode_id(tx.id_token)}"].add(sort_key)
+    return dict(expected)
+
+
+async def _assert_indexes_match_records(client: aioredis.Redis, prefix: str) -> None:
+    assert await _index_sets(client, prefix) == await _indexes_from_records(client, prefix)
+
+
+STATUSES = list(RegistrationStatus)
+
+
+def _station_ops(
+    registries: list[RedisStationRegistry],
+    rng: random.Random,
+    count: int,
+    connections: dict[str, str] | None = None,
+) -> list[Awaitable[object]]:
+    """``count`` random registry writes; ``connections`` remembers each station's latest
+    connection across calls so that disconnects often hit the owner."""
+    ops: list[Awaitable[object]] = []
+    connections = {} if connections is None else connections
+    for index in range(count):
+        registry = registries[index % 2]
+        station = f"CS:{rng.randrange(6)}"
+        at = f"2026-01-15T12:{index // 60:02d}:{index % 60:02d}Z"
+        status = rng.choice(STATUSES)
+        gateway = rng.choice(["gw-a", "gw-b"])
+        kind = rng.randrange(8)
+        if kind == 0:
+            connections[station] = f"c{index}"
+            ops.append(registry.mark_connected(station, "ocpp1.6", gateway, f"c{index}", at, "s1"))
+        elif kind == 1:  # most often the station's latest connection
+            ops.append(registry.mark_disconnected(station, connections.get(station, "c0"), at))
+        elif kind == 2:
+            ops.append(registry.set_registration(station, status))
+        elif kind == 3:
+            ops.append(registry.record_boot(station, "ocpp2.0.1", BOOT, status, at))
+        elif kind == 4:
+            ops.append(registry.provision(station, status))
+        elif kind == 5:
+            online = rng.random() < 0.5
+            ops.append(
+                registry.put(StationRecord(station_id=station, registration=status, online=online))
+            )
+        elif kind == 6:
+            ops.append(registry.gateway_gone(gateway, at, session=rng.choice([None, "s1"])))
+        else:
+            ops.append(registry.touch(station, at))
+    return ops
+
+
+def _transaction_ops(
+    stores: list[RedisTransactionStore], rng: random.Random, count: int
+) -> list[Awaitable[object]]:
+    ops: list[Awaitable[object]] = []
+    for index in range(count):
+        store = stores[index % 2]
+        station, tx_id = f"CS:{rng.randrange(3)}", str(rng.randrange(3))
+        # Every choice is made here: a change may run more than once, it must be pure.
+        kind = rng.randrange(6)
+        token = rng.choice(["TAG", "OTHER", "T:3", None])
+        start = f"2026-01-{rng.randrange(10, 13)}T08:00:0{rng.randrange(3)}Z"
+        state = rng.choice(list(TransactionState))
+        wh = float(index)
+
+        def change(
+            old: Transaction | None,
+            kind: int = kind,
+            token: str | None = token,
+            start: str = start,
+            state: TransactionState = state,
+            wh: float = wh,
+            station: str = station,
+            tx_id: str = tx_id,
+        ) -> Transaction:
+            if old is None:
+                old = Transaction(station_id=station, transaction_id=tx_id, version="v")
+            if kind == 0:
+                reading = EnergyReading(at=start, wh=wh)
+                return msgspec.structs.replace(old, readings=[*old.readings, reading])
+            if kind == 1:
+                return msgspec.structs.replace(old, id_token=token)
+            if kind == 2:
+                return msgspec.structs.replace(old, started_at=start)
+            if kind == 3:
+                return msgspec.structs.replace(old, state=state)
+            if kind == 4:  # becomes a 1.6 pointer record, or stops being one
+                return msgspec.structs.replace(
+                    old, merged_into=None if old.merged_into else "other"
+                )
+            return msgspec.structs.replace(old, charging_state=f"c{wh}")
+
+        ops.append(store.update(station, tx_id, change))
+    return ops
+
+
+async def test_indexes_stay_exact_under_two_concurrent_managers(
+    redis_client: aioredis.Redis, second_client: aioredis.Redis, prefix: str
+) -> None:
+    """Two managers (two connection pools) change the same and different stations and
+    transactions at once: every index holds exactly what the records say, listings and
+    counts agree with the records, and a rebuild finds nothing to repair."""
+    registries = [
+        RedisStationRegistry(redis_client, prefix),
+        RedisStationRegistry(second_client, prefix),
+    ]
+    stores = [
+        RedisTransactionStore(redis_client, prefix),
+        RedisTransactionStore(second_client, prefix),
+    ]
+    rng = random.Random(20260115)
+    connections: dict[str, str] = {}
+    for _ in range(10):
+        ops = [*_station_ops(registries, rng, 24, connections), *_transaction_ops(stores, rng, 24)]
+        rng.shuffle(ops)
+        await asyncio.gather(*ops)
+        await _assert_indexes_match_records(redis_client, prefix)
+    indexes = await _index_sets(redis_client, prefix)
+    assert len(indexes["stations"]) == 6 and indexes.get("tx-by-start")
+
+    records = [
+        record for record in [await registries[0].get(f"CS:{i}") for i in range(6)] if record
+    ]
+    online = sorted(r.station_id for r in records if r.online)
+    listed = await registries[1].list_stations(online=True)
+    assert [r.station_id for r in listed.items] == online
+    counts = await registries[1].station_counts()
+    assert (counts.total, counts.online) == (len(records), len(online))
+    for status in RegistrationStatus:
+        assert getattr(counts, status.value.lower()) == sum(
+            r.registration is status for r in records
+        )
+
+    everything = await stores[1].list_transactions(limit=MAX_PAGE_SIZE)
+    stored = [
+        tx
+        for i in range(3)
+        for j in range(3)
+        if (tx := await stores[0].get(f"CS:{i}", str(j))) is not None and tx.merged_into is None
+    ]
+    assert everything.items == sorted(stored, key=transaction_key, reverse=True)
+
+    report = await rebuild_indexes(redis_client, prefix)
+    assert report.removed == 0
+    assert await _index_sets(redis_client, prefix) == indexes
+
+
+async def _legacy_data(client: aioredis.Redis, prefix: str) -> None:
+    """Records as a version without read-side indexes wrote them, plus index entries that
+    are wrong (records gone, changed since)."""
+    encode = msgspec.json.encode
+    stations = [
+        StationRecord(station_id="CS:1", online=True, registration=RegistrationStatus.ACCEPTED),
+        StationRecord(station_id="CS2"),
+        StationRecord(station_id="CS3", registration=RegistrationStatus.REJECTED),
+    ]
+    for record in stations:
+        await client.set(f"{prefix}station:{encode_id(record.station_id)}", encode(record))
+    for id_token in ("TAG", "T:2"):
+        await client.set(
+            f"{prefix}token:{encode_id(id_token)}", encode(TokenRecord(id_token=id_token))
+        )
+    for index in range(7):
+        tx = Transaction(
+            station_id="CS:1" if index % 2 else "CS2",
+            transaction_id=f"tx/{index}",
+            version="ocpp1.6",
+            id_token="TAG" if index % 3 else None,
+            state=TransactionState.ENDED if index < 4 else TransactionState.ACTIVE,
+            started_at=f"2026-01-1{index}T10:00:00Z",
+            merged_into="tx/1" if index == 6 else None,
+        )
+        key = f"{prefix}tx:{encode_id(tx.station_id)}:{encode_id(tx.transaction_id)}"
+        await client.set(key, encode(tx))
+    # Wrong entries: stations and transactions that are gone, a station in the wrong bucket,
+    # a transaction under a token and a start time it no longer has.
+    await client.zadd(f"{prefix}stations", {"gone": 0})
+    await client.zadd(f"{prefix}stations-online:Pending", {"CS2": 0, "gone": 0})
+    await client.zadd(f"{prefix}tokens", {"gone": 0})
+    await client.zadd(
+        f"{prefix}tx-by-start", {"1767261600000:CS2:tx%2F0": 0, "0000000000000:x:y": 0}
+    )
+    await client.zadd(f"{prefix}tx-by-token:OLD", {"1768039200000:CS2:tx%2F0": 0})
+    await client.zadd(f"{prefix}tx-by-state:Active", {"1768039200000:CS2:tx%2F0": 0})
+
+
+@pytest.mark.parametrize("batch", [1, 2, 500])
+async def test_rebuild_indexes_makes_old_records_listable(
+    redis_client: aioredis.Redis, prefix: str, batch: int
+) -> None:
+    await _legacy_data(redis_client, prefix)
+    registry = RedisStationRegistry(redis_client, prefix)
+    store = RedisTransactionStore(redis_client, prefix)
+    assert (await registry.list_stations()).items == []
+    report = await rebuild_indexes(redis_client, prefix, batch=batch)
+    assert (report.stations, report.tokens, report.transactions) == (3, 2, 7)
+    assert report.removed == 7  # CS2 left the wrong bucket in the first pass, not counted
+    expected = await _indexes_from_records(redis_client, prefix)
+    assert await _index_sets(redis_client, prefix) == expected
+    assert expected["tx-by-station:CS%3A1"] == {
+        "1768125600000:CS%3A1:tx%2F1",
+        "1768298400000:CS%3A1:tx%2F3",
+        "1768471200000:CS%3A1:tx%2F5",
+    }
+    assert expected["stations-online:Accepted"] == {"CS:1"}
+    assert [r.station_id for r in (await registry.list_stations()).items] == ["CS2", "CS3", "CS:1"]
+    assert await registry.station_counts() == StationCounts(
+        total=3, online=1, offline=2, accepted=1, pending=1, rejected=1
+    )
+    tokens = await RedisTokenStore(redis_client, prefix).list_tokens()
+    assert [token.id_token for token in tokens.items] == ["T:2", "TAG"]
+    listed = await store.list_transactions(id_token="TAG")
+    assert [tx.transaction_id for tx in listed.items] == ["tx/5", "tx/4", "tx/2", "tx/1"]
+    again = await rebuild_indexes(redis_client, prefix)
+    assert again.removed == 0
+    assert await _index_sets(redis_client, prefix) == expected
+
+
+async def test_rebuild_indexes_while_a_manager_writes(
+    redis_client: aioredis.Redis, second_client: aioredis.Redis, prefix: str
+) -> None:
+    """A rebuild in batches of one record, racing a manager that changes those records."""
+    await _legacy_data(redis_client, prefix)
+    registry = RedisStationRegistry(second_client, prefix)
+    store = RedisTransactionStore(second_client, prefix)
+    rng = random.Random(7)
+    connections: dict[str, str] = {}
+
+    async def manager() -> None:
+        for round_ in range(20):
+            state = list(TransactionState)[round_ % 2]
+            token = "LATE" if round_ % 2 else None
+
+            def change(
+                old: Transaction | None, state: TransactionState = state, token: str | None = token
+            ) -> Transaction:
+                assert old is not None
+                return msgspec.structs.replace(old, state=state, id_token=token)
+
+            ops = _station_ops([registry, registry], rng, 5, connections)
+            ops += [store.update("CS:1", f"tx/{i}", change) for i in (1, 3, 5)]
+            await asyncio.gather(*ops)
+
+    await asyncio.gather(manager(), rebuild_indexes(redis_client, prefix, batch=1))
+    await _assert_indexes_match_records(redis_client, prefix)
+
+
+async def test_a_rebuild_batch_changed_meanwhile_is_redone(
+    redis_url: str, redis_client: aioredis.Redis, prefix: str
+) -> None:
+    """Another manager writes a record of the batch between the rebuild's read and its EXEC:
+    nothing of that attempt is applied, and the batch is redone in halves on fresh data."""
+    keys = [f"{prefix}k{index}".encode() for index in range(4)]
+    for key in keys:
+        await redis_client.set(key, b"old")
+    other = sync_redis.Redis.from_url(redis_url)
+    seen: list[list[bytes | None]] = []
+
+    def decide(batch: list[bytes], raws: list[bytes | None]) -> tuple[int, Any]:
+        seen.append(raws)
+        if len(seen) == 1:
+            other.set(keys[2], b"new")
+
+        def write(pipe: Any) -> None:
+            for key, raw in zip(batch, raws, strict=True):
+                pipe.set(key + b":copy", raw or b"")
+
+        return len(batch), write
+
+    try:
+        assert await redis_store._watched(redis_client, keys, decide) == 4
+    finally:
+        other.close()
+    assert seen == [[b"old", b"old", b"old", b"old"], [b"old", b"old"], [b"new", b"old"]]
+    copies = await redis_client.mget([key + b":copy" for key in keys])
+    assert copies == [b"old", b"old", b"new", b"old"]
+
+
+async def test_an_update_that_changes_no_indexed_fact_touches_no_index(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    """The per-message cost: a reading, a charging state or a last-seen time queue no index
+    command (touch stays a single script call)."""
+    registry = RedisStationRegistry(redis_client, prefix)
+    store = RedisTransactionStore(redis_client, prefix)
+    await registry.mark_connected("CS1", "ocpp2.0.1", "gw", "c1", T1)
+    await store.update("CS1", "1", _started_tx("CS1", "1"))
+
+    def reading(old: Transaction | None) -> Transaction:
+        assert old is not None
+        return msgspec.structs.replace(
+            old, readings=[*old.readings, EnergyReading(at=T1, wh=5.0)], charging_state="EV"
+        )
+
+    async def commands() -> dict[str, int]:
+        stats = await redis_client.info("commandstats")
+        return {name.removeprefix("cmdstat_"): row["calls"] for name, row in stats.items()}
+
+    await redis_client.config_resetstat()
+    await store.update("CS1", "1", reading)
+    await registry.touch("CS1", T1)
+    called = await commands()
+    assert not [command for command in called if command.startswith("z")], called
+    assert {"watch", "get", "multi", "set", "exec", "evalsha"} <= set(called)
+    # A new connection of an online station stays in its bucket: only the gateway lease's
+    # ZADD (NX) is queued, as before the indexes.
+    await redis_client.config_resetstat()
+    await registry.mark_connected("CS1", "ocpp2.0.1", "gw", "c2", T1)
+    called = await commands()
+    assert [(c, n) for c, n in called.items() if c.startswith("z")] == [("zadd", 1)], called
+
+
+async def test_filters_no_index_answers_examine_a_bounded_window(
+    redis_client: aioredis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A station and a token: the station's index is read and the token checked on the
+    records, at most LIST_SCAN_LIMIT of them per call; a page cut short still has a cursor
+    and paging on yields exactly the matches."""
+    monkeypatch.setattr(redis_store, "LIST_SCAN_LIMIT", 4)
+    store = RedisTransactionStore(redis_client, prefix)
+    for index in range(12):
+        token = "TAG" if index in (0, 1, 9) else "OTHER"
+        at = f"2026-01-15T12:00:{index:02d}Z"
+        await store.update("CS1", f"{index:02d}", _started_tx("CS1", f"{index:02d}", token, at))
+    pages = []
+    cursor = None
+    while True:
+        page = await store.list_transactions(
+            cursor=cursor, limit=2, station_id="CS1", id_token="TAG"
+        )
+        pages.append([tx.transaction_id for tx in page.items])
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    # Four entries per call: 11 10 09 08 | 07 06 05 04 | 03 02 01 00 | (end).
+    assert pages == [["09"], [], ["01", "00"], []]
+    # The station's own index answers alone: full pages, whatever the window.
+    full = await store.list_transactions(limit=10, station_id="CS1")
+    assert len(full.items) == 10 and full.next_cursor is not None
+
+
+def _started_tx(
+    station: str, tx_id: str, token: str | None = "TAG", at: str = T1
+) -> Callable[[Transaction | None], Transaction]:
+    def change(old: Transaction | None) -> Transaction:
+        return Transaction(
+            station_id=station, transaction_id=tx_id, version="v", id_token=token, started_at=at
+        )
+
+    return change
 
 
 # --- keys, encoding, TTL -----------------------------------------------------------------------

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 import pytest
 
 from csms.credentials import hash_password
-from services.interfaces import IdempotencyStore, StationRegistry, TokenStore, TransactionStore
+from services.interfaces import (
+    IdempotencyStore,
+    StationRegistry,
+    TokenDirectory,
+    TokenStore,
+    TransactionStore,
+)
 from services.memory import (
     MemoryIdempotencyStore,
     MemoryStationRegistry,
@@ -22,19 +29,22 @@ from services.memory import (
     MemoryTransactionStore,
 )
 from services.models import (
+    MAX_PAGE_SIZE,
     MAX_UNSETTLED_PASSWORDS,
     AuthorizationStatus,
     BootInfo,
     ConnectorStatus,
     EnergyReading,
+    Page,
     RegistrationStatus,
+    StationCounts,
     StationCredentials,
     StationRecord,
     TokenRecord,
     Transaction,
     TransactionState,
 )
-from services.rules import parse_time
+from services.rules import parse_time, transaction_key
 
 NOW = dt.datetime(2026, 1, 15, 12, 0, tzinfo=dt.UTC)
 T1 = "2026-01-15T12:00:00Z"
@@ -636,3 +646,363 @@ async def test_empty_and_marker_like_answers_round_trip(idempotency: Idempotency
         assert await idempotency.claim(key, "a|w", 60) is True
         await idempotency.complete(key, answer, 60)
         assert await idempotency.claim(key, "a|w", 60) == answer
+
+
+# --- read side: listings and counts -----------------------------------------------------------
+
+PageOf = Callable[..., Awaitable[Page[Any]]]
+
+
+async def _all_pages(
+    list_page: PageOf, limit: int, cursor: str | None = None, **filters: Any
+) -> list[Any]:
+    """Every item of a listing (after ``cursor``), page by page, each at most ``limit``."""
+    items: list[Any] = []
+    for _ in range(1000):
+        page = await list_page(cursor=cursor, limit=limit, **filters)
+        assert len(page.items) <= limit
+        items.extend(page.items)
+        if page.next_cursor is None:
+            return items
+        cursor = page.next_cursor
+    raise AssertionError("the listing never ended")
+
+
+def _ids(records: list[StationRecord]) -> list[str]:
+    return [record.station_id for record in records]
+
+
+STATION_IDS = ["CS-10", "CS-2", "CS:1/a", "AB", "cs-1", "CS-1", "Zé", "CS-1.1"]
+
+
+async def test_stations_are_listed_in_id_order_page_by_page(registry: StationRegistry) -> None:
+    for station_id in STATION_IDS:
+        await registry.provision(station_id, RegistrationStatus.ACCEPTED)
+    expected = sorted(STATION_IDS)
+    for limit in (1, 3, 8, 100):
+        assert _ids(await _all_pages(registry.list_stations, limit)) == expected
+    first = await registry.list_stations(limit=3)
+    assert _ids(first.items) == expected[:3] and first.next_cursor is not None
+    whole = await registry.list_stations(limit=len(STATION_IDS))
+    assert _ids(whole.items) == expected and whole.next_cursor is None
+    assert (await registry.list_stations()).items == [
+        await registry.get(station_id) for station_id in expected
+    ]
+
+
+async def test_station_listing_filters(registry: StationRegistry) -> None:
+    for station_id in STATION_IDS:
+        await registry.provision(station_id, RegistrationStatus.PENDING)
+    await registry.set_registration("CS-2", RegistrationStatus.ACCEPTED)
+    await registry.set_registration("AB", RegistrationStatus.REJECTED)
+    await registry.record_boot("new-1", "ocpp1.6", BOOT, RegistrationStatus.ACCEPTED, T1)
+    await registry.mark_connected("CS-2", "ocpp1.6", "gw", "c1", T1)
+    await registry.mark_connected("CS-10", "ocpp1.6", "gw", "c2", T1)
+    await registry.mark_connected("AB", "ocpp1.6", "gw", "c3", T1)
+    await registry.mark_disconnected("AB", "c3", T2)
+
+    async def listed(**filters: Any) -> list[str]:
+        return _ids(await _all_pages(registry.list_stations, 2, **filters))
+
+    assert await listed(prefix="CS-1") == ["CS-1", "CS-1.1", "CS-10"]
+    assert await listed(prefix="CS") == ["CS-1", "CS-1.1", "CS-10", "CS-2", "CS:1/a"]
+    assert await listed(prefix="Z") == ["Zé"]
+    assert await listed(prefix="nobody") == []
+    assert await listed(online=True) == ["CS-10", "CS-2"]
+    assert await listed(online=False) == sorted(set(STATION_IDS) - {"CS-10", "CS-2"} | {"new-1"})
+    assert await listed(registration=RegistrationStatus.ACCEPTED) == ["CS-2", "new-1"]
+    assert await listed(registration=RegistrationStatus.REJECTED) == ["AB"]
+    assert await listed(online=True, registration=RegistrationStatus.PENDING) == ["CS-10"]
+    assert await listed(online=False, registration=RegistrationStatus.ACCEPTED) == ["new-1"]
+    assert await listed(online=True, prefix="CS-2") == ["CS-2"]
+    assert await listed(online=False, prefix="CS-1") == ["CS-1", "CS-1.1"]
+
+
+async def test_station_listing_shows_what_get_shows(registry: StationRegistry) -> None:
+    await registry.mark_connected("CS1", "ocpp2.0.1", "gw", "c1", T1)
+    await registry.touch("CS1", "2026-01-15T12:30:00Z")
+    [listed] = (await registry.list_stations(online=True)).items
+    assert listed == await registry.get("CS1")
+    assert parse_time(listed.last_seen) == parse_time("2026-01-15T12:30:00Z")
+
+
+async def test_station_cursor_is_stable_under_inserts(registry: StationRegistry) -> None:
+    for station_id in ("b", "d", "f", "h"):
+        await registry.provision(station_id, RegistrationStatus.ACCEPTED)
+    first = await registry.list_stations(limit=2)
+    assert _ids(first.items) == ["b", "d"]
+    for station_id in ("a", "c", "e", "i"):  # before and after the cursor
+        await registry.provision(station_id, RegistrationStatus.ACCEPTED)
+    rest = await _all_pages(registry.list_stations, 2, cursor=first.next_cursor)
+    assert _ids(rest) == ["e", "f", "h", "i"]
+
+
+async def test_station_counts_follow_every_change(registry: StationRegistry) -> None:
+    assert await registry.station_counts() == StationCounts()
+    await registry.provision("A", RegistrationStatus.ACCEPTED)
+    await registry.provision("B", RegistrationStatus.ACCEPTED)
+    await registry.set_registration("C", RegistrationStatus.REJECTED)
+    await registry.record_boot("D", "ocpp1.6", BOOT, RegistrationStatus.PENDING, T1)
+    await registry.mark_connected("A", "ocpp1.6", "gw-a", "c1", T1, session="s")
+    await registry.mark_connected("B", "ocpp1.6", "gw-a", "c2", T1, session="s")
+    await registry.mark_connected("D", "ocpp1.6", "gw-b", "c3", T1)
+    assert await registry.station_counts() == StationCounts(
+        total=4, online=3, offline=1, accepted=2, pending=1, rejected=1
+    )
+    await registry.mark_disconnected("D", "c3", T2)
+    await registry.set_registration("D", RegistrationStatus.ACCEPTED)
+    assert await registry.gateway_gone("gw-a", T2, session="s") == ["A", "B"]
+    await registry.put(StationRecord(station_id="C", online=True))  # replaced: Pending, online
+    assert await registry.station_counts() == StationCounts(
+        total=4, online=1, offline=3, accepted=3, pending=1, rejected=0
+    )
+    assert _ids((await registry.list_stations(online=True)).items) == ["C"]
+    assert (
+        _ids((await registry.list_stations(registration=RegistrationStatus.REJECTED)).items) == []
+    )
+
+
+@pytest.mark.parametrize(
+    "cursor", ["", "garbage", "!!!", "eyJ4IjoxfQ", "WyJ0b2tlbnMiLCJhIl0", "WyJzdGF0aW9ucyIsIiJd"]
+)
+async def test_station_listing_refuses_a_cursor_it_did_not_make(
+    registry: StationRegistry, cursor: str
+) -> None:
+    # '{"x":1}', a token listing's cursor, an empty position: none is a station cursor.
+    await registry.provision("CS1", RegistrationStatus.ACCEPTED)
+    with pytest.raises(ValueError, match="cursor"):
+        await registry.list_stations(cursor=cursor)
+
+
+@pytest.mark.parametrize("limit", [0, -1, MAX_PAGE_SIZE + 1])
+async def test_listings_refuse_a_limit_out_of_range(
+    registry: StationRegistry,
+    transactions: TransactionStore,
+    make_tokens: TokenStoreFactory,
+    limit: int,
+) -> None:
+    tokens = make_tokens()
+    assert isinstance(tokens, TokenDirectory)
+    with pytest.raises(ValueError, match="limit"):
+        await registry.list_stations(limit=limit)
+    with pytest.raises(ValueError, match="limit"):
+        await transactions.list_transactions(limit=limit)
+    with pytest.raises(ValueError, match="limit"):
+        await tokens.list_tokens(limit=limit)
+
+
+async def test_tokens_are_listed_in_id_order(make_tokens: TokenStoreFactory) -> None:
+    tokens = make_tokens()
+    assert isinstance(tokens, TokenDirectory)
+    ids = ["T-2", "T-10", "A:1", "T-1", "ü"]
+    for id_token in ids:
+        await tokens.put(TokenRecord(id_token=id_token, group_id="g"))
+    await tokens.put(TokenRecord(id_token="T-1", status=AuthorizationStatus.BLOCKED))
+    listed = await _all_pages(tokens.list_tokens, 2)
+    assert [token.id_token for token in listed] == sorted(ids)
+    assert listed[1] == TokenRecord(id_token="T-1", status=AuthorizationStatus.BLOCKED)
+    by_prefix = await _all_pages(tokens.list_tokens, 1, prefix="T-1")
+    assert [token.id_token for token in by_prefix] == ["T-1", "T-10"]
+    with pytest.raises(ValueError, match="cursor"):
+        await tokens.list_tokens(cursor="WyJzdGF0aW9ucyIsIkEiXQ")  # a station cursor
+
+
+def _started(
+    station: str,
+    tx_id: str,
+    at: str | None,
+    token: str | None = "TAG",
+    state: TransactionState = TransactionState.ACTIVE,
+) -> Callable[[Transaction | None], Transaction]:
+    def change(old: Transaction | None) -> Transaction:
+        return Transaction(
+            station_id=station,
+            transaction_id=tx_id,
+            version="ocpp2.0.1",
+            id_token=token,
+            started_at=at,
+            state=state,
+        )
+
+    return change
+
+
+def _keys(found: list[Transaction]) -> list[tuple[str, str]]:
+    return [(tx.station_id, tx.transaction_id) for tx in found]
+
+
+async def _history(transactions: TransactionStore) -> None:
+    """Eight transactions on three stations, two tokens, both states, tied start times."""
+    rows = [
+        ("CS1", "1", "2026-01-10T08:00:00Z", "TAG", TransactionState.ENDED),
+        ("CS1", "2", "2026-01-11T08:00:00Z", "OTHER", TransactionState.ENDED),
+        ("CS2", "1", "2026-01-11T08:00:00Z", "TAG", TransactionState.ENDED),
+        ("CS2", "2", "2026-01-12T09:30:00.250+01:00", "TAG", TransactionState.ACTIVE),
+        ("CS1", "3", "2026-01-12T08:30:00.250Z", None, TransactionState.ACTIVE),
+        ("CS:3", "a/b", "2026-01-11T08:00:00Z", "TAG", TransactionState.ENDED),
+        ("CS:3", "c", "2026-01-13T00:00:00Z", "OTHER", TransactionState.ACTIVE),
+        ("CS1", "4", "2026-01-09T00:00:00Z", "TAG", TransactionState.ACTIVE),
+    ]
+    for station, tx_id, at, token, state in rows:
+        await transactions.update(station, tx_id, _started(station, tx_id, at, token, state))
+
+
+NEWEST_FIRST = [
+    ("CS:3", "c"),
+    ("CS2", "2"),  # 08:30:00.250Z, tied with CS1/3: the higher station id first
+    ("CS1", "3"),
+    ("CS2", "1"),  # three starts at 2026-01-11T08:00Z
+    ("CS1", "2"),
+    ("CS:3", "a/b"),  # "CS%3A3" sorts before "CS1": percent-encoded ids break ties
+    ("CS1", "1"),
+    ("CS1", "4"),
+]
+
+
+async def test_transactions_are_listed_newest_first_page_by_page(
+    transactions: TransactionStore,
+) -> None:
+    await _history(transactions)
+    for limit in (1, 2, 3, 8, 100):
+        assert _keys(await _all_pages(transactions.list_transactions, limit)) == NEWEST_FIRST
+    page = await transactions.list_transactions(limit=8)
+    assert page.next_cursor is None
+    assert page.items[0] == await transactions.get("CS:3", "c")
+    assert [transaction_key(tx) for tx in page.items] == sorted(
+        (transaction_key(tx) for tx in page.items), reverse=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({"station_id": "CS1"}, [("CS1", "3"), ("CS1", "2"), ("CS1", "1"), ("CS1", "4")]),
+        ({"id_token": "OTHER"}, [("CS:3", "c"), ("CS1", "2")]),
+        (
+            {"state": TransactionState.ACTIVE},
+            [("CS:3", "c"), ("CS2", "2"), ("CS1", "3"), ("CS1", "4")],
+        ),
+        (
+            {"state": TransactionState.ENDED},
+            [("CS2", "1"), ("CS1", "2"), ("CS:3", "a/b"), ("CS1", "1")],
+        ),
+        ({"station_id": "CS1", "state": TransactionState.ACTIVE}, [("CS1", "3"), ("CS1", "4")]),
+        ({"station_id": "CS1", "state": TransactionState.ENDED}, [("CS1", "2"), ("CS1", "1")]),
+        ({"id_token": "TAG", "state": TransactionState.ACTIVE}, [("CS2", "2"), ("CS1", "4")]),
+        (
+            {"id_token": "TAG", "state": TransactionState.ENDED},
+            [("CS2", "1"), ("CS:3", "a/b"), ("CS1", "1")],
+        ),
+        ({"station_id": "CS1", "id_token": "TAG"}, [("CS1", "1"), ("CS1", "4")]),
+        ({"station_id": "CS2", "id_token": "TAG", "state": TransactionState.ENDED}, [("CS2", "1")]),
+        ({"station_id": "nobody"}, []),
+        ({"started_after": "2026-01-11T08:00:00Z"}, NEWEST_FIRST[:6]),
+        ({"started_after": "2026-01-11T08:00:00.001Z"}, NEWEST_FIRST[:3]),
+        ({"started_before": "2026-01-11T08:00:00Z"}, NEWEST_FIRST[6:]),
+        ({"started_before": "2026-01-11T09:00:00+01:00"}, NEWEST_FIRST[6:]),
+        ({"started_after": "2026-01-11", "started_before": "2026-01-12"}, NEWEST_FIRST[3:6]),
+        (
+            {
+                "started_after": "2026-01-12T08:30:00.250Z",
+                "started_before": "2026-01-12T08:30:00.251Z",
+            },
+            NEWEST_FIRST[1:3],
+        ),
+        ({"station_id": "CS1", "started_before": "2026-01-11"}, [("CS1", "1"), ("CS1", "4")]),
+        (
+            {"state": TransactionState.ACTIVE, "station_id": "CS1", "started_after": "2026-01-10"},
+            [("CS1", "3")],
+        ),
+        ({"id_token": "TAG", "started_after": "2026-01-12", "started_before": "2026-01-11"}, []),
+    ],
+)
+async def test_transaction_listing_filters(
+    transactions: TransactionStore, filters: dict[str, Any], expected: list[tuple[str, str]]
+) -> None:
+    await _history(transactions)
+    for limit in (1, 2, 100):
+        found = await _all_pages(transactions.list_transactions, limit, **filters)
+        assert _keys(found) == expected, limit
+
+
+async def test_transaction_listing_follows_updates(transactions: TransactionStore) -> None:
+    await _history(transactions)
+
+    async def listed(**filters: Any) -> list[tuple[str, str]]:
+        return _keys(await _all_pages(transactions.list_transactions, 2, **filters))
+
+    await transactions.update("CS1", "3", _end)
+    assert ("CS1", "3") in await listed(state=TransactionState.ENDED, station_id="CS1")
+    assert await listed(state=TransactionState.ACTIVE, station_id="CS1") == [("CS1", "4")]
+
+    def retag(old: Transaction | None) -> Transaction:
+        assert old is not None
+        return msgspec.structs.replace(old, id_token="OTHER")
+
+    await transactions.update("CS1", "4", retag)
+    assert await listed(id_token="OTHER") == [("CS:3", "c"), ("CS1", "2"), ("CS1", "4")]
+    assert ("CS1", "4") not in await listed(id_token="TAG")
+
+    def earlier(old: Transaction | None) -> Transaction:  # a Started event arriving late
+        assert old is not None
+        return msgspec.structs.replace(old, started_at="2026-01-01T00:00:00Z")
+
+    await transactions.update("CS:3", "c", earlier)
+    everything = await listed()
+    assert everything[-1] == ("CS:3", "c") and len(everything) == len(NEWEST_FIRST)
+    assert await listed(station_id="CS:3") == [("CS:3", "a/b"), ("CS:3", "c")]
+
+
+async def test_transaction_cursor_is_stable_under_inserts(transactions: TransactionStore) -> None:
+    await _history(transactions)
+    first = await transactions.list_transactions(limit=3)
+    assert _keys(first.items) == NEWEST_FIRST[:3]
+    # A newer one (before the cursor) and an older one (after it) arrive between two pages.
+    await transactions.update("CS9", "n", _started("CS9", "n", "2026-02-01T00:00:00Z"))
+    await transactions.update("CS9", "o", _started("CS9", "o", "2026-01-10T12:00:00Z"))
+    rest = await _all_pages(transactions.list_transactions, 3, cursor=first.next_cursor)
+    assert _keys(rest) == [*NEWEST_FIRST[3:6], ("CS9", "o"), *NEWEST_FIRST[6:]]
+
+
+async def test_pointer_records_and_missing_start_times(transactions: TransactionStore) -> None:
+    await _history(transactions)
+    await transactions.update("CS1", "late", _started("CS1", "late", None))
+    await transactions.update("CS1", "bad", _started("CS1", "bad", "yesterday"))
+
+    def pointer(old: Transaction | None) -> Transaction:
+        return Transaction(
+            station_id="CS1",
+            transaction_id="-1:stop",
+            version="ocpp1.6",
+            state=TransactionState.ENDED,
+            id_token="TAG",
+            started_at="2026-01-09T00:00:00Z",
+            merged_into="4",
+        )
+
+    await transactions.update("CS1", "-1:stop", pointer)
+    everything = _keys(await _all_pages(transactions.list_transactions, 3))
+    # No start time sorts as the epoch (last); the pointer is never listed.
+    assert everything == [*NEWEST_FIRST, ("CS1", "late"), ("CS1", "bad")]
+    station = _keys(await _all_pages(transactions.list_transactions, 2, station_id="CS1"))
+    assert station[-2:] == [("CS1", "late"), ("CS1", "bad")]
+    assert ("CS1", "-1:stop") not in station
+    assert await transactions.get("CS1", "-1:stop") is not None
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"cursor": "garbage"},
+        {"cursor": "WyJzdGF0aW9ucyIsIkNTMSJd"},  # a station listing's cursor
+        {"cursor": "WyJ0cmFuc2FjdGlvbnMiLCJDUzEiXQ"},  # ["transactions", "CS1"]
+        {"started_after": "last week"},
+        {"started_before": ""},
+    ],
+)
+async def test_transaction_listing_refuses_bad_arguments(
+    transactions: TransactionStore, arguments: dict[str, Any]
+) -> None:
+    await _history(transactions)
+    with pytest.raises(ValueError, match=r"cursor|started_"):
+        await transactions.list_transactions(**arguments)
