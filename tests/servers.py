@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.timing import timeout as scaled
+
 INSTALL_HINT = (
     "Integration tests need a real {what}. Install the '{binary}' binary "
     "(Debian/Ubuntu: apt-get install {package}) or run a Docker engine for testcontainers."
@@ -33,12 +35,15 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+    """Wait until something accepts connections on ``port`` (``timeout`` is scaled by
+    ``CSMS_TEST_TIMEOUT_FACTOR``)."""
+    limit = scaled(timeout)
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {limit}s")
 
 
 @dataclass
@@ -67,10 +72,10 @@ class ServerProcess:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(5)
+                self.process.wait(scaled(5))
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.process.wait(5)
+                self.process.wait(scaled(5))
         self.process = None
 
     @property
@@ -82,7 +87,9 @@ def _docker_available() -> bool:
     if not shutil.which("docker"):
         return False
     try:
-        result = subprocess.run(["docker", "info"], capture_output=True, timeout=5, check=False)
+        result = subprocess.run(
+            ["docker", "info"], capture_output=True, timeout=scaled(5), check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return result.returncode == 0

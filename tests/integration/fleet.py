@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.servers import free_port, wait_for_port
+from tests.timing import timeout as scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,10 +37,10 @@ class CsmsProcess:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(10)
+                self.process.wait(scaled(10))
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.process.wait(5)
+                self.process.wait(scaled(5))
 
     def log_records(self) -> list[dict[str, object]]:
         """JSON log lines written so far."""
@@ -53,7 +54,9 @@ class CsmsProcess:
         return records
 
     def wait_for_log(self, event: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
+        """Wait until this process logs ``event`` (``timeout`` is scaled by
+        ``CSMS_TEST_TIMEOUT_FACTOR``)."""
+        deadline = time.monotonic() + scaled(timeout)
         while time.monotonic() < deadline:
             if any(record.get("event") == event for record in self.log_records()):
                 return
@@ -156,6 +159,6 @@ class Fleet:
             env=self._env(),
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=scaled(60),
             check=False,
         )
