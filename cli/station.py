@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cli.common import (
     OCPP_VERSIONS,
@@ -17,11 +17,6 @@ from cli.common import (
     require_redis,
 )
 from csms.config import Settings
-
-if TYPE_CHECKING:
-    from csms.bus import Bus
-    from csms.envelope import Envelope
-    from services import Services
 
 __all__ = ["add_commands", "run"]
 
@@ -185,8 +180,8 @@ async def _rotate_password(settings: Settings, station_id: str, wait: float) -> 
     """``csms station rotate-password``: see the command's description for exit statuses."""
     from csms.bus.mqtt import MqttBus
     from csms.topics import Topics
-    from manager.call_maker import CallMaker
-    from manager.password_rotation import RotationRefused, rotate_password, rotation_version
+    from operations.calls import CallSender
+    from operations.password import RotationRefused, RotationStatus, rotate_and_confirm
     from services.factory import open_services
 
     if not settings.broker_url or not settings.redis_url:
@@ -197,136 +192,52 @@ async def _rotate_password(settings: Settings, station_id: str, wait: float) -> 
         )
     if wait <= 0:
         raise CommandError("--wait must be a positive number of seconds")
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    async with open_services(settings) as services:
-        try:
-            version = await rotation_version(services.stations, station_id)
-        except RotationRefused as exc:
-            raise CommandError(str(exc)) from None
-        before = await services.stations.get(station_id)
-        old_hash = before.password_hash if before is not None else None
-        topics = Topics(prefix=settings.topic_prefix, group=settings.shared_group)
-        bus = MqttBus(
-            settings.broker_url,
-            client_id_prefix="csms-cli",
-            publish_timeout=settings.publish_timeout,
-            tls_ca_file=settings.broker_ca_file,
-            tls_cert_file=settings.broker_cert_file,
-            tls_key_file=settings.broker_key_file,
-        )
-        async with bus:
-            connect_wait = max(1.0, min(10.0, wait))
-            if not await bus.wait_connected(connect_wait):
-                raise CommandError(
-                    f"not connected to the MQTT broker within {connect_wait:g} s "
-                    "(the log above says why)"
-                )
-            # A plain subscription gets a copy of the station's answer; the managers' shared
-            # subscription gets the one that updates the registry.
-            await bus.subscribe(topics.inbound(version, station_id))
+    topics = Topics(prefix=settings.topic_prefix, group=settings.shared_group)
+    bus = MqttBus(
+        settings.broker_url,
+        client_id_prefix="csms-cli",
+        publish_timeout=settings.publish_timeout,
+        tls_ca_file=settings.broker_ca_file,
+        tls_cert_file=settings.broker_cert_file,
+        tls_key_file=settings.broker_key_file,
+    )
+    async with open_services(settings) as services, bus:
+        connect_wait = max(1.0, min(10.0, wait))
+        if not await bus.wait_connected(connect_wait):
+            raise CommandError(
+                f"not connected to the MQTT broker within {connect_wait:g} s "
+                "(the log above says why)"
+            )
+        async with CallSender(bus, topics, origin="cli") as sender:
+            ticker = asyncio.create_task(_tick(wait))
             try:
-                rotation = await rotate_password(
-                    CallMaker(bus, topics, origin="cli"), services.stations, station_id, version
+                result = await rotate_and_confirm(
+                    sender, services.stations, station_id, wait=wait, progress=progress
                 )
             except RotationRefused as exc:
                 raise CommandError(str(exc)) from None
-            progress(f"sent {rotation.action} to {station_id} ({version}); waiting for its answer")
-            answer = await _station_answer(bus, rotation.message_id, deadline, loop)
-        if answer is None:
-            progress(f"no answer from {station_id} within {wait:g} s: outcome unknown")
-            return 3
-        refusal = _refusal(version, answer)
-        if refusal is not None:
-            progress(f"{station_id} did not take the new password: {refusal}; password unchanged")
-            return 1
-        progress(f"{station_id} accepted; waiting for a manager to store the new password hash")
-        if await _hash_stored(services, station_id, rotation.password, old_hash, deadline, loop):
-            progress(
-                f"done: the registry holds the new password of {station_id}; "
-                "it applies from the station's next connection"
-            )
-            return 0
+            finally:
+                ticker.cancel()
+    if result.status is RotationStatus.STORED:
         progress(
-            f"{station_id} accepted the new password but the registry did not show it within "
-            f"{wait:g} s: check that managers are running"
+            f"done: the registry holds the new password of {station_id}; "
+            "it applies from the station's next connection"
         )
-        return 3
+        return 0
+    if result.status is RotationStatus.REFUSED:
+        progress(f"{station_id} did not take the new password: {result.reason}; password unchanged")
+        return 1
+    progress(
+        f"outcome unknown: {result.reason}; the new password stays accepted at login until the "
+        "station shows which one it uses"
+    )
+    return 3
 
 
-async def _station_answer(
-    bus: Bus, message_id: str, deadline: float, loop: asyncio.AbstractEventLoop
-) -> Envelope | None:
-    """The gateway's envelope answering ``message_id`` (result, error, timeout,
-    undelivered), None when ``deadline`` passes first. Prints progress every 5 s."""
-    import msgspec
-
-    from csms.envelope import Kind, decode_envelope
-
-    started = loop.time()
-    ticker = asyncio.create_task(_tick(started, deadline, loop))
-    try:
-        async with asyncio.timeout_at(deadline):
-            async for message in bus.messages():
-                try:
-                    envelope = decode_envelope(message.payload)
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    continue
-                request = envelope.request
-                if envelope.kind is not Kind.CALL and request and request.message_id == message_id:
-                    return envelope
-    except TimeoutError:
-        return None
-    finally:
-        ticker.cancel()
-    return None
-
-
-async def _tick(started: float, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
+async def _tick(wait: float) -> None:
+    """Say every 5 s that the command is still waiting."""
+    waited = 0
     while True:
         await asyncio.sleep(5)
-        waited = loop.time() - started
-        progress(f"  still waiting ({waited:.0f} s of {deadline - started:.0f} s)")
-
-
-def _refusal(version: str, answer: Envelope) -> str | None:
-    """Why the station did not take the password, None when it accepted it."""
-    from csms.envelope import Kind
-    from manager.password_rotation import rotation_status
-
-    if answer.kind is Kind.RESULT:
-        status = rotation_status(
-            version, answer.payload if isinstance(answer.payload, dict) else {}
-        )
-        if status == "Accepted":
-            return None
-        if status == "RebootRequired":
-            return "it answered RebootRequired (it would switch only after a reboot)"
-        return f"it answered {status or 'without a status for the password'}"
-    if answer.kind is Kind.ERROR:
-        return f"it answered CallError {answer.error_code}: {answer.error_description or ''}"
-    if answer.kind is Kind.TIMEOUT:
-        return "it did not answer within the gateway's call timeout"
-    return f"the call was not delivered ({answer.error_description or answer.error_code})"
-
-
-async def _hash_stored(
-    services: Services,
-    station_id: str,
-    password: str,
-    old_hash: str | None,
-    deadline: float,
-    loop: asyncio.AbstractEventLoop,
-) -> bool:
-    """Poll the registry until its hash checks ``password``; False at ``deadline``."""
-    from csms.credentials import verify_password
-
-    while True:
-        record = await services.stations.get(station_id)
-        current = record.password_hash if record is not None else None
-        changed = current is not None and current != old_hash
-        if changed and await asyncio.to_thread(verify_password, password, current or ""):
-            return True
-        if loop.time() >= deadline:
-            return False
-        await asyncio.sleep(0.2)
+        waited += 5
+        progress(f"  still waiting ({waited} s of {wait:.0f} s)")

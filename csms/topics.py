@@ -5,6 +5,7 @@
 ``{prefix}/events/{version}/{station}``  connection events (connected / disconnected)
 ``{prefix}/ctl/{station}``               gateway-to-gateway control (duplicate-connection takeover)
 ``{prefix}/gateways/{gateway}``          gateway presence: lease heartbeats and last will
+``{prefix}/reply/{originator}``          outcomes of CSMS calls for an originator that waits
 
 Station ids may contain characters that MQTT gives meaning to (``/``, ``+``, ``#``), the NUL
 character, or may be empty-looking once split; each station id is therefore percent-encoded
@@ -58,6 +59,10 @@ class Topics:
 
     def control(self, station: str) -> str:
         return f"{self.prefix}/ctl/{encode_station(station)}"
+
+    def reply(self, originator: str) -> str:
+        """Where the gateway publishes the outcomes of an originator's calls (``reply_to``)."""
+        return f"{self.prefix}/reply/{encode_station(originator)}"
 
     def gateway_presence(self, gateway: str) -> str:
         return f"{self.prefix}/gateways/{encode_station(gateway)}"

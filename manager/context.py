@@ -25,7 +25,7 @@ from csms.rpc import RpcError
 from services import Services
 
 if TYPE_CHECKING:
-    from manager.call_maker import CallMaker
+    from operations.call_maker import CallMaker
 
 
 class OcppError(Exception):

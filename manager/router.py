@@ -22,7 +22,6 @@ from csms.envelope import Envelope, Kind
 from csms.rpc import RpcError
 from csms.versions import OcppVersion, error_code, spec, supported
 from manager import common
-from manager.call_maker import CallMaker
 from manager.context import (
     CallContext,
     CallHandler,
@@ -31,6 +30,7 @@ from manager.context import (
     ResultHandler,
 )
 from ocpp_schemas import Direction, SchemaViolation
+from operations.call_maker import CallMaker
 from services import Services, StoreUnavailable
 
 BOOT_NOTIFICATION = "BootNotification"

@@ -44,10 +44,10 @@ from csms.envelope import (
 from csms.rpc import RpcError
 from csms.topics import Topics
 from csms.versions import OcppVersion, error_code
-from manager.call_maker import CallMaker
 from manager.context import iso
 from manager.idempotency import claim_owner, idempotency_key, replay
 from manager.router import Deps, Router, default_routers, error_answer
+from operations.call_maker import CallMaker
 from services import Services, StoreUnavailable
 
 _log = structlog.get_logger("manager.worker")

@@ -10,6 +10,7 @@ from typing import Generic, TypeVar
 import msgspec
 
 from csms.credentials import is_password_hash
+from csms.versions import supported
 
 
 class RegistrationStatus(enum.StrEnum):
@@ -75,7 +76,8 @@ MAX_UNSETTLED_PASSWORDS = 4
 """Rotations with an unknown outcome kept admissible; the oldest goes first."""
 
 SECURITY_PROFILES = (0, 1, 2, 3)
-OCPP_VERSIONS = ("ocpp1.6", "ocpp2.0.1")
+OCPP_VERSIONS = tuple(sorted(version.value for version in supported()))
+"""Subprotocol names of every supported version (for messages and settings)."""
 
 
 class StationCredentials(msgspec.Struct, kw_only=True, frozen=True):

@@ -28,7 +28,7 @@ from ocpp.v201 import call_result as result201
 from csms.bus.mqtt import MqttBus
 from csms.envelope import Kind, decode_envelope
 from csms.topics import Topics
-from manager.call_maker import CallMaker
+from operations.call_maker import CallMaker
 from services.redis_store import RedisTransactionStore
 from tests.integration.fleet import Fleet
 

@@ -20,7 +20,7 @@ import websockets
 
 from csms.bus.mqtt import MqttBus
 from csms.topics import Topics
-from manager.call_maker import CallMaker
+from operations.call_maker import CallMaker
 from tests.integration.fleet import Fleet
 from tests.servers import ServerProcess
 

@@ -14,7 +14,7 @@ import structlog
 from csms.bus.memory import MemoryBroker
 from csms.config import Settings
 from csms.topics import Topics
-from manager.call_maker import CallMaker
+from operations.call_maker import CallMaker
 from manager.context import CallContext, CallHandler
 from ocpp_schemas import Direction, validate
 from services import Services

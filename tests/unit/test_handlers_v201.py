@@ -20,7 +20,7 @@ from csms.envelope import OriginalCall
 from csms.rpc import RpcError
 from csms.topics import Topics
 from csms.versions import OcppVersion
-from manager.call_maker import CallMaker
+from operations.call_maker import CallMaker
 from manager.common import registration_refusal
 from manager.context import OcppError, ResultContext
 from manager.v201 import HANDLERS, RESULT_HANDLERS

@@ -26,7 +26,7 @@ from gateway.listeners import (
     parse_forwarded_certificate,
     station_listeners,
 )
-from manager.call_maker import CallMaker
+from operations.call_maker import CallMaker
 from manager.common import boot
 from manager.context import CallContext
 from services import Services

@@ -28,9 +28,13 @@ from csms.credentials import (
 from csms.envelope import Envelope, Kind, OriginalCall, decode_envelope, encode
 from csms.topics import Topics
 from csms.versions import OcppVersion
-from manager import password_rotation
-from manager.call_maker import CallMaker
-from manager.password_rotation import (
+from manager import password_results
+from manager.router import Deps, default_router
+from manager.worker import Manager
+from ocpp_schemas import Direction, validate
+from operations import password as password_rotation
+from operations.call_maker import CallMaker
+from operations.password import (
     PURPOSE,
     ROTATION,
     Rotation,
@@ -39,9 +43,6 @@ from manager.password_rotation import (
     rotation_call,
     rotation_version,
 )
-from manager.router import Deps, default_router
-from manager.worker import Manager
-from ocpp_schemas import Direction, validate
 from services import Services, StoreUnavailable
 from services.memory import (
     MemoryIdempotencyStore,
@@ -575,7 +576,7 @@ class FlakyRegistry(MemoryStationRegistry):
 async def test_store_outage_while_storing_is_retried_then_loud(
     monkeypatch: pytest.MonkeyPatch, failures: int, stored: bool
 ) -> None:
-    monkeypatch.setattr(password_rotation, "_STORE_ATTEMPTS", 2)
+    monkeypatch.setattr(password_results, "_STORE_ATTEMPTS", 2)
     services = make_services()
     services.stations = FlakyRegistry(failures)
     await services.stations.set_credentials(

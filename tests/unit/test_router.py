@@ -13,7 +13,7 @@ from csms.envelope import Envelope, Kind, OriginalCall
 from csms.rpc import RpcError
 from csms.topics import Topics
 from csms.versions import OcppVersion
-from manager.call_maker import CallMaker
+from operations.call_maker import CallMaker
 from manager.context import CallContext, OcppError, ResultContext
 from manager.router import Deps, Router
 from services import Services, StoreUnavailable

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from manager import common, password_rotation
+from manager import common, password_results
 from manager.context import ResultContext
+from operations import password as password_rotation
 
 ACTION = "ChangeConfiguration"
 
@@ -13,10 +14,10 @@ async def handle_result(ctx: ResultContext) -> None:
     (the latter only after a reboot), Rejected and NotSupported did not and are warnings.
 
     An ``AuthorizationKey`` (the Basic auth password, security whitepaper) is never logged;
-    once Accepted its hash replaces the registry's (see :mod:`manager.password_rotation`).
+    once Accepted its hash replaces the registry's (see :mod:`operations.password`).
     """
     if password_rotation.sets_password(ctx.version, ctx.request):
-        await password_rotation.apply_result(ctx)
+        await password_results.apply_result(ctx)
         return
     if common.result_failed(ctx) or ctx.payload is None:
         return

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common, password_rotation
+from manager import common, password_results
 from manager.context import ResultContext
+from operations import password as password_rotation
 
 ACTION = "SetVariables"
 
@@ -32,11 +33,11 @@ async def handle_result(ctx: ResultContext) -> None:
     Accepted and RebootRequired took the value (the latter after a reboot); Rejected,
     UnknownComponent, UnknownVariable and NotSupportedAttributeType are warnings.
     ``BasicAuthPassword`` values are never logged; once Accepted the password's hash replaces
-    the registry's (see :mod:`manager.password_rotation`).
+    the registry's (see :mod:`operations.password`).
     """
     sets_password = password_rotation.sets_password(ctx.version, ctx.request)
     if sets_password and not ctx.ok:
-        await password_rotation.apply_result(ctx)  # logs why nothing changed
+        await password_results.apply_result(ctx)  # logs why nothing changed
         return
     if common.result_failed(ctx) or ctx.payload is None:
         return
@@ -65,4 +66,4 @@ async def handle_result(ctx: ResultContext) -> None:
             reason=(result.get("attributeStatusInfo") or {}).get("reasonCode"),
         )
     if sets_password:
-        await password_rotation.apply_result(ctx)
+        await password_results.apply_result(ctx)

@@ -10,14 +10,15 @@ How a rotation flows, with no instance remembering anything:
 1. :func:`rotate_password` generates a password valid for the station's OCPP version, records
    its hash as the station's *pending* password
    (:meth:`StationRegistry.set_pending_password_hash`) and sends the call through the
-   :class:`~manager.call_maker.CallMaker`, marked in ``meta`` as a rotation (:data:`PURPOSE` =
+   :class:`~operations.call_maker.CallMaker`, marked in ``meta`` as a rotation (:data:`PURPOSE` =
    :data:`ROTATION`). Admission accepts the pending password besides the current one: a 1.6
    station (security whitepaper) answers Accepted and reconnects with the new key at once,
    before any manager has stored its answer. The pending hash serves admission only.
 2. The gateway attaches that request to the station's answer, so whichever manager receives it
-   runs the version's result handler, which calls :func:`apply_result`: when the station
-   answered Accepted for the password, the password is read back from the original request
-   and its hash (the pending one when it matches) replaces the registry's
+   runs the version's result handler, which calls
+   :func:`manager.password_results.apply_result`: when the station answered Accepted for
+   the password, the password is read back from the original request and its hash (the
+   pending one when it matches) replaces the registry's
    (:meth:`StationRegistry.set_password_hash`, which clears that pending hash). Rejected,
    RebootRequired, NotSupported, a CallError, or a call never written to the station leave
    the current hash unchanged, clear the pending hash if it is still this rotation's (a late
@@ -49,6 +50,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -63,8 +66,8 @@ from csms.credentials import (
 )
 from csms.envelope import OriginalCall
 from csms.versions import PasswordStyle, spec
-from manager.call_maker import CallMaker
-from manager.context import ResultContext
+from operations.call_maker import CallMaker
+from operations.calls import CallOutcome, CallSender, Outcome
 from services.interfaces import StationRegistry, StoreUnavailable
 
 __all__ = [
@@ -76,11 +79,13 @@ __all__ = [
     "SECURITY_COMPONENT",
     "Rotation",
     "RotationRefused",
-    "apply_result",
+    "RotationResult",
+    "RotationStatus",
     "is_rotation",
     "is_secret_key",
     "is_secret_variable",
     "password_in_request",
+    "rotate_and_confirm",
     "rotate_password",
     "rotation_call",
     "rotation_status",
@@ -97,14 +102,12 @@ SECURITY_COMPONENT = "SecurityCtrlr"
 BASIC_AUTH_PASSWORD = "BasicAuthPassword"
 AUTHORIZATION_KEY = "AuthorizationKey"
 REDACTED = "<redacted>"
+_ACCEPTED = "Accepted"
 
 _SET_VARIABLES = "SetVariables"
 _CHANGE_CONFIGURATION = "ChangeConfiguration"
-_ACCEPTED = "Accepted"
-_STORE_ATTEMPTS = 5
-"""Tries to store an accepted password before giving up: the station already uses it."""
 
-_log = structlog.get_logger("manager.password_rotation")
+_log = structlog.get_logger("operations.password")
 
 
 class RotationRefused(Exception):
@@ -262,10 +265,10 @@ async def rotate_password(
 
     The new hash is recorded as pending first, so the station is admitted with the new
     password as soon as it switches; the current hash changes only once the station accepted
-    (see :func:`apply_result`), unless ``reply_to`` sends the answer elsewhere, in which case
-    the caller must apply it. Raises ``ValueError`` for a password the version does not
-    allow, :class:`RotationRefused` when the station has no record, and what
-    :meth:`CallMaker.call` and the registry raise.
+    (see :func:`manager.password_results.apply_result`; the gateway hands every outcome to
+    the managers, also when ``reply_to`` sends a copy to a waiting caller). Raises
+    ``ValueError`` for a password the version does not allow, :class:`RotationRefused` when
+    the station has no record, and what :meth:`CallMaker.call` and the registry raise.
     """
     new_password = password if password is not None else generate_password(version=version)
     action, payload = rotation_call(version, new_password)
@@ -297,160 +300,126 @@ async def rotate_password(
     return Rotation(station_id, version, action, message_id, new_password)
 
 
-async def apply_result(ctx: ResultContext) -> bool:
-    """Store the new password's hash if the station accepted it; True when stored.
+class RotationStatus(enum.Enum):
+    """How a rotation that was waited for ended (see :func:`rotate_and_confirm`)."""
 
-    For the answer to a call that sets a password (rotation or not). Everything but
-    Accepted leaves the current hash unchanged, clears this rotation's pending hash and is a
-    warning.
+    STORED = "stored"
+    """The station accepted and the registry holds the new password."""
+    REFUSED = "refused"
+    """The station did not take it (its answer, or the call was not delivered)."""
+    UNKNOWN = "unknown"
+    """No outcome in time, or accepted but not stored in time: the new password stays
+    admissible until the station proves which one it uses."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RotationResult:
+    status: RotationStatus
+    rotation: Rotation
+    reason: str
+    """Why, for people (never the password)."""
+
+
+async def rotate_and_confirm(
+    sender: CallSender,
+    stations: StationRegistry,
+    station_id: str,
+    *,
+    wait: float,
+    progress: Callable[[str], None] | None = None,
+) -> RotationResult:
+    """Rotate a connected station's password and wait until the registry holds it.
+
+    The call goes through ``sender`` (its outcome comes back to this caller); a manager
+    applies the station's answer as for any rotation, and this waits, within ``wait``
+    seconds in all, until the registry shows the new hash. Raises :class:`RotationRefused`
+    when nothing can be sent (unknown, offline or profile-3 station, no gateway holds it),
+    and what the bus and the registry raise.
     """
-    rotation = is_rotation(ctx.request)
-    log = ctx.log.bind(rotation=rotation)
-    if not ctx.ok or ctx.payload is None:
-        if outcome_unknown(ctx):
-            # The station may have taken the password: it stays admissible until the
-            # station proves which one it uses (see the module docstring).
-            log.warning(
-                "password_change_unconfirmed",
-                reason="no answer in time" if ctx.timed_out else "connection closed",
-                consequence="the new password stays accepted at login besides the current "
-                "one; the first login with it makes it current",
-            )
+    say = progress or (lambda _message: None)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    version = await rotation_version(stations, station_id)
+    before = await stations.get(station_id)
+    old_hash = before.password_hash if before is not None else None
+    new_password = generate_password(version=version)
+    action, payload = rotation_call(version, new_password)
+    pending_hash = await asyncio.to_thread(hash_password, new_password)
+    if not await stations.set_pending_password_hash(station_id, pending_hash):
+        raise RotationRefused(f"station {station_id} is not in the registry")
+    say(f"sending {action} to {station_id} ({version}); waiting for its answer")
+    try:
+        outcome = await sender.send(
+            station_id,
+            version,
+            action,
+            payload,
+            timeout=max(0.1, deadline - loop.time()),
+            meta={PURPOSE: ROTATION},
+        )
+    except BaseException:
+        await _forget(stations, station_id, pending_hash)
+        raise
+    rotation = Rotation(station_id, version, action, outcome.message_id or "", new_password)
+    if outcome.outcome is Outcome.OFFLINE:
+        await _forget(stations, station_id, pending_hash)
+        raise RotationRefused(f"station {station_id} is not connected to any gateway")
+    refusal = _refusal(version, outcome)
+    if outcome.outcome is Outcome.NO_OUTCOME:
+        return RotationResult(
+            RotationStatus.UNKNOWN, rotation, f"no answer from {station_id} within {wait:g} s"
+        )
+    if refusal is not None:
+        status = RotationStatus.UNKNOWN if outcome.outcome is Outcome.TIMEOUT else None
+        return RotationResult(status or RotationStatus.REFUSED, rotation, refusal)
+    say(f"{station_id} accepted; waiting for a manager to store the new password hash")
+    if await _hash_stored(stations, station_id, new_password, old_hash, deadline):
+        return RotationResult(RotationStatus.STORED, rotation, "stored")
+    return RotationResult(
+        RotationStatus.UNKNOWN,
+        rotation,
+        f"{station_id} accepted the new password but the registry did not show it within "
+        f"{wait:g} s: check that managers are running",
+    )
+
+
+async def _forget(stations: StationRegistry, station_id: str, pending_hash: str) -> None:
+    """Nothing was sent: the pending hash must not stay admissible."""
+    with contextlib.suppress(StoreUnavailable):
+        await stations.set_pending_password_hash(station_id, None, replacing=pending_hash)
+
+
+def _refusal(version: str, outcome: CallOutcome) -> str | None:
+    """Why the station did not take the password, None when it accepted it."""
+    if outcome.outcome is Outcome.RESULT:
+        status = rotation_status(version, outcome.payload or {})
+        if status == _ACCEPTED:
+            return None
+        if status == "RebootRequired":
+            return "it answered RebootRequired (it would switch only after a reboot)"
+        return f"it answered {status or 'without a status for the password'}"
+    if outcome.outcome is Outcome.ERROR:
+        return f"it answered CallError {outcome.error_code}: {outcome.error_description or ''}"
+    if outcome.outcome is Outcome.TIMEOUT:
+        return "it did not answer within the gateway's call timeout"
+    return f"the call was not delivered ({outcome.error_description or outcome.error_code})"
+
+
+async def _hash_stored(
+    stations: StationRegistry,
+    station_id: str,
+    password: str,
+    old_hash: str | None,
+    deadline: float,
+) -> bool:
+    """Poll the registry until its hash checks ``password``; False at ``deadline``."""
+    loop = asyncio.get_running_loop()
+    while True:
+        record = await stations.get(station_id)
+        current = record.password_hash if record is not None else None
+        changed = current is not None and current != old_hash
+        if changed and await asyncio.to_thread(verify_password, password, current or ""):
+            return True
+        if loop.time() >= deadline:
             return False
-        await _clear_pending(ctx)
-        log.warning(
-            "password_not_changed",
-            reason="no answer in time"
-            if ctx.timed_out
-            else "call not delivered"
-            if ctx.undelivered
-            else "error answer",
-            error_code=ctx.error_code,
-            error_description=ctx.error_description,
-            timed_out=ctx.timed_out,
-            undelivered=ctx.undelivered,
-        )
-        return False
-    status = rotation_status(ctx.version, ctx.payload)
-    if status != _ACCEPTED:
-        await _clear_pending(ctx)
-        log.warning(
-            "password_not_changed",
-            reason="station did not accept",
-            status=status,
-            note="the registry keeps the current password"
-            + (
-                "; the station applies the new one only after a reboot"
-                if status == "RebootRequired"
-                else ""
-            ),
-        )
-        return False
-    try:
-        password = password_in_request(ctx.version, ctx.request)
-    except ValueError as exc:
-        log.warning("password_not_changed", reason=f"request unusable: {exc}")
-        return False
-    if password is None:
-        log.warning("password_not_changed", reason="no single password in the request")
-        return False
-    # The pending hash, when it is this password's, becomes current (and stops being
-    # pending); otherwise (an unmarked change, a newer rotation pending) hash it afresh.
-    current, password_hash = await _hashes_of(ctx, password)
-    if current:
-        # The station logged in with it before its answer arrived, which promoted it.
-        log.info("password_changed", applies="already current: the station logged in with it")
-        return True
-    if password_hash is None:
-        # scrypt costs tens of milliseconds of CPU: keep it off the event loop.
-        password_hash = await asyncio.to_thread(hash_password, password)
-    stored = await _store(ctx, password_hash)
-    if not stored:
-        log.warning("password_not_changed", reason="station not in the registry")
-        return False
-    log.info("password_changed", applies="from the station's next connection")
-    return True
-
-
-def outcome_unknown(ctx: ResultContext) -> bool:
-    """True when the station may have applied the call although no answer says so: it timed
-    out, or the connection closed after the call was written to it."""
-    return ctx.timed_out or (ctx.undelivered is not None and ctx.request.sent_at is not None)
-
-
-async def _hashes_of(ctx: ResultContext, password: str) -> tuple[bool, str | None]:
-    """From one read of the registry: whether the current hash already checks ``password``,
-    else the pending hash when it does (None: the caller hashes the password itself, also
-    when the registry cannot be read)."""
-    try:
-        record = await ctx.services.stations.get(ctx.station_id)
-    except StoreUnavailable:
-        return False, None
-    if record is None:
-        return False, None
-    for candidate, is_current in (
-        (record.password_hash, True),
-        (record.pending_password_hash, False),
-    ):
-        if candidate is not None and await asyncio.to_thread(verify_password, password, candidate):
-            return is_current, None if is_current else candidate
-    return False, None
-
-
-async def _pending_hash_of(ctx: ResultContext, password: str) -> str | None:
-    """The station's pending hash when it checks ``password``, else None (also when the
-    registry cannot be read: the caller then hashes the password itself)."""
-    try:
-        record = await ctx.services.stations.get(ctx.station_id)
-    except StoreUnavailable:
-        return None
-    pending = record.pending_password_hash if record is not None else None
-    if pending is None or not await asyncio.to_thread(verify_password, password, pending):
-        return None
-    return pending
-
-
-async def _clear_pending(ctx: ResultContext) -> None:
-    """Clear the pending hash if it is still the one of the password in this request: a
-    password the station did not take must not keep admitting it."""
-    try:
-        password = password_in_request(ctx.version, ctx.request)
-    except ValueError:
-        return
-    if password is None:
-        return
-    try:
-        pending = await _pending_hash_of(ctx, password)
-        if pending is not None:
-            await ctx.services.stations.set_pending_password_hash(
-                ctx.station_id, None, replacing=pending
-            )
-    except StoreUnavailable as exc:
-        ctx.log.error(
-            "pending_password_not_cleared",
-            error=str(exc),
-            consequence="the refused password is still accepted at admission until the next "
-            "rotation or 'csms station add --password'",
-        )
-
-
-async def _store(ctx: ResultContext, password_hash: str) -> bool:
-    """Store the hash, retrying a short store outage: the station already switched to the new
-    password, so losing this write locks it out at its next connection."""
-    delay = 0.2
-    for attempt in range(1, _STORE_ATTEMPTS + 1):
-        try:
-            return await ctx.services.stations.set_password_hash(ctx.station_id, password_hash)
-        except StoreUnavailable as exc:
-            if attempt == _STORE_ATTEMPTS:
-                ctx.log.error(
-                    "password_not_stored",
-                    error=str(exc),
-                    consequence="the station accepted a new password the registry does not "
-                    "hold: it will be refused at its next connection; rotate again or set a "
-                    "password with 'csms station add --password'",
-                )
-                raise
-            await asyncio.sleep(delay)
-            delay *= 2
-    return False  # not reached
+        await asyncio.sleep(0.2)

@@ -1,4 +1,4 @@
-"""CallMaker: how handlers, services and (later) the operator API send CSMS-initiated calls.
+"""CallMaker: how handlers and operations send CSMS-initiated calls.
 
 A call is published on the station's ``out`` topic. The gateway holding the socket sends it
 when the station has no other CSMS call in flight, and publishes the station's answer (or a
@@ -38,16 +38,18 @@ class CallMaker:
         *,
         meta: dict[str, str] | None = None,
         reply_to: str | None = None,
+        message_id: str | None = None,
     ) -> str:
         """Send ``action`` to the station; returns the OCPP message id used.
 
         The payload is validated against the action's request schema first, so a bug in the
         caller is an exception here rather than a CallError from the station.
-        Raises ``ocpp_schemas.SchemaViolation``, ``KeyError`` (unknown action) or
+        Raises ``ocpp_schemas.SchemaViolation``, ``KeyError`` (unknown action),
+        ``csms.bus.NoSubscribers`` (no gateway holds the station) or
         ``csms.bus.BusUnavailable``.
         """
         validate(version, action, Direction.REQUEST, payload)
-        message_id = str(uuid.uuid4())
+        message_id = message_id or str(uuid.uuid4())
         envelope = Envelope(
             kind=Kind.CALL,
             station=station_id,
