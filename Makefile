@@ -24,7 +24,7 @@ test: $(STAMP) lint types
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q -m "not slow" tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

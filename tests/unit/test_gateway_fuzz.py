@@ -524,6 +524,7 @@ WARM_UP: list[Attack] = [
 
 # websockets draws keepalive ping payloads from ``random`` on the background loop while
 # Hypothesis generates examples; that does not make the examples any less deterministic.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 def test_gateway_survives_hostile_clients_with_bounded_memory(arena: Arena) -> None:
     rounds = 0

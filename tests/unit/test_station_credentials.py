@@ -115,6 +115,7 @@ def test_configured_credentials() -> None:
 # --- csms password -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # several CLI processes, a second or more each
 def test_password_generate() -> None:
     both = csms("password", "generate")
     assert both.returncode == 0, both.stderr
@@ -126,6 +127,7 @@ def test_password_generate() -> None:
     assert too_long.returncode == 2 and "16-20" in too_long.stderr
 
 
+@pytest.mark.slow  # several CLI processes, a second or more each
 def test_password_hash_reads_stdin() -> None:
     made = csms("password", "hash", stdin="stdin-password-1234\n")
     assert made.returncode == 0, made.stderr
@@ -137,6 +139,7 @@ def test_password_hash_reads_stdin() -> None:
     assert refused.returncode == 2 and long_one not in refused.stderr
 
 
+@pytest.mark.slow  # several CLI processes, a second or more each
 def test_password_hash_of_an_authorization_key() -> None:
     key = "4F43415F4F4354545F61646D696E5F74657374"  # "OCA_OCTT_admin_test"
     made = csms("password", "hash", "--authorization-key", stdin=key + "\n")
@@ -158,6 +161,7 @@ def test_settings_errors_never_echo_a_password() -> None:
     assert "my-clear-password-1" not in result.stderr + result.stdout
 
 
+@pytest.mark.slow  # several CLI processes, a second or more each
 def test_station_commands_say_what_they_need() -> None:
     added = csms("station", "add", "CS1", "--profile", "1", "--generate-password")
     assert added.returncode != 0 and "--redis-url" in added.stderr
