@@ -21,7 +21,7 @@ from csms.config import Settings
 from csms.envelope import Envelope, Kind
 from csms.rpc import RpcError
 from csms.versions import OcppVersion, error_code, spec, supported
-from manager import common
+from manager.common import registration
 from manager.context import (
     CallContext,
     CallHandler,
@@ -188,11 +188,11 @@ class Router:
             return None
         ctx = self._context(envelope, deps, _log)
         try:
-            registration = await common.current_registration(ctx)
+            held = await registration.current_registration(ctx)
         except Exception as exc:
             _log.debug("registration not checked", station=envelope.station, error=str(exc))
             return None
-        refusal = common.registration_refusal(registration, action)
+        refusal = registration.registration_refusal(held, action)
         if refusal is None:
             return None
         return error_answer(envelope, self.code(refusal.error), refusal.description)

@@ -25,8 +25,8 @@ from csms.bus import NoSubscribers
 from csms.bus.mqtt import MqttBus
 from csms.envelope import Envelope, Kind
 from csms.topics import Topics
-from operations.call_maker import CallMaker
 from manager.idempotency import idempotency_key
+from operations.call_maker import CallMaker
 from services.redis_store import RedisStationRegistry
 from tests.integration.fleet import CsmsProcess, Fleet
 from tests.servers import ServerProcess

@@ -14,9 +14,9 @@ import structlog
 from csms.bus.memory import MemoryBroker
 from csms.config import Settings
 from csms.topics import Topics
-from operations.call_maker import CallMaker
 from manager.context import CallContext, CallHandler
 from ocpp_schemas import Direction, validate
+from operations.call_maker import CallMaker
 from services import Services
 from services.memory import (
     MemoryIdempotencyStore,

@@ -20,11 +20,11 @@ from csms.envelope import OriginalCall
 from csms.rpc import RpcError
 from csms.topics import Topics
 from csms.versions import OcppVersion
-from operations.call_maker import CallMaker
-from manager.common import registration_refusal
+from manager.common.registration import registration_refusal
 from manager.context import OcppError, ResultContext
 from manager.v201 import HANDLERS, RESULT_HANDLERS
 from ocpp_schemas import Direction, actions, validate
+from operations.call_maker import CallMaker
 from services.models import (
     RegistrationStatus,
     TokenRecord,

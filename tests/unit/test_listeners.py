@@ -26,9 +26,9 @@ from gateway.listeners import (
     parse_forwarded_certificate,
     station_listeners,
 )
-from operations.call_maker import CallMaker
-from manager.common import boot
+from manager.common.registration import boot
 from manager.context import CallContext
+from operations.call_maker import CallMaker
 from services import Services
 from services.memory import (
     MemoryIdempotencyStore,

@@ -13,9 +13,9 @@ from csms.envelope import Envelope, Kind, OriginalCall
 from csms.rpc import RpcError
 from csms.topics import Topics
 from csms.versions import OcppVersion
-from operations.call_maker import CallMaker
 from manager.context import CallContext, OcppError, ResultContext
 from manager.router import Deps, Router
+from operations.call_maker import CallMaker
 from services import Services, StoreUnavailable
 from services.memory import (
     MemoryIdempotencyStore,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common
+from manager.common import authorization, registration
 from manager.context import CallContext
 
 ACTION = "Authorize"
@@ -16,7 +16,7 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     No ConcurrentTx check here: a driver presents the same tag to stop a running
     transaction, and that Authorize must succeed.
     """
-    await common.require_accepted(ctx)
-    decision = await common.authorize(ctx, payload["idTag"])
+    await registration.require_accepted(ctx)
+    decision = await authorization.authorize(ctx, payload["idTag"])
     ctx.log.info("authorize", id_tag=payload["idTag"], status=decision.status.value)
-    return {"idTagInfo": common.id_tag_info(decision)}
+    return {"idTagInfo": authorization.id_tag_info(decision)}

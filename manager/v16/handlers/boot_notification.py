@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common
+from manager.common import registration
 from manager.context import CallContext
 from services.models import BootInfo
 
@@ -13,8 +13,8 @@ ACTION = "BootNotification"
 
 async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Record what the charge point says about itself; the registration decision is shared
-    with 2.0.1 (:func:`manager.common.boot`). 1.6 has two serial numbers: the charge point's
-    is preferred, the charge box's used when it is the only one."""
+    with 2.0.1 (:func:`manager.common.registration.boot`). 1.6 has two serial numbers: the
+    charge point's is preferred, the charge box's used when it is the only one."""
     info = BootInfo(
         vendor=payload["chargePointVendor"],
         model=payload["chargePointModel"],
@@ -26,4 +26,4 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         meter_type=payload.get("meterType"),
         meter_serial_number=payload.get("meterSerialNumber"),
     )
-    return await common.boot(ctx, info)
+    return await registration.boot(ctx, info)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common
+from manager.common import notifications
 from manager.context import CallContext
 
 ACTION = "DiagnosticsStatusNotification"
@@ -12,7 +12,7 @@ ACTION = "DiagnosticsStatusNotification"
 
 async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Log and acknowledge; the response is empty."""
-    return await common.acknowledge(
+    return await notifications.acknowledge(
         ctx,
         "diagnostics_status_notification",
         status=payload["status"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common
+from manager.common import notifications
 from manager.context import CallContext
 
 ACTION = "Heartbeat"
@@ -12,4 +12,4 @@ ACTION = "Heartbeat"
 
 async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Answer ``currentTime`` (stations may sync their clock to it); record last-seen."""
-    return await common.heartbeat(ctx)
+    return await notifications.heartbeat(ctx)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common
+from manager.common import registration, transactions
 from manager.context import CallContext
 from services import energy
 from services.models import Transaction, TransactionState
@@ -21,14 +21,14 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     transaction that has already ended are logged and not merged: the StopTransaction (its
     meterStop and transactionData) is the final account of the session, and its energy and
     cost must not change afterwards. Implausible values are logged and left out
-    (:func:`manager.common.log_rejected`); the message is answered normally either way.
+    (:func:`manager.common.transactions.log_rejected`); the message is answered normally either way.
     """
-    await common.require_accepted(ctx)
+    await registration.require_accepted(ctx)
     screened = energy.screen_meter_values(payload["meterValue"], ctx.version)
     readings = screened.readings
     transaction_id = payload.get("transactionId")
     tx_key = str(transaction_id) if transaction_id is not None else None
-    common.log_rejected(ctx, tx_key, screened.rejected)
+    transactions.log_rejected(ctx, tx_key, screened.rejected)
     ctx.log.info(
         "meter_values",
         connector_id=payload["connectorId"],
@@ -50,7 +50,7 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         base = current or existing
         if base.state is TransactionState.ENDED:
             return base
-        return common.with_readings(base, readings)
+        return transactions.with_readings(base, readings)
 
     tx = await ctx.services.transactions.update(ctx.station_id, tx_key, merge)
     if tx.state is TransactionState.ENDED:  # it ended while the readings were merged

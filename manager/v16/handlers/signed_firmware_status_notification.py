@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common
+from manager.common import notifications
 from manager.context import CallContext
 
 ACTION = "SignedFirmwareStatusNotification"
@@ -13,7 +13,7 @@ ACTION = "SignedFirmwareStatusNotification"
 
 async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Log and acknowledge; the response is empty."""
-    return await common.acknowledge(
+    return await notifications.acknowledge(
         ctx,
         "signed_firmware_status_notification",
         status=payload["status"],

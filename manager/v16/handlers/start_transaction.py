@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common
+from manager.common import authorization, registration, transactions
 from manager.context import CallContext
 from services.models import EnergyReading, Transaction
 
@@ -25,24 +25,24 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     retry transaction messages) describes the same start as an active transaction on that
     connector: it gets that transaction's id rather than a second transaction. Any other
     transaction still active on the connector lost its stop (a reboot, a lost message): it
-    is closed as superseded by the new one and priced (:func:`manager.common.supersede`), so
-    it never blocks the driver.
+    is closed as superseded by the new one and priced
+    (:func:`manager.common.transactions.supersede`), so it never blocks the driver.
 
     An implausible meterStart (negative, beyond ``MAX_REGISTER_WH``) is logged and left out
-    of the energy; the start is still answered (:func:`manager.common.meter_register`).
+    of the energy; the start is still answered (:func:`manager.common.transactions.meter_register`).
     """
-    await common.require_accepted(ctx)
+    await registration.require_accepted(ctx)
     connector_id: int = payload["connectorId"]
     id_tag: str = payload["idTag"]
     started_at: str = payload["timestamp"]
-    meter_start = common.meter_register(
+    meter_start = transactions.meter_register(
         ctx, payload["meterStart"], field="meterStart", transaction_id=None
     )
 
     def same_connector(tx: Transaction) -> bool:
         return tx.station_id == ctx.station_id and tx.connector_id == connector_id
 
-    decision = await common.authorize_start(ctx, id_tag, None, same=same_connector)
+    decision = await authorization.authorize_start(ctx, id_tag, None, same=same_connector)
     for active in await ctx.services.transactions.active(ctx.station_id):
         if (
             same_connector(active)
@@ -53,7 +53,7 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
             ctx.log.info("transaction_start_resent", transaction_id=active.transaction_id)
             return {
                 "transactionId": int(active.transaction_id),
-                "idTagInfo": common.id_tag_info(decision),
+                "idTagInfo": authorization.id_tag_info(decision),
             }
     transaction_id = await ctx.services.transactions.next_transaction_id()
     tx_key = str(transaction_id)
@@ -72,12 +72,12 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
             reservation_id=payload.get("reservationId"),
         )
         if meter_start is None:
-            return common.with_energy(tx)
+            return transactions.with_energy(tx)
         begin = EnergyReading(at=started_at, wh=meter_start, context="Transaction.Begin")
-        return common.with_readings(tx, [begin])
+        return transactions.with_readings(tx, [begin])
 
     await ctx.services.transactions.update(ctx.station_id, tx_key, create)
-    await common.supersede(ctx, evse_id=connector_id, by=tx_key, at=started_at)
+    await transactions.supersede(ctx, evse_id=connector_id, by=tx_key, at=started_at)
     ctx.log.info(
         "transaction_started",
         transaction_id=transaction_id,
@@ -86,4 +86,4 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         status=decision.status.value,
         meter_start_wh=meter_start,
     )
-    return {"transactionId": transaction_id, "idTagInfo": common.id_tag_info(decision)}
+    return {"transactionId": transaction_id, "idTagInfo": authorization.id_tag_info(decision)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common
+from manager.common import authorization, pricing, registration, transactions
 from manager.context import CallContext
 from services import energy
 from services.models import EnergyReading, Transaction, TransactionState
@@ -30,17 +30,17 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     An implausible meterStop or transactionData value (not finite, negative, beyond
     ``MAX_REGISTER_WH``) is left out of the energy and logged; the stop is answered normally.
     """
-    await common.require_accepted(ctx)
+    await registration.require_accepted(ctx)
     stopped_at: str = payload["timestamp"]
     id_tag: str | None = payload.get("idTag")
     tx_key = str(payload["transactionId"])
     if payload["transactionId"] == UNANSWERED_START:
         tx_key = await _unanswered_stop_key(ctx, payload)
-    meter_stop = common.meter_register(
+    meter_stop = transactions.meter_register(
         ctx, payload["meterStop"], field="meterStop", transaction_id=tx_key
     )
     screened = energy.screen_meter_values(payload.get("transactionData") or [], ctx.version)
-    common.log_rejected(ctx, tx_key, screened.rejected)
+    transactions.log_rejected(ctx, tx_key, screened.rejected)
     readings = screened.readings
     if meter_stop is not None:
         readings.append(EnergyReading(at=stopped_at, wh=meter_stop, context="Transaction.End"))
@@ -55,8 +55,8 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         base = current or Transaction(
             station_id=ctx.station_id, transaction_id=tx_key, version=ctx.version, id_token=id_tag
         )
-        return common.ended(
-            common.with_readings(base, readings),
+        return transactions.ended(
+            transactions.with_readings(base, readings),
             at=stopped_at,
             reason=payload.get("reason"),
             meter_stop_wh=meter_stop,
@@ -65,8 +65,8 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     tx = await ctx.services.transactions.update(ctx.station_id, tx_key, stop)
     if not seen["known"]:
         ctx.log.warning("stop_of_unknown_transaction", transaction_id=tx_key)
-    changed = common.pricing_basis(seen["before"]) != common.pricing_basis(tx)
-    tx = await common.settle(ctx, tx, reprice=changed)
+    changed = pricing.pricing_basis(seen["before"]) != pricing.pricing_basis(tx)
+    tx = await pricing.settle(ctx, tx, reprice=changed)
     ctx.log.info(
         "transaction_stopped",
         transaction_id=tx_key,
@@ -77,8 +77,8 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     )
     if id_tag is None:
         return {}
-    decision = await common.authorize(ctx, id_tag)
-    return {"idTagInfo": common.id_tag_info(decision)}
+    decision = await authorization.authorize(ctx, id_tag)
+    return {"idTagInfo": authorization.id_tag_info(decision)}
 
 
 def _stopped(tx: Transaction | None) -> bool:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from manager import common, password_results
+from manager import password_results
+from manager.common import notifications
 from manager.context import ResultContext
 from operations import password as password_rotation
 
@@ -19,7 +20,7 @@ async def handle_result(ctx: ResultContext) -> None:
     if password_rotation.sets_password(ctx.version, ctx.request):
         await password_results.apply_result(ctx)
         return
-    if common.result_failed(ctx) or ctx.payload is None:
+    if notifications.result_failed(ctx) or ctx.payload is None:
         return
     status = ctx.payload["status"]
     log = ctx.log.info if status in ("Accepted", "RebootRequired") else ctx.log.warning

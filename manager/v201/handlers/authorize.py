@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common
+from manager.common import authorization, registration
 from manager.context import CallContext
 
 ACTION = "Authorize"
@@ -16,13 +16,13 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     No ConcurrentTx check here: the same token is presented to stop its own transaction.
     ISO 15118 certificate data is not checked (no certificateStatus is answered).
     """
-    await common.require_accepted(ctx)
+    await registration.require_accepted(ctx)
     token = payload["idToken"]
-    decision = await common.authorize(ctx, token["idToken"], token["type"])
+    decision = await authorization.authorize(ctx, token["idToken"], token["type"])
     ctx.log.info(
         "authorize",
         id_token=token["idToken"],
         token_type=token["type"],
         status=decision.status.value,
     )
-    return {"idTokenInfo": common.id_token_info(decision)}
+    return {"idTokenInfo": authorization.id_token_info(decision)}

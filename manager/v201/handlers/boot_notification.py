@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common
+from manager.common import registration
 from manager.context import CallContext
 from services.models import BootInfo
 
@@ -13,7 +13,7 @@ ACTION = "BootNotification"
 
 async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Record the station's description and boot reason; the registration decision is
-    shared with 1.6 (:func:`manager.common.boot`)."""
+    shared with 1.6 (:func:`manager.common.registration.boot`)."""
     station = payload["chargingStation"]
     modem = station.get("modem") or {}
     info = BootInfo(
@@ -25,4 +25,4 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         imsi=modem.get("imsi"),
         reason=payload["reason"],
     )
-    return await common.boot(ctx, info)
+    return await registration.boot(ctx, info)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common
+from manager.common import notifications
 from manager.context import CallContext
 
 ACTION = "DataTransfer"
@@ -12,4 +12,4 @@ ACTION = "DataTransfer"
 
 async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     """No vendor extension is configured: UnknownVendorId."""
-    return await common.data_transfer(ctx, payload)
+    return await notifications.data_transfer(ctx, payload)

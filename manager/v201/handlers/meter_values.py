@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common
+from manager.common import registration, transactions
 from manager.context import CallContext
 from services import energy
 
@@ -17,9 +17,9 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     2.0.1 MeterValues never belong to a transaction, so nothing is merged anywhere.
     Implausible register values are logged as data-quality warnings.
     """
-    await common.require_accepted(ctx)
+    await registration.require_accepted(ctx)
     screened = energy.screen_meter_values(payload["meterValue"], ctx.version)
-    common.log_rejected(ctx, None, screened.rejected)
+    transactions.log_rejected(ctx, None, screened.rejected)
     readings = screened.readings
     ctx.log.info(
         "meter_values",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common
+from manager.common import notifications
 from manager.context import CallContext
 
 ACTION = "NotifyEvent"
@@ -22,6 +22,6 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         }
         for event in payload["eventData"]
     ]
-    return await common.acknowledge(
+    return await notifications.acknowledge(
         ctx, "notify_event", seq_no=payload["seqNo"], tbc=payload.get("tbc", False), events=events
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common
+from manager.common import notifications
 from manager.context import CallContext
 
 ACTION = "SecurityEventNotification"
@@ -12,7 +12,7 @@ ACTION = "SecurityEventNotification"
 
 async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Log and acknowledge; the response is empty."""
-    return await common.acknowledge(
+    return await notifications.acknowledge(
         ctx,
         "security_event_notification",
         type=payload["type"],

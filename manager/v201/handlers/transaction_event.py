@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from manager import common
+from manager.common import authorization, pricing, registration, transactions
 from manager.context import CallContext
 from services import energy
 from services.models import Authorization, EnergyReading, Transaction, TransactionState
@@ -34,8 +34,8 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
       or Ended events: a token presented to its own transaction must not be refused.
     - Stale transactions: a Started event on an EVSE closes any other transaction still
       active there (its Ended never arrived, e.g. after a reboot) as superseded, priced
-      (:func:`manager.common.supersede`); for a Started the station queued while offline,
-      only transactions that started before it.
+      (:func:`manager.common.transactions.supersede`); for a Started the station queued
+      while offline, only transactions that started before it.
     - Cost: when the transaction has ended it is priced and the total returned in the Ended
       event's answer (I03.FR.02). The schema reserves ``totalCost`` for that ("SHALL only be
       sent when charging has ended"), so the running cost of an active transaction is sent
@@ -45,14 +45,14 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
       (by timestamp, or from events numbered after the Ended one) never change it.
     - Implausible meter values are logged and left out of the energy; the event is answered.
     """
-    await common.require_accepted(ctx)
+    await registration.require_accepted(ctx)
     event_type: str = payload["eventType"]
     tx_key: str = payload["transactionInfo"]["transactionId"]
     seq_no: int = payload["seqNo"]
     offline = bool(payload.get("offline", False))
     decision = await _authorize(ctx, payload, tx_key)
     screened = energy.screen_meter_values(payload.get("meterValue") or [], ctx.version)
-    common.log_rejected(ctx, tx_key, screened.rejected)
+    transactions.log_rejected(ctx, tx_key, screened.rejected)
     readings = screened.readings
     outcome: dict[str, Any] = {"applied": False, "before": None}
 
@@ -78,12 +78,12 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         energy_wh=tx.energy_wh,
     )
     if applied and event_type == _STARTED and tx.evse_id is not None:
-        await common.supersede(
+        await transactions.supersede(
             ctx, evse_id=tx.evse_id, by=tx_key, at=payload["timestamp"], only_earlier=offline
         )
     if tx.state is TransactionState.ENDED:
-        changed = common.pricing_basis(before) != common.pricing_basis(tx)
-        tx = await common.settle(ctx, tx, reprice=applied and changed)
+        changed = pricing.pricing_basis(before) != pricing.pricing_basis(tx)
+        tx = await pricing.settle(ctx, tx, reprice=applied and changed)
     elif (
         applied
         and event_type == _UPDATED
@@ -91,12 +91,12 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         and tx.energy_wh is not None
         and (before is None or before.energy_wh != tx.energy_wh)
     ):
-        await common.send_running_cost(ctx, tx)
+        await pricing.send_running_cost(ctx, tx)
     response: dict[str, Any] = {}
     if decision is not None:
-        response["idTokenInfo"] = common.id_token_info(decision)
+        response["idTokenInfo"] = authorization.id_token_info(decision)
     if event_type == _ENDED:
-        total = common.cost_number(tx.cost)
+        total = pricing.cost_number(tx.cost)
         if total is not None:
             response["totalCost"] = total
     return response
@@ -119,8 +119,8 @@ async def _authorize(
                 return False
             return tx.transaction_id == tx_key or (evse_id is not None and tx.evse_id == evse_id)
 
-        return await common.authorize_start(ctx, token["idToken"], token["type"], same=here)
-    return await common.authorize(ctx, token["idToken"], token["type"])
+        return await authorization.authorize_start(ctx, token["idToken"], token["type"], same=here)
+    return await authorization.authorize(ctx, token["idToken"], token["type"])
 
 
 def _context_wh(readings: list[EnergyReading], context: str) -> float | None:
@@ -155,7 +155,7 @@ def _applied(
     changes: dict[str, Any] = {
         "seq_nos": sorted({*tx.seq_nos, seq_no}),
         "offline": tx.offline or bool(payload.get("offline", False)),
-        "started_at": common.earlier(tx.started_at, at),
+        "started_at": transactions.earlier(tx.started_at, at),
     }
     if "chargingState" in info and (newest or tx.charging_state is None):
         changes["charging_state"] = info["chargingState"]
@@ -175,9 +175,9 @@ def _applied(
     begin = _context_wh(readings, "Transaction.Begin")
     if begin is not None and tx.meter_start_wh is None:
         changes["meter_start_wh"] = begin
-    tx = common.with_readings(msgspec.structs.replace(tx, **changes), readings)
+    tx = transactions.with_readings(msgspec.structs.replace(tx, **changes), readings)
     if event_type == _ENDED:
-        tx = common.ended(
+        tx = transactions.ended(
             msgspec.structs.replace(tx, end_seq_no=seq_no),
             at=at,
             reason=info.get("stoppedReason"),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import common, password_results
+from manager import password_results
+from manager.common import notifications
 from manager.context import ResultContext
 from operations import password as password_rotation
 
@@ -39,7 +40,7 @@ async def handle_result(ctx: ResultContext) -> None:
     if sets_password and not ctx.ok:
         await password_results.apply_result(ctx)  # logs why nothing changed
         return
-    if common.result_failed(ctx) or ctx.payload is None:
+    if notifications.result_failed(ctx) or ctx.payload is None:
         return
     requested = {
         _key(entry): (
