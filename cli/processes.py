@@ -25,8 +25,8 @@ from csms.bus.memory import MemoryBroker
 from csms.bus.mqtt import MqttBus
 from csms.config import Settings
 from csms.topics import Topics
+from gateway import Gateway, default_gateway_id, presence_will
 from gateway.listeners import FirstTry, decide_first_try, is_loopback, station_listeners
-from gateway.server import Gateway, default_gateway_id, presence_will
 from manager.worker import Manager
 from services.factory import open_services
 

@@ -38,18 +38,24 @@ from urllib.parse import unquote
 
 import structlog
 from websockets.asyncio.server import ServerConnection
-from websockets.http11 import Request, Response
+from websockets.http11 import Request
 from websockets.protocol import State
 
 from csms.config import Settings
-from gateway.limits import AddressLimiter, LogThrottle, address_key, format_peer, peer_host
+from gateway.handshake import Refusal
+from gateway.limits import (
+    LOG_INTERVAL,
+    AddressLimiter,
+    LogThrottle,
+    address_key,
+    format_peer,
+    peer_host,
+)
 
 __all__ = ["RETRY_AFTER", "Guard", "GuardedConnection"]
 
 RETRY_AFTER = 30
 """Seconds a client refused for too many connections from its address is asked to wait."""
-LOG_INTERVAL = 10.0
-"""Seconds between two log lines of the same kind about the same source address."""
 
 
 class GuardedConnection(ServerConnection):
@@ -106,12 +112,12 @@ class Guard:
 
     def admit(
         self, ws: ServerConnection, request: Request, *, address: str | None = None
-    ) -> Response | None:
+    ) -> Refusal | None:
         """The per-address limit; call first thing in ``process_request``.
 
         ``address`` is the station's address when a trusted TLS-offloading proxy forwarded
         it; by default the TCP peer counts. Returns None to go on with the handshake, or the
-        429 response to send.
+        429 refusal to answer (:func:`gateway.handshake.respond`).
         """
         if not isinstance(ws, GuardedConnection) or ws.counted_as is not None:
             return None
@@ -131,12 +137,11 @@ class Guard:
             limit=self.addresses.limit,
             status=int(http.HTTPStatus.TOO_MANY_REQUESTS),
         )
-        response = ws.respond(
+        return Refusal(
             http.HTTPStatus.TOO_MANY_REQUESTS,
-            f"too many connections from {key} (at most {self.addresses.limit})\n",
+            f"too many connections from {key} (at most {self.addresses.limit})",
+            (("Retry-After", str(RETRY_AFTER)),),
         )
-        response.headers["Retry-After"] = str(RETRY_AFTER)
-        return response
 
     # -- connection events (from GuardedConnection) ----------------------------------------
 

@@ -17,7 +17,19 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Hashable
 
-__all__ = ["AddressLimiter", "LogThrottle", "TokenBucket", "address_key"]
+__all__ = [
+    "LOG_INTERVAL",
+    "AddressLimiter",
+    "LogThrottle",
+    "TokenBucket",
+    "address_key",
+    "format_peer",
+    "peer_host",
+]
+
+LOG_INTERVAL = 10.0
+"""Seconds between two log lines of the same kind about the same source (an address, a
+station, a refusal reason)."""
 
 
 class TokenBucket:
