@@ -47,6 +47,8 @@ from typing import Any
 
 import msgspec
 
+from csms.errors import ProtocolFault
+
 MAX_MESSAGE_ID_LENGTH = 36
 UNKNOWN_MESSAGE_ID = "-1"
 """Message id of a CallError answering a frame whose own id could not be read (OCPP 2.0.1
@@ -121,16 +123,24 @@ class CallError:
 Frame = Call | CallResult | CallError
 
 
-@dataclass(frozen=True, slots=True)
-class FrameFault(Exception):
+class FrameFault(ProtocolFault):
     """A frame the receiver must reject. ``message_id`` is set when one could be read, so the
-    rejection can be a CallError; otherwise the frame is unanswerable (only logged)."""
+    rejection can be a CallError; otherwise the frame is unanswerable (only logged).
+    ``answerable`` is False for faulty CallResult / CallError frames: OCPP-J never answers
+    those."""
 
-    error: RpcError
-    description: str
-    message_id: str | None = None
-    answerable: bool = True
-    """False for faulty CallResult / CallError frames: OCPP-J never answers those."""
+    def __init__(
+        self,
+        error: RpcError,
+        description: str,
+        message_id: str | None = None,
+        answerable: bool = True,
+    ) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.message_id = message_id
+        self.answerable = answerable
 
     def __str__(self) -> str:
         return self.description

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from csms.errors import InvalidRequest
 from csms.rpc import RpcError
 
 __all__ = [
@@ -49,7 +50,7 @@ class PasswordStyle(enum.Enum):
     """OCPP 2.x (A01): SetVariables ``SecurityCtrlr.BasicAuthPassword`` (16-40 characters)."""
 
 
-class UnsupportedVersion(ValueError):
+class UnsupportedVersion(InvalidRequest):
     """A version string this CSMS does not speak."""
 
 

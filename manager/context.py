@@ -21,6 +21,7 @@ import structlog
 
 from csms.config import Settings
 from csms.envelope import OriginalCall
+from csms.errors import CsmsError
 from csms.rpc import RpcError
 from services import Services
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from operations.call_maker import CallMaker
 
 
-class OcppError(Exception):
+class OcppError(CsmsError):
     """Raised by a handler to answer with a CallError of the given kind."""
 
     def __init__(self, error: RpcError, description: str, details: dict[str, Any] | None = None):

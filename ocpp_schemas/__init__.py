@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
 from typing import Any
 
 import fastjsonschema
 
+from csms.errors import ProtocolFault
 from csms.versions import UnsupportedVersion, spec, supported
 
 
@@ -30,15 +30,16 @@ class Direction(Enum):
     RESPONSE = "response"
 
 
-@dataclass(frozen=True, slots=True)
-class SchemaViolation(Exception):
-    """A payload that does not match its schema."""
+class SchemaViolation(ProtocolFault):
+    """A payload that does not match its schema: ``field`` is the dotted path of the failing
+    field ('' for the payload itself), ``rule`` the JSON-schema keyword that failed
+    (required, type, enum, maxLength, ...)."""
 
-    field: str
-    """Dotted path of the failing field, '' for the payload itself."""
-    rule: str
-    """The JSON-schema keyword that failed: required, type, enum, maxLength, ..."""
-    message: str
+    def __init__(self, field: str, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.rule = rule
+        self.message = message
 
     def __str__(self) -> str:
         return self.message

@@ -38,6 +38,7 @@ import structlog
 
 from csms.bus import Bus, NoSubscribers
 from csms.envelope import Envelope, Kind, decode_envelope
+from csms.errors import InvalidRequest
 from csms.topics import Topics
 from ocpp_schemas import SchemaViolation
 from operations.call_maker import CallMaker
@@ -71,7 +72,7 @@ class Outcome(enum.StrEnum):
     """Nothing came back before the caller's deadline: the outcome is unknown."""
 
 
-class InvalidCall(ValueError):
+class InvalidCall(InvalidRequest):
     """The call cannot be sent as asked: unknown action or a payload its schema refuses.
 
     ``field`` and ``rule`` name the failing part (empty for an unknown action).

@@ -65,6 +65,7 @@ from csms.credentials import (
     verify_password,
 )
 from csms.envelope import OriginalCall
+from csms.errors import InvalidRequest
 from csms.versions import PasswordStyle, spec
 from operations.call_maker import CallMaker
 from operations.calls import CallOutcome, CallSender, Outcome
@@ -110,7 +111,7 @@ _CHANGE_CONFIGURATION = "ChangeConfiguration"
 _log = structlog.get_logger("operations.password")
 
 
-class RotationRefused(Exception):
+class RotationRefused(InvalidRequest):
     """The station's record does not allow a rotation now (unknown, offline, profile 3...)."""
 
 

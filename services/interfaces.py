@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from csms.errors import Unavailable
 from services.models import (
     Authorization,
     BootInfo,
@@ -35,7 +36,7 @@ from services.models import (
 )
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(Unavailable):
     """A backing store (Redis, an operator's service) could not be reached in time."""
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import quote
 
+from csms.errors import Unavailable
+
 _PROPERTY_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 """Kept as is in MQTT properties: printable ASCII but ``%``."""
 
@@ -32,7 +34,7 @@ def property_text(text: str) -> str:
     return quote(text, safe=_PROPERTY_SAFE, errors="surrogatepass")
 
 
-class BusUnavailable(Exception):
+class BusUnavailable(Unavailable):
     """The bus cannot take the message now (broker down, publish timed out)."""
 
 
