@@ -17,6 +17,21 @@ from typing import Any
 
 import msgspec
 
+__all__ = [
+    "ADMITTED_AS",
+    "ConnectionEvent",
+    "ConnectionEventKind",
+    "Envelope",
+    "GatewayPresence",
+    "GatewayState",
+    "Kind",
+    "OriginalCall",
+    "decode_envelope",
+    "decode_event",
+    "decode_presence",
+    "encode",
+]
+
 
 class Kind(enum.StrEnum):
     """What an envelope carries."""

@@ -8,6 +8,10 @@ from typing import Literal
 
 import structlog
 
+__all__ = [
+    "configure_logging",
+]
+
 
 def configure_logging(fmt: Literal["console", "json"] = "console", level: str = "info") -> None:
     """Configure structlog (and the stdlib loggers libraries use) once per process."""

@@ -49,6 +49,30 @@ import msgspec
 
 from csms.errors import ProtocolFault
 
+__all__ = [
+    "ACTION_PATTERN",
+    "MAX_ACTION_LENGTH",
+    "MAX_JSON_DEPTH",
+    "MAX_MESSAGE_ID_LENGTH",
+    "UNKNOWN_MESSAGE_ID",
+    "Call",
+    "CallError",
+    "CallResult",
+    "Frame",
+    "FrameFault",
+    "MessageType",
+    "RpcError",
+    "encode_call",
+    "encode_error",
+    "encode_result",
+    "json_dumps",
+    "json_loads",
+    "parse_frame",
+    "read_head",
+    "valid_action",
+    "valid_message_id",
+]
+
 MAX_MESSAGE_ID_LENGTH = 36
 UNKNOWN_MESSAGE_ID = "-1"
 """Message id of a CallError answering a frame whose own id could not be read (OCPP 2.0.1

@@ -17,6 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
+__all__ = [
+    "Topics",
+    "decode_station",
+    "encode_station",
+    "encode_version",
+    "matches",
+]
+
 # Characters left readable in a topic level. Everything else (notably "/", "+", "#", "%",
 # "$" and control characters) is percent-encoded.
 _SAFE = "-_.~:@!*'()=,;"

@@ -25,6 +25,16 @@ from csms.errors import CsmsError
 from csms.rpc import RpcError
 from services import Services
 
+__all__ = [
+    "CallContext",
+    "CallHandler",
+    "OcppError",
+    "ResultContext",
+    "ResultHandler",
+    "iso",
+    "utc_now",
+]
+
 if TYPE_CHECKING:
     from operations.call_maker import CallMaker
 

@@ -16,6 +16,13 @@ import msgspec
 from csms.envelope import Envelope, decode_envelope
 from csms.topics import encode_station
 
+__all__ = [
+    "claim_owner",
+    "idempotency_key",
+    "payload_digest",
+    "replay",
+]
+
 
 def payload_digest(version: str, payload: object) -> str:
     """Hash of the payload's canonical JSON (keys sorted), with the OCPP version."""

@@ -33,6 +33,19 @@ from ocpp_schemas import Direction, SchemaViolation
 from operations.call_maker import CallMaker
 from services import Services, StoreUnavailable
 
+__all__ = [
+    "BOOT_NOTIFICATION",
+    "MAX_DESCRIPTION",
+    "Deps",
+    "Router",
+    "default_router",
+    "default_routers",
+    "error_answer",
+    "load_handlers",
+    "result_answer",
+    "violation_error",
+]
+
 BOOT_NOTIFICATION = "BootNotification"
 MAX_DESCRIPTION = 255
 """OCPP-J caps errorDescription at 255 characters."""

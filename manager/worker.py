@@ -50,6 +50,15 @@ from manager.router import Deps, Router, default_routers, error_answer
 from operations.call_maker import CallMaker
 from services import Services, StoreUnavailable
 
+__all__ = [
+    "EVENT_RETRY_INTERVAL",
+    "LEASE_FACTOR",
+    "MAX_EVENT_RETRIES",
+    "Manager",
+    "ManagerStats",
+    "default_instance_id",
+]
+
 _log = structlog.get_logger("manager.worker")
 
 _INBOUND = "in"

@@ -20,6 +20,10 @@ from csms.envelope import Envelope, Kind, encode
 from csms.topics import Topics
 from ocpp_schemas import Direction, validate
 
+__all__ = [
+    "CallMaker",
+]
+
 
 class CallMaker:
     """Sends CSMS-initiated calls to stations through the bus."""

@@ -20,6 +20,28 @@ from csms.versions import spec
 from services.models import EnergyReading, Transaction, TransactionState
 from services.rules import parse_time
 
+__all__ = [
+    "MAX_REGISTER_WH",
+    "NEGATIVE",
+    "NOT_A_NUMBER",
+    "NOT_FINITE",
+    "OUT_OF_RANGE",
+    "REGISTER",
+    "RejectedReading",
+    "Screened",
+    "counted_readings",
+    "delivered_wh",
+    "display_value",
+    "energy_wh",
+    "merge_readings",
+    "plausible_wh",
+    "readings_from_meter_values",
+    "register_wh",
+    "screen_meter_values",
+    "screen_sampled_value",
+    "screen_wh",
+]
+
 REGISTER = "Energy.Active.Import.Register"
 """The measurand we accept; it is also the default when a sampledValue names none."""
 

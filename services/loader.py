@@ -13,6 +13,13 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Protocol
 
+__all__ = [
+    "check_protocol",
+    "instantiate",
+    "load_factory",
+    "protocol_methods",
+]
+
 
 def load_factory(spec: str) -> Callable[..., Any]:
     """Import and return the callable named by ``spec`` (``package.module:attribute``;

@@ -33,6 +33,13 @@ from services.models import (
     TransactionState,
 )
 
+__all__ = [
+    "MemoryIdempotencyStore",
+    "MemoryStationRegistry",
+    "MemoryTokenStore",
+    "MemoryTransactionStore",
+]
+
 _T = TypeVar("_T", StationRecord, BootInfo, TokenRecord, Transaction, ConnectorStatus)
 
 _encoder = msgspec.json.Encoder()
@@ -322,6 +329,10 @@ class MemoryTokenStore:
             rules.TOKEN_CURSOR,
             lambda record: record.id_token,
         )
+
+    async def delete(self, id_token: str) -> bool:
+        self._ids.discard(id_token)
+        return self._tokens.pop(id_token, None) is not None
 
     async def get(self, id_token: str) -> TokenRecord | None:
         """The stored record (not part of the protocol; for tools and tests)."""

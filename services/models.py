@@ -12,6 +12,27 @@ import msgspec
 from csms.credentials import is_password_hash
 from csms.versions import supported
 
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "MAX_UNSETTLED_PASSWORDS",
+    "OCPP_VERSIONS",
+    "SECURITY_PROFILES",
+    "Authorization",
+    "AuthorizationStatus",
+    "BootInfo",
+    "ConnectorStatus",
+    "Cost",
+    "EnergyReading",
+    "Page",
+    "RegistrationStatus",
+    "StationCounts",
+    "StationCredentials",
+    "StationRecord",
+    "TokenRecord",
+    "Transaction",
+    "TransactionState",
+]
+
 
 class RegistrationStatus(enum.StrEnum):
     """BootNotification answer for a station (same names in 1.6 and 2.0.1)."""

@@ -86,6 +86,20 @@ from services.models import (
     TransactionState,
 )
 
+__all__ = [
+    "DEFAULT_PREFIX",
+    "LIST_SCAN_LIMIT",
+    "MAX_ATTEMPTS",
+    "IndexRebuild",
+    "RedisIdempotencyStore",
+    "RedisStationRegistry",
+    "RedisTokenStore",
+    "RedisTransactionStore",
+    "describe",
+    "encode_id",
+    "rebuild_indexes",
+]
+
 DEFAULT_PREFIX = "csms:"
 MAX_ATTEMPTS = 100
 """Optimistic attempts before a write under contention gives up (StoreUnavailable)."""
@@ -590,6 +604,14 @@ class RedisTokenStore(_RedisStore):
                 pipe.set(self._key(record.id_token), data)
                 pipe.zadd(self._all_key, {record.id_token.encode(): 0})
                 await pipe.execute()
+
+    async def delete(self, id_token: str) -> bool:
+        with self._guard("delete token"):
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(self._key(id_token))
+                pipe.zrem(self._all_key, id_token.encode())
+                deleted, _ = await pipe.execute()
+        return bool(deleted)
 
     async def list_tokens(
         self, *, cursor: str | None = None, limit: int = 100, prefix: str | None = None

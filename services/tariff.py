@@ -22,6 +22,13 @@ from services import energy
 from services.models import Cost, Transaction
 from services.rules import parse_time
 
+__all__ = [
+    "CENT",
+    "ConfiguredTariff",
+    "charged_hours",
+    "charged_kwh",
+]
+
 CENT = Decimal("0.01")
 _WH_PER_KWH = Decimal(1000)
 _SECONDS_PER_HOUR = Decimal(3600)

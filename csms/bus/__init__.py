@@ -16,6 +16,14 @@ from urllib.parse import quote
 
 from csms.errors import Unavailable
 
+__all__ = [
+    "Bus",
+    "BusUnavailable",
+    "Message",
+    "NoSubscribers",
+    "property_text",
+]
+
 _PROPERTY_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 """Kept as is in MQTT properties: printable ASCII but ``%``."""
 

@@ -15,6 +15,11 @@ from collections.abc import AsyncIterator, Mapping
 from csms.bus import BusUnavailable, Message, NoSubscribers
 from csms.topics import matches
 
+__all__ = [
+    "MemoryBroker",
+    "MemoryBus",
+]
+
 
 class MemoryBroker:
     """The hub that :class:`MemoryBus` clients connect to."""

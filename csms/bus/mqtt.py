@@ -32,6 +32,12 @@ from paho.mqtt.properties import Properties
 
 from csms.bus import BusUnavailable, Message, NoSubscribers
 
+__all__ = [
+    "NO_MATCHING_SUBSCRIBERS",
+    "BrokerAddress",
+    "MqttBus",
+]
+
 log = structlog.get_logger("csms.bus.mqtt")
 
 

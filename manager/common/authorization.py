@@ -17,6 +17,14 @@ from services.models import (
 )
 from services.rules import parse_time
 
+__all__ = [
+    "NO_AUTHORIZATION",
+    "authorize",
+    "authorize_start",
+    "id_tag_info",
+    "id_token_info",
+]
+
 NO_AUTHORIZATION = "NoAuthorization"
 """2.0.1 IdTokenEnumType for transactions the station runs without any authorization."""
 

@@ -11,6 +11,14 @@ from services.models import (
     ConnectorStatus,
 )
 
+__all__ = [
+    "acknowledge",
+    "connector_status",
+    "data_transfer",
+    "heartbeat",
+    "result_failed",
+]
+
 
 async def heartbeat(ctx: CallContext) -> dict[str, Any]:
     """Answer a Heartbeat with the CSMS time (OCPP's clock synchronisation).

@@ -18,6 +18,15 @@ from services.models import (
     TransactionState,
 )
 
+__all__ = [
+    "COST_UPDATED",
+    "cost_number",
+    "price",
+    "pricing_basis",
+    "send_running_cost",
+    "settle",
+]
+
 
 def pricing_basis(tx: Transaction | None) -> tuple[Any, ...]:
     """What the price of a transaction depends on: when it changes, an ended transaction is

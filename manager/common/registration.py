@@ -13,6 +13,15 @@ from services.models import (
     RegistrationStatus,
 )
 
+__all__ = [
+    "PENDING_ALLOWED",
+    "boot",
+    "current_registration",
+    "policy_registration",
+    "registration_refusal",
+    "require_accepted",
+]
+
 _POLICY = {
     "accept": RegistrationStatus.ACCEPTED,
     "pending": RegistrationStatus.PENDING,

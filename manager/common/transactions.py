@@ -18,6 +18,18 @@ from services.models import (
 )
 from services.rules import parse_time
 
+__all__ = [
+    "SUPERSEDED_REASON",
+    "earlier",
+    "ended",
+    "log_rejected",
+    "meter_register",
+    "supersede",
+    "superseded",
+    "with_energy",
+    "with_readings",
+]
+
 
 def earlier(first: str | None, second: str | None) -> str | None:
     """The earlier of two OCPP timestamps (compared as instants, returned as received)."""
