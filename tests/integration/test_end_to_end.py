@@ -319,8 +319,7 @@ async def test_csms_call_result_comes_back_with_original_request(fleet: Fleet) -
         )
         async with MqttBus(fleet.mqtt_url) as bus:
             assert await bus.wait_connected(5)
-            await bus.subscribe(reply_topic)
-            await asyncio.sleep(0.2)
+            await bus.subscribe(reply_topic)  # returns once the broker confirmed it
             maker = CallMaker(bus, topics, origin="test")
             message_id = await maker.call(
                 station.id,

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -46,6 +47,7 @@ from services.interfaces import StoreUnavailable
 from services.models import RegistrationStatus, StationRecord
 from tests.certs import CertFiles, Pki, client_context, make_pki
 from tests.servers import free_port
+from tests.timing import timeout
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +98,11 @@ class Csms:
     gateway: Gateway
     services: Services
     published: list[Message]
+    spy: MemoryBus
+    """Subscribed to everything under ``prefix``."""
+    prefix: str
+    markers: dict[str, asyncio.Event]
+    """Topics of markers the spy published, set once the recorder has read them."""
 
     async def register(self, station_id: str, profile: int, **fields: Any) -> None:
         await self.services.stations.put(
@@ -111,15 +118,23 @@ class Csms:
         return self.gateway.url_for(station_id, listener)
 
     async def quiet(self) -> list[Message]:
-        """Everything published so far, after letting in-flight publishes land."""
-        await asyncio.sleep(0.05)
+        """Everything published so far. The in-process broker delivers in publish order, so
+        once the recorder has read a marker the spy publishes now, it has read everything
+        published before it."""
+        topic = f"{self.prefix}/test-marker/{uuid.uuid4().hex}"
+        landed = self.markers[topic] = asyncio.Event()
+        await self.spy.publish(topic, b"")
+        await asyncio.wait_for(landed.wait(), timeout(5))
         return list(self.published)
 
 
-async def _record(bus: MemoryBus, into: list[Message]) -> None:
-    """Everything published about stations (the gateway's own presence heartbeats aside)."""
+async def _record(bus: MemoryBus, into: list[Message], markers: dict[str, asyncio.Event]) -> None:
+    """Everything published about stations (the gateway's own presence heartbeats and the
+    test's markers aside)."""
     async for message in bus.messages():
-        if "/gateways/" not in message.topic:
+        if message.topic in markers:
+            markers[message.topic].set()
+        elif "/gateways/" not in message.topic:
             into.append(message)
 
 
@@ -132,7 +147,8 @@ async def embedded(settings: Settings, *, first_try: bool = False) -> AsyncItera
         spy = await stack.enter_async_context(broker.client())
         await spy.subscribe(f"{settings.topic_prefix}/#")
         published: list[Message] = []
-        recorder = asyncio.create_task(_record(spy, published))
+        markers: dict[str, asyncio.Event] = {}
+        recorder = asyncio.create_task(_record(spy, published, markers))
         stack.callback(recorder.cancel)
         manager_bus = await stack.enter_async_context(broker.client())
         gateway_bus = await stack.enter_async_context(broker.client())
@@ -140,7 +156,7 @@ async def embedded(settings: Settings, *, first_try: bool = False) -> AsyncItera
         gateway = await stack.enter_async_context(
             Gateway(settings, gateway_bus, registry=services.stations, first_try=first_try)
         )
-        yield Csms(gateway, services, published)
+        yield Csms(gateway, services, published, spy, settings.topic_prefix, markers)
 
 
 @pytest.fixture

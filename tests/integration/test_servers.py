@@ -18,8 +18,7 @@ async def test_private_broker_delivers_shared_subscription(mqtt_url: str) -> Non
     async with MqttBus(mqtt_url) as sender, MqttBus(mqtt_url) as receiver:
         assert await sender.wait_connected(5)
         assert await receiver.wait_connected(5)
-        await receiver.subscribe("$share/g/probe/#")
-        await asyncio.sleep(0.1)
+        await receiver.subscribe("$share/g/probe/#")  # returns once the broker confirmed it
         await sender.publish("probe/x", b"hello", properties={"trace": "t1"})
         message = await asyncio.wait_for(anext(aiter(receiver.messages())), 5)
         assert message.topic == "probe/x"

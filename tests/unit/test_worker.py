@@ -42,10 +42,12 @@ from services.memory import (
 )
 from services.models import RegistrationStatus, StationRecord
 from services.tariff import ConfiguredTariff
+from tests.timing import timeout
 
 TOPICS = Topics()
 NOW = "2026-01-01T00:00:00.000Z"
 WAIT = 3.0
+"""Seconds a wait may take before the test fails (scaled by ``CSMS_TEST_TIMEOUT_FACTOR``)."""
 
 
 def make_services(idempotency: Any = None) -> Services:
@@ -113,16 +115,30 @@ class StationSide:
 
     async def receive(self) -> tuple[Message, Envelope]:
         assert self._messages is not None
-        message = await asyncio.wait_for(anext(self._messages), WAIT)
+        message = await asyncio.wait_for(anext(self._messages), timeout(WAIT))
         return message, decode_envelope(message.payload)
 
-    async def nothing(self, within: float = 0.2) -> None:
-        assert self._messages is not None
-        with contextlib.suppress(TimeoutError):
-            message = await asyncio.wait_for(anext(self._messages), within)
-            raise AssertionError(f"unexpected message on {message.topic}")
-        # wait_for cancelled the generator; start a fresh one on the same queue.
-        self._messages = self.bus.messages()
+    async def nothing(self, *managers: Manager) -> None:
+        """Assert that ``managers``, once done with everything sent so far, published
+        nothing more here: the in-process broker delivers at publish time, so whatever they
+        published is already queued."""
+        await settled(*managers)
+        assert self.bus._queue.empty(), f"unexpected message on {self.bus._queue.get_nowait()}"
+
+
+async def settled(*managers: Manager) -> None:
+    """Wait until each manager has read everything the in-process broker delivered to it
+    and finished handling it (:meth:`Manager.idle` alone may run before its reader has
+    taken a message just published from the bus)."""
+    async with asyncio.timeout(timeout(WAIT)):
+        while True:
+            for manager in managers:
+                await manager.idle()
+            buses = [manager.bus for manager in managers]
+            assert all(isinstance(bus, MemoryBus) for bus in buses)
+            if all(bus._queue.empty() for bus in buses if isinstance(bus, MemoryBus)):
+                return
+            await asyncio.sleep(0)  # let the readers take what is queued
 
 
 @pytest.fixture
@@ -322,7 +338,7 @@ async def test_copy_of_a_call_in_progress_here_is_dropped(
         owner = claim_owner(call, "w1")
         assert await store.claim(idempotency_key(call), owner, 60) is True
         await station.send(call)
-        await station.nothing()
+        await station.nothing(m)
         assert m.stats.duplicates_dropped == 1
     assert heartbeat.runs == []
 
@@ -414,7 +430,7 @@ async def test_idempotency_store_outage_is_answered_promptly(
     async with running(broker, make_services(DownStore()), handlers={"Heartbeat": heartbeat}):
         with capture_logs():
             await station.send(heartbeat_call())
-            _, answer = await asyncio.wait_for(station.receive(), 0.5)
+            _, answer = await asyncio.wait_for(station.receive(), timeout(0.5))
     assert (answer.error_code, answer.error_description) == (
         "InternalError",
         "storage temporarily unavailable",
@@ -435,8 +451,7 @@ async def test_answer_lost_to_bus_outage_is_replayed_on_retry(
     async with running(broker, handlers={"Heartbeat": heartbeat}) as m:
         with capture_logs() as logs:
             await station.send(heartbeat_call())
-            await station.nothing()
-            await m.idle()
+            await station.nothing(m)
         assert m.stats.publish_failures == 1
         assert any(e["log_level"] == "warning" for e in logs)
         broker.available = True
@@ -461,7 +476,7 @@ async def test_two_managers_in_one_group_share_the_work(
         for i in range(20):
             await station.send(heartbeat_call(station=f"CP{i}"))
         answers = [await station.receive() for _ in range(20)]
-        await station.nothing()
+        await station.nothing(a, b)
     assert len(heartbeat.runs) == 20
     assert {envelope.station for _, envelope in answers} == {f"CP{i}" for i in range(20)}
     assert a.stats.calls > 0 and b.stats.calls > 0
@@ -537,7 +552,7 @@ async def test_shutdown_lets_in_flight_work_finish(
 
     async with running(broker, handlers={"Heartbeat": heartbeat}):
         await station.send(heartbeat_call())
-        await asyncio.wait_for(started.wait(), WAIT)
+        await asyncio.wait_for(started.wait(), timeout(WAIT))
     _, answer = await station.receive()
     assert answer.kind is Kind.RESULT
 
@@ -625,25 +640,24 @@ async def test_connection_events_update_the_registry(
             at=at,
         )
 
-    async def settled() -> StationRecord:
-        await asyncio.sleep(0.01)
-        await m.idle()
+    async def stored() -> StationRecord:
+        await settled(m)
         record = await registry.get("CP1")
         assert record is not None
         return record
 
     async with running(broker, services) as m:
         await station.event(event(ConnectionEventKind.CONNECTED, "conn-1", 1_700_000_000.0))
-        record = await settled()
+        record = await stored()
         assert record.online and record.connection == "conn-1" and record.gateway == "gw-1"
         assert record.connected_at == "2023-11-14T22:13:20.000Z"
         # A stale socket closing does not take the station offline.
         await station.event(event(ConnectionEventKind.CONNECTED, "conn-2", 1_700_000_010.0))
         await station.event(event(ConnectionEventKind.DISCONNECTED, "conn-1", 1_700_000_011.0))
-        record = await settled()
+        record = await stored()
         assert record.online and record.connection == "conn-2"
         await station.event(event(ConnectionEventKind.DISCONNECTED, "conn-2", 1_700_000_020.0))
-        record = await settled()
+        record = await stored()
         assert not record.online
         assert record.disconnected_at == "2023-11-14T22:13:40.000Z"
         assert m.stats.events == 4
@@ -678,8 +692,7 @@ async def test_connection_events_refused_by_the_store_are_retried(
                 connection="conn-1",
             )
         )
-        await asyncio.sleep(0.05)
-        await m.idle()
+        await settled(m)
         assert await registry.get("CP1") is None
         registry.down = False  # Redis is back: the housekeeping retry stores it
         for _ in range(100):
@@ -694,11 +707,12 @@ async def test_connection_events_refused_by_the_store_are_retried(
 async def test_messages_are_acknowledged_only_once_handled(broker: MemoryBroker) -> None:
     """So that a broker that redelivers unacknowledged messages can give the work of a
     manager that died half way to another."""
-    release = asyncio.Event()
+    started, release = asyncio.Event(), asyncio.Event()
     acked: list[str] = []
 
     async def slow_heartbeat(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         assert acked == []  # not acknowledged on receipt
+        started.set()
         await release.wait()
         return {"currentTime": "2026-01-01T00:00:00Z"}
 
@@ -718,7 +732,7 @@ async def test_messages_are_acknowledged_only_once_handled(broker: MemoryBroker)
                 lambda: acked.append("m1"),
             )
         )
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(started.wait(), timeout(WAIT))
         assert acked == [] and m.pending == 1
         release.set()
         await m.idle()
@@ -740,8 +754,7 @@ async def test_gateway_presence_takes_stations_offline(
         # gw-1's broker connection died: the broker publishes its last will.
         gone = GatewayPresence(state=GatewayState.GONE, gateway="gw-1")
         await station.bus.publish(TOPICS.gateway_presence("gw-1"), encode(gone))
-        await asyncio.sleep(0.05)
-        await m.idle()
+        await settled(m)
         cp1, cp2 = await registry.get("CP1"), await registry.get("CP2")
         assert cp1 is not None and not cp1.online
         assert cp2 is not None and cp2.online
