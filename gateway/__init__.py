@@ -18,13 +18,23 @@
 from __future__ import annotations
 
 from gateway.handshake import HandshakeRefused, parse_station_path
-from gateway.pipe import Action, Disconnect, Limits, Pipe, Publish, Report, SendToStation
+from gateway.pipe import (
+    Action,
+    ConnectionState,
+    Disconnect,
+    Limits,
+    Pipe,
+    Publish,
+    Report,
+    SendToStation,
+)
 from gateway.presence import LEASE_FACTOR, presence_will
 from gateway.server import Gateway, default_gateway_id
 
 __all__ = [
     "LEASE_FACTOR",
     "Action",
+    "ConnectionState",
     "Disconnect",
     "Gateway",
     "HandshakeRefused",

@@ -7,6 +7,10 @@ silent station, or a slow publish, only ever delays that one station. A lane's t
 while it has work, and the timer is a plain ``loop.call_at`` handle: an idle connection costs
 the pipe, this object and the websockets connection, nothing more.
 
+The connection's lifecycle state (:class:`~gateway.pipe.ConnectionState`) is its pipe's:
+:attr:`Connection.state` reads it, and the events that change it (a flood, :meth:`retire`,
+:meth:`finish`) go through the pipe, so the two can never disagree.
+
 The pipe's reports, and unexpected exceptions while handling this connection's traffic
 (:meth:`Connection.log_exception`), are logged through a per-connection
 :class:`~gateway.limits.LogThrottle` (created on the first report): a station sending
@@ -37,7 +41,7 @@ from csms.bus import Bus, BusUnavailable, property_text
 from csms.envelope import Envelope, encode
 from csms.topics import Topics
 from gateway.limits import LogThrottle, format_peer
-from gateway.pipe import Action, Disconnect, Pipe, Publish, Report, SendToStation
+from gateway.pipe import Action, ConnectionState, Disconnect, Pipe, Publish, Report, SendToStation
 
 __all__ = ["Connection"]
 
@@ -109,7 +113,7 @@ class Connection:
 
     __slots__ = (
         "_bus",
-        "_closer",
+        "_close_task",
         "_publish_lane",
         "_publish_timeout",
         "_reports",
@@ -121,7 +125,6 @@ class Connection:
         "log",
         "pipe",
         "remote",
-        "retired",
         "ws",
     )
 
@@ -140,8 +143,6 @@ class Connection:
         self.log = log
         self.connected_at = time.time()
         """Unix time the socket opened; orders duplicate connections (newest wins)."""
-        self.retired: str | None = None
-        """Why the gateway is closing this connection (replaced), None while it is in use."""
         self.remote = format_peer(ws.remote_address)
         """The peer's ``host:port``, in every log line about a limit."""
         self._reports: LogThrottle | None = None
@@ -152,7 +153,9 @@ class Connection:
         self._publish_lane: _Lane[Publish] = _Lane(self._publish, self.log_exception)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
-        self._closer: asyncio.Task[None] | None = None
+        self._close_task: asyncio.Task[None] | None = None
+        """The socket's close, started by a flood or a retirement; referenced so that the
+        task is not garbage-collected (the state says whether the socket is closing)."""
 
     @property
     def id(self) -> str:
@@ -165,6 +168,16 @@ class Connection:
     @property
     def version(self) -> str:
         return self.pipe.version
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where this connection is in its life (its pipe's state)."""
+        return self.pipe.state
+
+    @property
+    def retire_reason(self) -> str | None:
+        """Why the gateway retired this connection (replaced), None if it did not."""
+        return self.pipe.retire_reason
 
     # -- events in -----------------------------------------------------------------------
 
@@ -186,24 +199,26 @@ class Connection:
     def retire(self, reason: str, code: int = 1000) -> None:
         """Take this connection out of service (a newer one holds the station).
 
-        Its CSMS calls become UNDELIVERED at once, then the socket is closed; the reader's
-        cleanup (:meth:`finish`) runs when the close completes.
+        Its CSMS calls become UNDELIVERED at once, then the socket is closed (unless a flood
+        close is under way already); the reader's cleanup (:meth:`finish`) runs when the close
+        completes.
         """
-        if self.retired is not None:
+        before = self.state
+        if before.ended:
             return
-        self.retired = reason
         self.log.info("connection replaced", reason=reason)
-        self._apply(self.pipe.close(time.time(), reason))
-        self._closer = asyncio.get_running_loop().create_task(self._close_socket(code, reason))
+        self._apply(self.pipe.retire(time.time(), reason))
+        if before is ConnectionState.OPEN:
+            self._close_soon(code, reason)
 
-    async def finish(self, reason: str) -> None:
+    async def finish(self) -> None:
         """The socket is closed: publish the pipe's last outcomes and stop everything."""
         self._log_keepalive_timeout()
         if self._reports is not None and self._reports.suppressed:
             self.log.info("similar log lines suppressed", count=self._reports.suppressed)
         self._cancel_timer()
         self._send_lane.cancel()
-        self._apply(self.pipe.close(time.time(), reason))
+        self._apply(self.pipe.close(time.time()))
         try:
             async with asyncio.timeout(self._publish_timeout * 2):
                 await self._publish_lane.wait_idle()
@@ -222,7 +237,8 @@ class Connection:
             elif isinstance(action, Publish):
                 self._publish_lane.put(action)
             elif isinstance(action, Disconnect):
-                self._disconnect(action)
+                # The pipe gave up on this station (a limit): it is DISCONNECTING now.
+                self._close_soon(action.code, action.reason)
             else:
                 self._report(action)
         self._arm_timer()
@@ -256,12 +272,9 @@ class Connection:
             self._reports = LogThrottle(REPORT_INTERVAL, max_keys=32)
         return self._reports.allow(key, time.monotonic())
 
-    def _disconnect(self, action: Disconnect) -> None:
-        """The pipe gave up on this station (a limit): close the socket with its code."""
-        if self._closer is None:
-            self._closer = asyncio.get_running_loop().create_task(
-                self._close_socket(action.code, action.reason)
-            )
+    def _close_soon(self, code: int, reason: str) -> None:
+        """Start closing the socket; emitted once per connection, when it leaves OPEN."""
+        self._close_task = asyncio.get_running_loop().create_task(self._close_socket(code, reason))
 
     def _log_keepalive_timeout(self) -> None:
         """Say so when websockets closed the socket because pings went unanswered."""

@@ -19,6 +19,9 @@ Rules kept here (see ``DESIGN.md``, "Correlation and in-flight rules"):
   answer is the answer. Once that is sent, the id may be used again.
 - framing faults get the CallError code of the negotiated version; faulty CallResult /
   CallError frames are only reported, never answered.
+- lifecycle: one :class:`ConnectionState` per connection, held here (the I/O layer reads
+  it): OPEN, DISCONNECTING (this pipe asked for the socket to be closed), RETIRED (a newer
+  connection holds the station), CLOSED (the socket is gone).
 - message rate (``message_rate`` / ``message_burst``): every frame from the station spends a
   token of a :class:`~gateway.limits.TokenBucket`. Without a token, a Call is answered with
   GenericError ("rate limit exceeded") and not published. Answers to the CSMS call in flight
@@ -30,6 +33,7 @@ Rules kept here (see ``DESIGN.md``, "Correlation and in-flight rules"):
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,7 +45,14 @@ from csms.versions import error_code, supported
 from gateway.limits import TokenBucket
 
 __all__ = [
+    "CSMS_LATE",
+    "CSMS_UNAVAILABLE",
+    "FLOODING",
+    "QUEUE_FULL",
+    "RATE_LIMITED",
+    "STATION_DISCONNECTED",
     "Action",
+    "ConnectionState",
     "Disconnect",
     "Limits",
     "Pipe",
@@ -68,6 +79,39 @@ _BREACH_GAP = 1.0
 being refused with shorter pauses is flooding, one that is refused now and then is not."""
 
 CLOSE_POLICY_VIOLATION = 1008
+
+
+class ConnectionState(enum.Enum):
+    """Where a station connection is in its life: the one source of truth, kept by its pipe.
+
+    Transitions (no other exists; CLOSED is final)::
+
+        OPEN           -> DISCONNECTING  the station stayed over the message rate (flood)
+        OPEN           -> RETIRED        a newer connection holds the station (retire)
+        DISCONNECTING  -> RETIRED        the same, while the flood close is under way
+        OPEN, DISCONNECTING, RETIRED -> CLOSED   the socket is gone (close)
+
+    - OPEN: frames and CSMS calls flow both ways.
+    - DISCONNECTING: the station stayed over the message rate; the pipe emitted
+      :class:`Disconnect` and takes no more station frames; the bus side (CSMS calls and
+      answers, deadlines) is handled as in OPEN until the socket is closed.
+    - RETIRED: a newer connection holds the station (:meth:`Pipe.retire`). Its CSMS calls
+      became ``UNDELIVERED``; nothing more flows while the socket closes.
+    - CLOSED: the socket is gone (:meth:`Pipe.close`); final.
+
+    In RETIRED and CLOSED (:attr:`ended`) a CSMS call still becomes ``UNDELIVERED``, so that
+    none is ever dropped silently.
+    """
+
+    OPEN = "open"
+    DISCONNECTING = "disconnecting"
+    RETIRED = "retired"
+    CLOSED = "closed"
+
+    @property
+    def ended(self) -> bool:
+        """RETIRED or CLOSED: the connection takes no more traffic."""
+        return self is ConnectionState.RETIRED or self is ConnectionState.CLOSED
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,14 +203,14 @@ class Pipe:
     __slots__ = (
         "_breach_since",
         "_bucket",
-        "_closed",
-        "_disconnecting",
         "_in_flight",
         "_last_refused",
         "_pending",
         "_queue",
         "_recent",
         "_refused",
+        "_retire_reason",
+        "_state",
         "connection",
         "gateway",
         "limits",
@@ -200,8 +244,8 @@ class Pipe:
         self._pending: dict[str, float] = {}
         """Station Call ids awaiting the CSMS's answer → deadline."""
         self._recent: list[str] = []
-        self._closed = False
-        self._disconnecting = False
+        self._state = ConnectionState.OPEN
+        self._retire_reason: str | None = None
         self._bucket: TokenBucket | None = None
         """Created with the first frame (the pipe is given no clock before)."""
         self._breach_since: float | None = None
@@ -212,13 +256,24 @@ class Pipe:
     # -- introspection -------------------------------------------------------------------
 
     @property
+    def state(self) -> ConnectionState:
+        """Where this connection is in its life (see :class:`ConnectionState`)."""
+        return self._state
+
+    @property
     def closed(self) -> bool:
-        return self._closed
+        """No more traffic: the connection was retired or its socket closed."""
+        return self._state.ended
 
     @property
     def disconnecting(self) -> bool:
         """The pipe asked for the socket to be closed (:class:`Disconnect`)."""
-        return self._disconnecting
+        return self._state is ConnectionState.DISCONNECTING
+
+    @property
+    def retire_reason(self) -> str | None:
+        """Why the connection was retired (replaced), kept once CLOSED; else None."""
+        return self._retire_reason
 
     @property
     def in_flight(self) -> str | None:
@@ -248,7 +303,7 @@ class Pipe:
 
     def receive_station_frame(self, data: str | bytes, now: float) -> list[Action]:
         """A WebSocket message from the station (``bytes`` for a binary frame)."""
-        if self._closed or self._disconnecting:
+        if self._state is not ConnectionState.OPEN:
             return []
         within_rate = self._take_token(now)
         actions: list[Action] = self._end_breach(now)
@@ -267,7 +322,7 @@ class Pipe:
                     if within_rate:
                         return actions + self._station_call(frame, now)
                     refusal = self._over_rate(now)
-                    if self._disconnecting:
+                    if self.disconnecting:
                         return refusal
                     if frame.message_id in self._pending:
                         # Its answer is still to come: a GenericError would be a second one.
@@ -279,7 +334,7 @@ class Pipe:
         if within_rate:
             return actions
         refusal = self._over_rate(now)
-        return refusal if self._disconnecting else actions + refusal
+        return refusal if self.disconnecting else actions + refusal
 
     def receive_bus_envelope(self, envelope: Envelope, now: float) -> list[Action]:
         """An envelope from the station's ``out`` topic: a CSMS call or an answer."""
@@ -310,7 +365,7 @@ class Pipe:
     def tick(self, now: float) -> list[Action]:
         """Apply every deadline that has passed at ``now``."""
         actions: list[Action] = []
-        if self._closed:
+        if self._state.ended:
             return actions
         expired = [mid for mid, deadline in self._pending.items() if deadline <= now]
         for message_id in expired:
@@ -342,7 +397,7 @@ class Pipe:
         waiting for an answer that cannot come. Lost outcomes can only be reported.
         """
         if envelope.kind is Kind.CALL:
-            if self._closed or self._pending.pop(envelope.message_id, None) is None:
+            if self._state.ended or self._pending.pop(envelope.message_id, None) is None:
                 return []
             return [self._error(envelope.message_id, RpcError.INTERNAL_ERROR, CSMS_UNAVAILABLE)]
         return [
@@ -353,16 +408,30 @@ class Pipe:
             )
         ]
 
+    def retire(self, now: float, reason: str) -> list[Action]:
+        """A newer connection holds the station (RETIRED): as :meth:`close`, with ``reason``
+        on the outcomes, before the socket is closed."""
+        if self._state.ended:
+            return []
+        self._state = ConnectionState.RETIRED
+        self._retire_reason = reason
+        return self._end(now, reason)
+
     def close(self, now: float, reason: str = STATION_DISCONNECTED) -> list[Action]:
-        """The socket is gone: every CSMS call in flight or queued becomes ``UNDELIVERED``.
+        """The socket is gone (CLOSED): every CSMS call in flight or queued becomes
+        ``UNDELIVERED``.
 
         Station Calls still awaiting the CSMS are forgotten (there is no one left to answer).
         Later events on a closed pipe do nothing, except that a CSMS call is still turned into
-        ``UNDELIVERED`` so that it is never dropped silently.
+        ``UNDELIVERED`` so that it is never dropped silently. A retired pipe has nothing left
+        to give up.
         """
-        if self._closed:
+        previous, self._state = self._state, ConnectionState.CLOSED
+        if previous.ended:
             return []
-        self._closed = True
+        return self._end(now, reason)
+
+    def _end(self, now: float, reason: str) -> list[Action]:
         actions: list[Action] = []
         current, self._in_flight = self._in_flight, None
         if current is not None:
@@ -428,7 +497,7 @@ class Pipe:
         self._refused += 1
         close_after = self.limits.flood_close_after
         if close_after is not None and now - breach_since >= close_after:
-            self._disconnecting = True
+            self._state = ConnectionState.DISCONNECTING
             actions.append(
                 Report(
                     "warning",
@@ -509,7 +578,7 @@ class Pipe:
 
     def _csms_answer(self, envelope: Envelope) -> list[Action]:
         message_id = envelope.message_id
-        if self._closed or self._pending.pop(message_id, None) is None:
+        if self._state.ended or self._pending.pop(message_id, None) is None:
             return [
                 Report(
                     "info",
@@ -536,7 +605,7 @@ class Pipe:
 
     def _csms_call(self, call: Envelope, now: float) -> list[Action]:
         message_id = call.message_id
-        if self._closed:
+        if self._state.ended:
             return [
                 self._outcome(call, Kind.UNDELIVERED, now, error_description=STATION_DISCONNECTED)
             ]

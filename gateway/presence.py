@@ -263,7 +263,7 @@ class Presence:
                     self._lost_events[conn.id] = (conn, event)
             pending = list(self._unannounced.values())
             self._unannounced.clear()
-            held = [c for c in pending if self._stations.get(c.station) is c and not c.retired]
+            held = [c for c in pending if self._stations.get(c.station) is c and not c.state.ended]
             if held:
                 self._log.info("bus back: announcing stations", stations=len(held))
             for conn in held:
@@ -307,7 +307,7 @@ class Presence:
             await asyncio.sleep(self._interval)
 
     def _announce_all_again(self) -> None:
-        held = [conn for conn in self._stations.values() if not conn.retired]
+        held = [conn for conn in self._stations.values() if not conn.state.ended]
         for conn in held:
             self._unannounced[conn.id] = conn
         if held:

@@ -348,18 +348,19 @@ class Gateway:
         if owner:
             del self._stations[station]
         code, why = conn.ws.close_code, conn.ws.close_reason
-        reason = conn.retired or (
+        retired = conn.retire_reason
+        reason = retired or (
             f"{STATION_DISCONNECTED} (close code {code}{': ' + why if why else ''})"
             if code
             else STATION_DISCONNECTED
         )
         try:
-            await conn.finish(conn.retired or STATION_DISCONNECTED)
+            await conn.finish()
             if owner:
                 await self._unsubscribe(station)
         except Exception:
             conn.log.exception("connection cleanup failed")
-        conn.log.info("station disconnected", code=code, reason=why or conn.retired)
+        conn.log.info("station disconnected", code=code, reason=why or retired)
         await self._presence.disconnected(conn, reason, remote)
 
     def _take_over(self, takeover: Takeover) -> None:

@@ -15,6 +15,8 @@ from gateway.pipe import (
     QUEUE_FULL,
     STATION_DISCONNECTED,
     Action,
+    ConnectionState,
+    Disconnect,
     Limits,
     Pipe,
     Publish,
@@ -429,6 +431,50 @@ def test_close_reason_is_used() -> None:
     pipe.receive_bus_envelope(csms_call("m1"), T0)
     [publish] = published(pipe.close(T0, "replaced by a newer connection"))
     assert publish.envelope.error_description == "replaced by a newer connection"
+
+
+# -- lifecycle -----------------------------------------------------------------------------
+
+
+def test_a_retired_pipe_gives_up_its_calls_with_the_reason_then_closes_quietly() -> None:
+    pipe = make_pipe()
+    assert pipe.state is ConnectionState.OPEN and not pipe.closed
+    pipe.receive_bus_envelope(csms_call("m1"), T0)
+    pipe.receive_bus_envelope(csms_call("m2"), T0)
+    actions = pipe.retire(T0 + 1, "replaced by a newer connection")
+    assert [p.envelope.error_description for p in published(actions)] == [
+        "replaced by a newer connection"
+    ] * 2
+    assert pipe.state is ConnectionState.RETIRED and pipe.closed
+    assert pipe.retire_reason == "replaced by a newer connection"
+    assert pipe.retire(T0 + 2, "again") == []
+    assert pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0 + 2) == []
+    # The socket's end changes the state and nothing else; the reason stays.
+    assert pipe.close(T0 + 3) == []
+    assert pipe.state is ConnectionState.CLOSED
+    assert pipe.retire_reason == "replaced by a newer connection"
+    [late] = published(pipe.receive_bus_envelope(csms_call("m9"), T0 + 4))
+    assert late.envelope.kind is Kind.UNDELIVERED
+
+
+def test_a_flooding_pipe_is_disconnecting_until_replaced_or_closed() -> None:
+    limits = Limits(message_rate=1, message_burst=1, flood_close_after=1.0)
+    pipe = Pipe("CP-1", OcppVersion.OCPP201, connection="c", gateway="g", limits=limits)
+    pipe.receive_bus_envelope(csms_call("m1"), T0)
+    actions: list[Action] = []
+    for n in range(40):
+        actions = pipe.receive_station_frame(f'[2,"s{n}","Heartbeat",{{}}]', T0 + n * 0.05)
+        if pipe.disconnecting:
+            break
+    assert pipe.state is ConnectionState.DISCONNECTING and not pipe.closed
+    assert [a for a in actions if isinstance(a, Disconnect)]
+    # No more station frames; the CSMS call in flight still ends with an outcome.
+    assert pipe.receive_station_frame('[3,"m1",{}]', T0 + 3) == []
+    [outcome] = published(pipe.retire(T0 + 3, "replaced by a newer connection"))
+    assert outcome.envelope.kind is Kind.UNDELIVERED
+    assert pipe.state is ConnectionState.RETIRED
+    pipe.close(T0 + 4)
+    assert pipe.state is ConnectionState.CLOSED and not pipe.disconnecting
 
 
 # -- framing faults ----------------------------------------------------------------------
