@@ -33,6 +33,7 @@ lint: $(STAMP)
 
 types: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/roundtrip.py

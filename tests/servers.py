@@ -118,7 +118,7 @@ def mosquitto_server() -> Iterator[tuple[str, ServerProcess | None]]:
                 server.stop()
         return
     if _docker_available():
-        from testcontainers.core.container import DockerContainer  # type: ignore[import-untyped]
+        from testcontainers.core.container import DockerContainer
 
         container = DockerContainer("eclipse-mosquitto:2").with_exposed_ports(1883)
         container.with_command("mosquitto -c /mosquitto-no-auth.conf")
@@ -141,7 +141,7 @@ def redis_server() -> Iterator[tuple[str, ServerProcess | None]]:
             yield f"redis://127.0.0.1:{port}/0", server
         return
     if _docker_available():
-        from testcontainers.redis import RedisContainer  # type: ignore[import-untyped]
+        from testcontainers.redis import RedisContainer
 
         with RedisContainer("redis:7") as container:
             host = container.get_container_host_ip()

@@ -12,6 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.servers import free_port, wait_for_port
 from tests.timing import timeout as scaled
@@ -42,7 +43,7 @@ class CsmsProcess:
                 self.process.kill()
                 self.process.wait(scaled(5))
 
-    def log_records(self) -> list[dict[str, object]]:
+    def log_records(self) -> list[dict[str, Any]]:
         """JSON log lines written so far."""
         records = []
         for line in self.log_path.read_text(errors="replace").splitlines():

@@ -363,8 +363,9 @@ async def test_bad_payloads_get_the_right_call_error(
     fleet: Fleet, version: str, frame: list[Any], code: str, field: str | None
 ) -> None:
     async with websockets.connect(
-        fleet.url(f"BAD-{uuid.uuid4().hex[:6]}"), subprotocols=[version]
-    ) as ws:  # type: ignore[list-item]
+        fleet.url(f"BAD-{uuid.uuid4().hex[:6]}"),
+        subprotocols=[version],  # type: ignore[list-item]
+    ) as ws:
         await ws.send(json.dumps(frame))
         reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert reply[:3] == [4, frame[1], code]

@@ -121,7 +121,7 @@ async def test_stations_of_a_frozen_gateway_turn_offline_and_back(
     """A frozen gateway sends no will (the broker still sees its socket) but stops renewing
     its lease; thawed, it announces its stations again."""
     station = f"GWF-{uuid.uuid4().hex[:6]}"
-    async with websockets.connect(  # type: ignore[call-arg]
+    async with websockets.connect(
         fleet.url(station),
         subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
         ping_interval=None,

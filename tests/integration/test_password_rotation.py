@@ -101,7 +101,7 @@ class Station16(ChargePoint16):
     ) -> result16.ChangeConfiguration:
         if key == "AuthorizationKey":
             self.passwords.append(password_from_authorization_key(value))
-        return result16.ChangeConfiguration(status=self.status)  # type: ignore[arg-type]
+        return result16.ChangeConfiguration(status=self.status)
 
 
 def _password() -> str:
@@ -305,7 +305,7 @@ async def test_station_add_with_generated_password(
     assert record is not None and record.security_profile == 2 and record.known
     assert verify_password(password, record.password_hash or "")
     raw = await registry.client.get(f"{fleet.redis_prefix}station:{station_id}")
-    assert password.encode() not in raw
+    assert isinstance(raw, bytes) and password.encode() not in raw
 
     refused = await cli(fleet, "station", "add", station_id, "--password", "short-one")
     assert refused.returncode == 2 and "short-one" not in refused.stderr

@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 from csms.bus.mqtt import MqttBus
 from csms.config import Settings, StationSettings
 from csms.credentials import hash_password, verify_password
+from csms.versions import OcppVersion
 from services import StoreUnavailable, factory
 from services.factory import open_services
 from services.models import RegistrationStatus, StationCredentials
@@ -178,7 +179,7 @@ async def test_configured_credentials_never_undo_a_rotation(redis_url: str) -> N
                 station_id=station_id,
                 security_profile=2,
                 password_hash=configured,
-                allowed_versions=["ocpp2.0.1"],
+                allowed_versions=[OcppVersion.OCPP201],
             )
         ],
     )

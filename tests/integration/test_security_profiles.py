@@ -515,7 +515,7 @@ async def test_registry_outage_is_503(pki: Pki) -> None:
     broker = MemoryBroker()
     async with (
         broker.client() as bus,
-        Gateway(settings, bus, registry=DownRegistry()) as gateway,  # type: ignore[arg-type]
+        Gateway(settings, bus, registry=DownRegistry()) as gateway,
     ):
         response = await refused(gateway.url_for("CP1"), headers=basic("CP1", PASSWORD))
     assert response.status_code == 503

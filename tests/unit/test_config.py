@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -38,7 +39,7 @@ def test_precedence_flags_over_env_over_file(
         ("tariff_service", "no_colon"),
     ],
 )
-def test_bad_values_name_the_field(field: str, value: object) -> None:
+def test_bad_values_name_the_field(field: str, value: Any) -> None:
     with pytest.raises(ValidationError) as caught:
         load_settings(**{field: value})
     assert field in str(caught.value)

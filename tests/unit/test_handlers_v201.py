@@ -693,6 +693,7 @@ class RecordingCalls(CallMaker):
         *,
         meta: dict[str, str] | None = None,
         reply_to: str | None = None,
+        message_id: str | None = None,
     ) -> str:
         validate(version, action, Direction.REQUEST, payload)
         self.sent.append((station_id, action, payload))

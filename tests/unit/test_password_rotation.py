@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -141,7 +141,7 @@ async def pending_hash(services: Services) -> str | None:
     return record.pending_password_hash
 
 
-def assert_no_secret(logs: list[dict[str, Any]], password: str = NEW_PASSWORD) -> None:
+def assert_no_secret(logs: Sequence[Mapping[str, Any]], password: str = NEW_PASSWORD) -> None:
     text = json.dumps(logs, default=str)
     assert password not in text
     assert password.encode().hex().upper() not in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from types import FrameType
 
 import pytest
 
@@ -228,7 +229,8 @@ def test_deep_nesting_refused_even_with_little_stack_left() -> None:
             parse_frame(nested(990))
         return caught.value
 
-    frame, used = sys._getframe(), 0
+    frame: FrameType | None = sys._getframe()
+    used = 0
     while frame is not None:
         frame, used = frame.f_back, used + 1
     fault = at_depth(sys.getrecursionlimit() - used - 20)

@@ -18,6 +18,7 @@ from csms.credentials import (
     password_from_authorization_key,
     verify_password,
 )
+from csms.versions import OcppVersion
 from services import rules
 from services.factory import configured_credentials
 from services.models import StationCredentials, StationRecord
@@ -75,7 +76,7 @@ def test_station_settings_take_a_hash_never_a_password() -> None:
         security_profile=2,
         password_hash=HASH,
         certificate_identity="cs1.example",
-        allowed_versions=["ocpp2.0.1"],
+        allowed_versions=[OcppVersion.OCPP201],
     )
     assert station.password_hash == HASH
     with pytest.raises(ValidationError) as refused:
@@ -100,7 +101,10 @@ def test_redis_tls_files_need_rediss() -> None:
 def test_configured_credentials() -> None:
     assert configured_credentials(StationSettings(station_id="CS1"), None) is None
     station = StationSettings(
-        station_id="CS1", security_profile=1, password_hash=HASH, allowed_versions=["ocpp1.6"]
+        station_id="CS1",
+        security_profile=1,
+        password_hash=HASH,
+        allowed_versions=[OcppVersion.OCPP16],
     )
     fresh = configured_credentials(station, None)
     assert fresh == StationCredentials(

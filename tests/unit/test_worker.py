@@ -254,9 +254,12 @@ async def test_station_not_accepted_learns_nothing_from_refusals(
             "BootNotification": ok_handler,
         },
     ):
-        for index, (action, payload) in enumerate(
-            [("Authorize", {"idTag": 5}), ("Reset", {"type": "Hard"}), ("NoSuchAction", {})]
-        ):
+        cases: list[tuple[str, dict[str, Any]]] = [
+            ("Authorize", {"idTag": 5}),
+            ("Reset", {"type": "Hard"}),
+            ("NoSuchAction", {}),
+        ]
+        for index, (action, payload) in enumerate(cases):
             await station.send(
                 heartbeat_call(message_id=f"m{index}", action=action, payload=payload)
             )
