@@ -16,7 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -395,6 +395,16 @@ class Settings(BaseSettings):
     tokens: list[TokenSettings] = []
     stations: list[StationSettings] = []
 
+    # Operator HTTP API (see docs/api.md)
+    api_host: str = Field(default="127.0.0.1", description="address the operator API listens on")
+    api_port: int = Field(default=9080, ge=0, le=65535, description="port of the operator API")
+    api_admin_key: SecretStr | None = Field(
+        default=None,
+        description="a key with admin scope, accepted besides the stored keys, so automation "
+        "can start a CSMS with a known key (e.g. from 'openssl rand -hex 32'); unset "
+        "= only stored keys (csms run in first-try mode prints a generated one)",
+    )
+
     # Operations
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -436,6 +446,18 @@ class Settings(BaseSettings):
         if self.redis_key_file and not self.redis_cert_file:
             raise ValueError("redis_key_file needs redis_cert_file")
         return self
+
+    @field_validator("api_admin_key")
+    @classmethod
+    def _check_api_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = value.get_secret_value()
+        if not 16 <= len(text) <= 256:
+            raise ValueError("must be 16 to 256 characters long")
+        if not text.isascii() or not text.isprintable() or " " in text:
+            raise ValueError("must be printable ASCII without spaces (it is sent in a header)")
+        return value
 
     @field_validator("path_prefix")
     @classmethod

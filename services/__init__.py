@@ -1,4 +1,4 @@
-"""Integration points (station registry, tokens, transactions, tariff, idempotency).
+"""Integration points (station registry, tokens, transactions, tariff, idempotency, API keys).
 
 :class:`Services` bundles one implementation of each; :func:`services.factory.open_services`
 makes it from settings (in-memory or Redis, plus operator plug-ins).
@@ -6,8 +6,9 @@ makes it from settings (in-memory or Redis, plus operator plug-ins).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from services.api_keys import ApiKeyStore, MemoryApiKeyStore
 from services.interfaces import (
     IdempotencyStore,
     StationRegistry,
@@ -27,9 +28,12 @@ class Services:
     transactions: TransactionStore
     tariff: TariffService
     idempotency: IdempotencyStore
+    api_keys: ApiKeyStore = field(default_factory=MemoryApiKeyStore)
+    """Keys of the operator API (only the API reads them)."""
 
 
 __all__ = [
+    "ApiKeyStore",
     "IdempotencyStore",
     "Services",
     "StationRegistry",

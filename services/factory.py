@@ -37,6 +37,7 @@ from services.models import (
     StationRecord,
     TokenRecord,
 )
+from services.redis_api_keys import RedisApiKeyStore
 from services.redis_store import (
     RedisIdempotencyStore,
     RedisStationRegistry,
@@ -244,6 +245,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             transactions=RedisTransactionStore(client, prefix),
             tariff=await _tariff(settings),
             idempotency=RedisIdempotencyStore(client, prefix),
+            api_keys=RedisApiKeyStore(client, prefix),
         )
     finally:
         await client.aclose()

@@ -188,13 +188,18 @@ class TokenStore(Protocol):
 
 @runtime_checkable
 class TokenDirectory(Protocol):
-    """A token store that can also list its tokens (the built-in ones can; an operator's
-    :class:`TokenStore` plug-in need not: check with ``isinstance``)."""
+    """A token store that can also list and delete its tokens (the built-in ones can; an
+    operator's :class:`TokenStore` plug-in need not: check with ``isinstance``)."""
 
     async def list_tokens(
         self, *, cursor: str | None = None, limit: int = 100, prefix: str | None = None
     ) -> Page[TokenRecord]:
         """Token records in id order; ``prefix``: ids starting with it."""
+        ...
+
+    async def delete(self, id_token: str) -> bool:
+        """Forget the token (it is then Unknown, or Accepted in first-try mode); False when
+        there was none."""
         ...
 
 

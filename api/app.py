@@ -1,0 +1,80 @@
+"""The operator API's FastAPI application: :func:`create_app`.
+
+Everything is under ``/v1``; the OpenAPI document is ``/v1/openapi.json`` and interactive
+docs are at ``/docs``. The app holds no state of its own: the services (stores) and the
+CallSender (one bus connection's reply topic) are handed in, so any number of replicas can
+run side by side, and ``csms run`` mounts one beside its gateway and manager.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+
+from api import calls, health, keys, stations, tokens, transactions
+from api.context import ApiContext
+from api.errors import ErrorBody, install
+from csms.bus import Bus
+from csms.config import Settings
+from operations.calls import CallSender
+from services import Services
+
+__all__ = ["API_VERSION", "create_app"]
+
+API_VERSION = "1"
+
+CALL_WAIT_MARGIN = 5.0
+"""Seconds a call route waits beyond the gateway's ``call_timeout`` by default, so a station
+that answers late is still reported as the gateway's timeout outcome."""
+
+_COMMON_ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorBody, "description": "bad parameter or cursor"},
+    401: {"model": ErrorBody, "description": "no key, or an invalid or revoked one"},
+    403: {"model": ErrorBody, "description": "the key's scope does not allow this"},
+    422: {"model": ErrorBody, "description": "request refused by validation"},
+    503: {"model": ErrorBody, "description": "broker or store temporarily unavailable"},
+}
+
+
+def create_app(
+    settings: Settings,
+    services: Services,
+    sender: CallSender,
+    *,
+    bus: Bus | None = None,
+    admin_key: str | None = None,
+) -> FastAPI:
+    """The API app for these services and sender.
+
+    ``admin_key`` (default: the ``api_admin_key`` setting) is accepted with admin scope
+    besides the stored keys; ``bus`` is the sender's, reported by ``/v1/ready``.
+    """
+    if admin_key is None and settings.api_admin_key is not None:
+        admin_key = settings.api_admin_key.get_secret_value()
+    app = FastAPI(
+        title="OCPP CSMS operator API",
+        version=API_VERSION,
+        description="Stations, transactions, tokens and every CSMS-initiated OCPP call of "
+        "OCPP 1.6 and 2.0.1, answered with the station's reply. Authenticate with an API "
+        "key: `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
+        openapi_url="/v1/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    install(app)
+    app.state.context = ApiContext(
+        services=services,
+        sender=sender,
+        call_wait=min(settings.call_timeout + CALL_WAIT_MARGIN, calls.MAX_CALL_WAIT),
+        max_call_wait=calls.MAX_CALL_WAIT,
+        admin_key=admin_key,
+        bus=bus,
+    )
+    public = APIRouter(prefix="/v1")
+    public.include_router(health.router)
+    v1 = APIRouter(prefix="/v1", responses=_COMMON_ERRORS)
+    # Calls first: the station detail route's id matches any rest of the path.
+    for module in (calls, stations, transactions, tokens, keys):
+        v1.include_router(module.router)
+    app.include_router(public)
+    app.include_router(v1)
+    return app
