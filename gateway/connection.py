@@ -7,6 +7,11 @@ silent station, or a slow publish, only ever delays that one station. A lane's t
 while it has work, and the timer is a plain ``loop.call_at`` handle: an idle connection costs
 the pipe, this object and the websockets connection, nothing more.
 
+The pipe's deadlines are on the event loop's monotonic clock (``loop.time()``, the clock
+``call_at`` uses, so a timer fires exactly at the pipe's deadline); the pipe stamps envelopes
+with Unix time itself. ``connected_at`` is Unix time too: it orders duplicate connections
+across gateways.
+
 The connection's lifecycle state (:class:`~gateway.pipe.ConnectionState`) is its pipe's:
 :attr:`Connection.state` reads it, and the events that change it (a flood, :meth:`retire`,
 :meth:`finish`) go through the pipe, so the two can never disagree.
@@ -114,6 +119,7 @@ class Connection:
     __slots__ = (
         "_bus",
         "_close_task",
+        "_loop",
         "_publish_lane",
         "_publish_timeout",
         "_reports",
@@ -141,6 +147,8 @@ class Connection:
         self.ws = ws
         self.pipe = pipe
         self.log = log
+        self._loop = asyncio.get_running_loop()
+        """Its ``time()`` is the monotonic clock of the pipe's deadlines."""
         self.connected_at = time.time()
         """Unix time the socket opened; orders duplicate connections (newest wins)."""
         self.remote = format_peer(ws.remote_address)
@@ -183,11 +191,11 @@ class Connection:
 
     def feed_frame(self, data: str | bytes) -> None:
         """A message read from the station's socket."""
-        self._apply(self.pipe.receive_station_frame(data, time.time()))
+        self._apply(self.pipe.receive_station_frame(data, self._loop.time()))
 
     def feed_envelope(self, envelope: Envelope) -> None:
         """An envelope from the station's ``out`` topic."""
-        self._apply(self.pipe.receive_bus_envelope(envelope, time.time()))
+        self._apply(self.pipe.receive_bus_envelope(envelope, self._loop.time()))
 
     async def throttle(self) -> None:
         """Called by the socket reader after each frame; waits while a lane is backed up."""
@@ -207,7 +215,7 @@ class Connection:
         if before.ended:
             return
         self.log.info("connection replaced", reason=reason)
-        self._apply(self.pipe.retire(time.time(), reason))
+        self._apply(self.pipe.retire(self._loop.time(), reason))
         if before is ConnectionState.OPEN:
             self._close_soon(code, reason)
 
@@ -218,7 +226,7 @@ class Connection:
             self.log.info("similar log lines suppressed", count=self._reports.suppressed)
         self._cancel_timer()
         self._send_lane.cancel()
-        self._apply(self.pipe.close(time.time()))
+        self._apply(self.pipe.close(self._loop.time()))
         try:
             async with asyncio.timeout(self._publish_timeout * 2):
                 await self._publish_lane.wait_idle()
@@ -274,7 +282,7 @@ class Connection:
 
     def _close_soon(self, code: int, reason: str) -> None:
         """Start closing the socket; emitted once per connection, when it leaves OPEN."""
-        self._close_task = asyncio.get_running_loop().create_task(self._close_socket(code, reason))
+        self._close_task = self._loop.create_task(self._close_socket(code, reason))
 
     def _log_keepalive_timeout(self) -> None:
         """Say so when websockets closed the socket because pings went unanswered."""
@@ -322,7 +330,7 @@ class Connection:
             self.log_exception("publish failed unexpectedly", kind=str(envelope.kind), topic=topic)
         else:
             return
-        self._apply(self.pipe.publish_failed(envelope, time.time()))
+        self._apply(self.pipe.publish_failed(envelope, self._loop.time()))
 
     async def _publish_reply(
         self, topic: str, data: bytes, properties: dict[str, str], envelope: Envelope
@@ -355,16 +363,14 @@ class Connection:
         self._cancel_timer()
         if deadline is None:
             return
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, deadline - time.time())
         self._timer_deadline = deadline
-        self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+        self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_deadline = None
         try:
-            self._apply(self.pipe.tick(time.time()))
+            self._apply(self.pipe.tick(self._loop.time()))
         except Exception:
             self.log_exception("pipe tick failed")
 

@@ -3,8 +3,16 @@
 One :class:`Pipe` lives beside each station socket. It is fed events (a frame from the
 station, an envelope from the bus, the passing of time, the end of the connection) and
 returns the :data:`Action` values the I/O layer must carry out, in order. It never touches a
-socket, the bus or the clock itself: ``now`` (Unix time, seconds) is passed in, so every rule
-is testable synchronously, as in the websockets protocol core.
+socket, the bus or a clock of its own, so every rule is testable synchronously, as in the
+websockets protocol core. Time comes in two kinds, never mixed:
+
+- **Deadlines** (``answer_timeout``, ``call_timeout``, the rate-limit bucket, the flood
+  window) run on a monotonic clock: every event takes ``now``, seconds on that clock (the
+  event loop's), and :meth:`Pipe.next_deadline` answers on it. A wall-clock step (NTP, an
+  operator setting the time) neither fires nor delays a deadline.
+- **Timestamps** in envelopes (``at``, ``request.sent_at``) are Unix time, read from the
+  ``wall_clock`` the pipe is given (``time.time`` by default), because they leave this
+  process.
 
 Rules kept here (see ``DESIGN.md``, "Correlation and in-flight rules"):
 
@@ -34,6 +42,8 @@ Rules kept here (see ``DESIGN.md``, "Correlation and in-flight rules"):
 from __future__ import annotations
 
 import enum
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -194,7 +204,9 @@ Action = SendToStation | Publish | Report | Disconnect
 class _InFlight:
     call: Envelope
     sent_at: float
+    """Unix time the call was written to the station (for the outcome's ``request``)."""
     deadline: float
+    """Monotonic time the call becomes ``TIMEOUT``."""
 
 
 class Pipe:
@@ -211,6 +223,7 @@ class Pipe:
         "_refused",
         "_retire_reason",
         "_state",
+        "_wall_clock",
         "connection",
         "gateway",
         "limits",
@@ -228,6 +241,7 @@ class Pipe:
         gateway: str,
         limits: Limits | None = None,
         meta: dict[str, str] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if version not in supported():
             raise ValueError(f"unsupported OCPP version {version!r}")
@@ -238,11 +252,13 @@ class Pipe:
         self.limits = limits or Limits()
         self.meta = meta or {}
         """Facts stamped on every station Call published (e.g. how the station was admitted)."""
+        self._wall_clock = wall_clock
+        """Unix time for envelope timestamps; deadlines use the ``now`` events bring."""
         self._in_flight: _InFlight | None = None
         # Lists, not deques: an empty deque costs ~600 bytes, and these stay short.
         self._queue: list[Envelope] = []
         self._pending: dict[str, float] = {}
-        """Station Call ids awaiting the CSMS's answer → deadline."""
+        """Station Call ids awaiting the CSMS's answer → deadline (monotonic)."""
         self._recent: list[str] = []
         self._state = ConnectionState.OPEN
         self._retire_reason: str | None = None
@@ -291,7 +307,7 @@ class Pipe:
         return frozenset(self._pending)
 
     def next_deadline(self) -> float | None:
-        """Earliest time :meth:`tick` has something to do, or None."""
+        """Earliest monotonic time :meth:`tick` has something to do, or None."""
         deadline = self._in_flight.deadline if self._in_flight else None
         if self._pending:
             earliest = min(self._pending.values())
@@ -380,7 +396,6 @@ class Pipe:
                 self._outcome(
                     current.call,
                     Kind.TIMEOUT,
-                    now,
                     sent_at=current.sent_at,
                     error_description=(
                         f"station did not answer within {self.limits.call_timeout:g} s"
@@ -415,7 +430,7 @@ class Pipe:
             return []
         self._state = ConnectionState.RETIRED
         self._retire_reason = reason
-        return self._end(now, reason)
+        return self._end(reason)
 
     def close(self, now: float, reason: str = STATION_DISCONNECTED) -> list[Action]:
         """The socket is gone (CLOSED): every CSMS call in flight or queued becomes
@@ -429,9 +444,9 @@ class Pipe:
         previous, self._state = self._state, ConnectionState.CLOSED
         if previous.ended:
             return []
-        return self._end(now, reason)
+        return self._end(reason)
 
-    def _end(self, now: float, reason: str) -> list[Action]:
+    def _end(self, reason: str) -> list[Action]:
         actions: list[Action] = []
         current, self._in_flight = self._in_flight, None
         if current is not None:
@@ -439,14 +454,13 @@ class Pipe:
                 self._outcome(
                     current.call,
                     Kind.UNDELIVERED,
-                    now,
                     sent_at=current.sent_at,
                     error_description=reason,
                 )
             )
         while self._queue:
             call = self._queue.pop(0)
-            actions.append(self._outcome(call, Kind.UNDELIVERED, now, error_description=reason))
+            actions.append(self._outcome(call, Kind.UNDELIVERED, error_description=reason))
         self._pending.clear()
         return actions
 
@@ -571,7 +585,7 @@ class Pipe:
                     gateway=self.gateway,
                     connection=self.connection,
                     meta=dict(self.meta),
-                    at=now,
+                    at=self._wall_clock(),
                 )
             )
         ]
@@ -606,15 +620,12 @@ class Pipe:
     def _csms_call(self, call: Envelope, now: float) -> list[Action]:
         message_id = call.message_id
         if self._state.ended:
-            return [
-                self._outcome(call, Kind.UNDELIVERED, now, error_description=STATION_DISCONNECTED)
-            ]
+            return [self._outcome(call, Kind.UNDELIVERED, error_description=STATION_DISCONNECTED)]
         if not call.action or not isinstance(call.payload, dict) or not message_id:
             return [
                 self._outcome(
                     call,
                     Kind.UNDELIVERED,
-                    now,
                     error_description="invalid call: needs a message id, an action and an "
                     "object payload",
                 )
@@ -631,7 +642,7 @@ class Pipe:
             self._send(call, now, actions)
             return actions
         if len(self._queue) >= self.limits.call_queue_size:
-            return [self._outcome(call, Kind.UNDELIVERED, now, error_description=QUEUE_FULL)]
+            return [self._outcome(call, Kind.UNDELIVERED, error_description=QUEUE_FULL)]
         self._queue.append(call)
         return []
 
@@ -654,7 +665,7 @@ class Pipe:
         if isinstance(frame, rpc.CallResult):
             actions.append(
                 self._outcome(
-                    current.call, Kind.RESULT, now, sent_at=current.sent_at, payload=frame.payload
+                    current.call, Kind.RESULT, sent_at=current.sent_at, payload=frame.payload
                 )
             )
         else:
@@ -662,7 +673,6 @@ class Pipe:
                 self._outcome(
                     current.call,
                     Kind.ERROR,
-                    now,
                     sent_at=current.sent_at,
                     error_code=frame.error_code,
                     error_description=frame.error_description,
@@ -674,7 +684,9 @@ class Pipe:
 
     def _send(self, call: Envelope, now: float, actions: list[Action]) -> None:
         assert call.action is not None
-        self._in_flight = _InFlight(call, sent_at=now, deadline=now + self.limits.call_timeout)
+        self._in_flight = _InFlight(
+            call, sent_at=self._wall_clock(), deadline=now + self.limits.call_timeout
+        )
         actions.append(SendToStation(rpc.encode_call(call.message_id, call.action, call.payload)))
 
     def _send_next(self, now: float, actions: list[Action]) -> None:
@@ -690,7 +702,6 @@ class Pipe:
         self,
         call: Envelope,
         kind: Kind,
-        now: float,
         *,
         sent_at: float | None = None,
         payload: Any = None,
@@ -720,7 +731,7 @@ class Pipe:
             meta=call.meta,
             gateway=self.gateway,
             connection=self.connection,
-            at=now,
+            at=self._wall_clock(),
         )
         return Publish(envelope, call.reply_to)
 

@@ -1,4 +1,8 @@
-"""The gateway pipe's correlation and framing rules, driven synchronously with a fake clock."""
+"""The gateway pipe's correlation and framing rules, driven synchronously with fake clocks.
+
+Events take ``now`` on a monotonic clock (``T0`` onwards: deadlines); envelope timestamps
+come from the pipe's wall clock, a :class:`WallClock` the tests set (``WALL``: Unix time).
+"""
 
 from __future__ import annotations
 
@@ -25,11 +29,31 @@ from gateway.pipe import (
 )
 
 T0 = 1_000_000.0
+"""Monotonic seconds: what events bring as ``now``."""
+WALL = 1_700_000_000.0
+"""Unix time: what the pipe's wall clock reads unless a test moves it."""
 LIMITS = Limits(call_timeout=10, call_queue_size=2, answer_timeout=5, max_frame_bytes=1024)
 
 
-def make_pipe(version: str = OcppVersion.OCPP201) -> Pipe:
-    return Pipe("CP-1", version, connection="c1", gateway="g1", limits=LIMITS)
+class WallClock:
+    """A wall clock that reads ``at`` until the test sets it."""
+
+    def __init__(self, at: float = WALL) -> None:
+        self.at = at
+
+    def __call__(self) -> float:
+        return self.at
+
+
+def make_pipe(version: str = OcppVersion.OCPP201, wall: WallClock | None = None) -> Pipe:
+    return Pipe(
+        "CP-1",
+        version,
+        connection="c1",
+        gateway="g1",
+        limits=LIMITS,
+        wall_clock=wall or WallClock(),
+    )
 
 
 def csms_call(
@@ -91,7 +115,7 @@ def test_station_call_is_published_and_remembered() -> None:
         {},
         "g1",
         "c1",
-        T0,
+        WALL,
     )
     assert sent(actions) == []
     assert pipe.pending_station_calls == {"s1"}
@@ -267,7 +291,7 @@ def test_csms_call_sent_and_result_published_with_original_request() -> None:
         action="Reset",
         payload={"type": "Immediate"},
         meta={"origin": "api", "req": "7"},
-        sent_at=T0,
+        sent_at=WALL,
     )
     assert env.meta == {"origin": "api", "req": "7"}
     assert (env.gateway, env.connection) == ("g1", "c1")
@@ -291,7 +315,8 @@ def test_csms_call_error_answer_published_with_request_and_reply_to() -> None:
 
 
 def test_only_one_csms_call_in_flight_others_queue_in_order() -> None:
-    pipe = make_pipe()
+    wall = WallClock()
+    pipe = make_pipe(wall=wall)
     assert sent(pipe.receive_bus_envelope(csms_call("m1"), T0)) == [
         [2, "m1", "Reset", {"type": "Immediate"}]
     ]
@@ -301,13 +326,16 @@ def test_only_one_csms_call_in_flight_others_queue_in_order() -> None:
     actions = pipe.receive_station_frame('[3,"m1",{}]', T0 + 1)
     assert [p.envelope.message_id for p in published(actions)] == ["m1"]
     assert sent(actions) == [[2, "m2", "GetVariables", {"a": 1}]]
+    wall.at = WALL + 2
     actions = pipe.receive_station_frame('[3,"m2",{}]', T0 + 2)
     assert sent(actions) == [[2, "m3", "GetVariables", {"a": 2}]]
-    # sent_at records when each call was written, not when it was queued.
+    # sent_at records when each call was written, not when it was queued or answered.
+    wall.at = WALL + 3
     actions = pipe.receive_station_frame('[3,"m3",{}]', T0 + 3)
     [publish] = published(actions)
     assert publish.envelope.request is not None
-    assert publish.envelope.request.sent_at == T0 + 2
+    assert publish.envelope.request.sent_at == WALL + 2
+    assert publish.envelope.at == WALL + 3
 
 
 def test_full_queue_gives_undelivered_not_silence() -> None:
@@ -344,7 +372,7 @@ def test_unanswered_csms_call_times_out_then_next_is_sent() -> None:
     assert publish.reply_to == "r/1"
     env = publish.envelope
     assert (env.kind, env.message_id) == (Kind.TIMEOUT, "m1")
-    assert env.request is not None and env.request.sent_at == T0
+    assert env.request is not None and env.request.sent_at == WALL
     assert env.error_description and "did not answer" in env.error_description
     assert sent(actions) == [[2, "m2", "ClearCache", {}]]
     assert pipe.next_deadline() == T0 + 20
@@ -415,7 +443,7 @@ def test_close_turns_in_flight_and_queued_calls_into_undelivered() -> None:
     assert outcomes == [(Kind.UNDELIVERED, "m1", "r/1"), (Kind.UNDELIVERED, "m2", None)]
     first, second = (p.envelope for p in published(actions))
     assert first.error_description == STATION_DISCONNECTED
-    assert first.request is not None and first.request.sent_at == T0
+    assert first.request is not None and first.request.sent_at == WALL
     assert second.request is not None and second.request.sent_at is None
     assert pipe.closed and pipe.next_deadline() is None
     assert pipe.close(T0 + 2) == []
@@ -431,6 +459,41 @@ def test_close_reason_is_used() -> None:
     pipe.receive_bus_envelope(csms_call("m1"), T0)
     [publish] = published(pipe.close(T0, "replaced by a newer connection"))
     assert publish.envelope.error_description == "replaced by a newer connection"
+
+
+# -- clocks ------------------------------------------------------------------------------
+
+
+def test_deadlines_follow_the_monotonic_clock_whatever_the_wall_clock_does() -> None:
+    wall = WallClock()
+    pipe = make_pipe(wall=wall)
+    pipe.receive_bus_envelope(csms_call("m1"), T0)
+    pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0)
+    assert pipe.next_deadline() == T0 + 5
+    # The wall clock is set back an hour, then a day ahead: no deadline moves or fires.
+    wall.at = WALL - 3600
+    assert pipe.tick(T0 + 4.9) == []
+    wall.at = WALL + 86_400
+    assert pipe.tick(T0 + 4.9) == []
+    assert sent(pipe.tick(T0 + 5)) == [[4, "s1", "InternalError", CSMS_LATE, {}]]
+    [timeout] = published(pipe.tick(T0 + 10))
+    assert timeout.envelope.kind is Kind.TIMEOUT
+    # Timestamps are wall-clock readings: when the call was written, when it timed out.
+    assert timeout.envelope.request is not None
+    assert (timeout.envelope.request.sent_at, timeout.envelope.at) == (WALL, WALL + 86_400)
+
+
+def test_the_rate_limit_runs_on_the_monotonic_clock() -> None:
+    wall = WallClock()
+    limits = Limits(message_rate=1, message_burst=1, flood_close_after=None)
+    pipe = Pipe(
+        "CP-1", OcppVersion.OCPP201, connection="c", gateway="g", limits=limits, wall_clock=wall
+    )
+    assert published(pipe.receive_station_frame('[2,"s1","Heartbeat",{}]', T0))
+    wall.at = WALL + 3600  # a wall-clock jump refills nothing
+    [[_, _, code, _, details]] = sent(pipe.receive_station_frame('[2,"s2","Heartbeat",{}]', T0))
+    assert code == "GenericError" and details["retryAfterSeconds"] == 1.0
+    assert published(pipe.receive_station_frame('[2,"s3","Heartbeat",{}]', T0 + 1))
 
 
 # -- lifecycle -----------------------------------------------------------------------------
