@@ -1,8 +1,10 @@
 """``csms`` command line: the parser and the dispatch to one module per command group.
 
-    csms run        gateway + manager in one process (embedded default without broker/Redis)
+    csms run        gateway + manager + operator API in one process (embedded default without
+                    broker/Redis; the API on api_host:api_port, see docs/api.md)
     csms gateway    one gateway instance (needs --broker-url)
     csms manager    one manager instance (needs --broker-url; --redis-url for shared state)
+    csms api        one operator API instance (needs --broker-url; --redis-url for shared state)
     csms station add ID [--registration Accepted|Pending|Rejected] [--profile 0-3]
                         [--password P | --password - | --generate-password]
                         [--certificate-identity CN] [--versions ocpp1.6,ocpp2.0.1]

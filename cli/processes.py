@@ -4,22 +4,29 @@
   and no Redis configured this is the embedded default: in-process bus, in-memory stores.
 - :func:`run_gateway`: a gateway instance (``csms gateway``), MQTT required.
 - :func:`run_manager`: a manager instance (``csms manager``), MQTT required.
+- :func:`run_api`: an operator API instance (``csms api``), MQTT required.
 
-Each MQTT-speaking role holds exactly one MQTT connection, so an all-in-one process on a real
-broker opens two (one per role), exactly as separate processes would.
+``csms run`` also mounts the operator API (:func:`embedded`). Each MQTT-speaking role holds
+exactly one MQTT connection, so an all-in-one process on a real broker opens three (one per
+role), exactly as separate processes would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from api import ApiServer, create_app
 from csms.bus import Bus
 from csms.bus.memory import MemoryBroker
 from csms.bus.mqtt import MqttBus
@@ -28,6 +35,9 @@ from csms.topics import Topics
 from gateway import Gateway, default_gateway_id, presence_will
 from gateway.listeners import FirstTry, decide_first_try, is_loopback, station_listeners
 from manager.worker import Manager
+from operations.calls import CallSender
+from services import Services
+from services.api_keys import Scope, issue_key
 from services.factory import open_services
 
 log = structlog.get_logger("csms")
@@ -155,22 +165,62 @@ def describe_mode(settings: Settings) -> str:
     return f"{bus}, {stores}"
 
 
+@dataclass(slots=True)
+class Embedded:
+    """What ``csms run`` started: the gateway and, when mounted, the operator API."""
+
+    gateway: Gateway
+    api: ApiServer | None = None
+    generated_admin_key: str | None = None
+    """The admin key made at start (first-try mode, no ``api_admin_key``): print it."""
+    api_error: str | None = None
+    """Why the API is not running although it was asked for (its default port is taken)."""
+
+
+def api_origin() -> str:
+    """This process's name as the originator of CSMS calls (its reply topic)."""
+    return f"api-{socket.gethostname()}-{os.getpid()}"
+
+
 @contextlib.asynccontextmanager
-async def all_in_one(settings: Settings) -> AsyncIterator[Gateway]:
-    """Gateway + manager in this process; yields the running gateway.
+async def api_role(
+    settings: Settings, services: Services, bus: Bus, *, admin_key: str | None = None
+) -> AsyncIterator[ApiServer]:
+    """The operator API on ``bus`` (its own connection: the CallSender consumes it),
+    listening on ``api_host:api_port``."""
+    topics = Topics(prefix=settings.topic_prefix, group=settings.shared_group)
+    async with CallSender(bus, topics, origin=api_origin()) as sender:
+        app = create_app(settings, services, sender, bus=bus, admin_key=admin_key)
+        async with ApiServer(app, settings.api_host, settings.api_port) as server:
+            yield server
+
+
+def _first_try_admin_key() -> str:
+    """An admin key for this process only (never stored), for first-try mode."""
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return issue_key("first-try", Scope.ADMIN, now).key
+
+
+@contextlib.asynccontextmanager
+async def embedded(settings: Settings, *, api: bool = True) -> AsyncIterator[Embedded]:
+    """Gateway + manager (+ the operator API unless ``api=False``) in this process.
 
     The gateway admits stations from the same registry the manager uses. First-try mode is
     on unless ``first_try = false`` or a listener is not on loopback (see
-    :func:`gateway.listeners.decide_first_try`).
+    :func:`gateway.listeners.decide_first_try`); in it, without ``api_admin_key``, an admin
+    key is generated for this process. The API's CallSender has a bus connection of its own
+    (an in-process bus client, or an MQTT connection), as a separate ``csms api`` would.
     """
     async with AsyncExitStack() as stack:
         services = await stack.enter_async_context(open_services(settings))
         if settings.broker_url:
             gateway_bus: Bus = _mqtt_bus(settings, "gateway")
             manager_bus: Bus = _mqtt_bus(settings, "manager")
+            api_bus: Bus | None = _mqtt_bus(settings, "api") if api else None
         else:
             broker = MemoryBroker()
             gateway_bus, manager_bus = broker.client(), broker.client()
+            api_bus = broker.client() if api else None
         await stack.enter_async_context(manager_bus)
         await stack.enter_async_context(gateway_bus)
         await _wait_for_broker(manager_bus, settings)
@@ -187,22 +237,55 @@ async def all_in_one(settings: Settings) -> AsyncIterator[Gateway]:
                 first_try=first_try.enabled,
             )
         )
-        yield gateway
+        running = Embedded(gateway)
+        if api_bus is not None:
+            await stack.enter_async_context(api_bus)
+            admin_key = None
+            if first_try.enabled and settings.api_admin_key is None:
+                admin_key = running.generated_admin_key = _first_try_admin_key()
+            try:
+                running.api = await stack.enter_async_context(
+                    api_role(settings, services, api_bus, admin_key=admin_key)
+                )
+            except OSError as exc:
+                if (
+                    "api_port" in settings.model_fields_set
+                    or "api_host" in settings.model_fields_set
+                ):
+                    raise
+                # The default port is taken (another CSMS?): stations still get served.
+                running.generated_admin_key = None
+                running.api_error = (
+                    f"operator API not started: {settings.api_host}:{settings.api_port} is "
+                    f"not available ({exc.strerror or exc}); set api_port (CSMS_API_PORT)"
+                )
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def all_in_one(settings: Settings) -> AsyncIterator[Gateway]:
+    """Gateway + manager in this process, without the API; yields the running gateway."""
+    async with embedded(settings, api=False) as running:
+        yield running.gateway
 
 
 async def run_all_in_one(settings: Settings) -> None:
     """``csms run``: serve until SIGINT/SIGTERM."""
     async with (
         _stop_on_signals() as stop,
-        all_in_one(settings) as gateway,
+        embedded(settings) as running,
     ):
+        gateway = running.gateway
         first_try = decide_first_try(settings, embedded=True)
-        print(_banner(settings, gateway, first_try), flush=True)
+        print(_banner(settings, gateway, first_try, running), flush=True)
         log.info(
             "CSMS ready",
             mode=describe_mode(settings),
             stations_connect_to=_station_url(gateway),
+            api=running.api.url + "/v1" if running.api is not None else None,
         )
+        if running.api_error is not None:
+            log.error(running.api_error)
         _log_security(settings, gateway, first_try)
         if not settings.broker_url and not settings.redis_url:
             log.warning(
@@ -246,8 +329,11 @@ async def run_gateway(settings: Settings) -> None:
                 await stop.wait()
 
 
-def _banner(settings: Settings, gateway: Gateway, first_try: FirstTry) -> str:
-    """What ``csms run`` prints at start: where stations connect and who may."""
+def _banner(
+    settings: Settings, gateway: Gateway, first_try: FirstTry, running: Embedded | None = None
+) -> str:
+    """What ``csms run`` prints at start: where stations connect and who may, and where the
+    operator API is (with the generated admin key in first-try mode)."""
     lines = [f"CSMS running ({describe_mode(settings)})", "Stations connect to:"]
     for listener in gateway.listeners:
         profiles = ", ".join(str(p) for p in listener.profiles)
@@ -257,7 +343,23 @@ def _banner(settings: Settings, gateway: Gateway, first_try: FirstTry) -> str:
         lines.append(f"  {url}   (security {noun} {profiles}{proxy})")
     for warning, note in _security_notes(settings, gateway, first_try):
         lines.append(("WARNING: " if warning else "") + note)
+    if running is not None:
+        lines.extend(_api_banner(settings, running))
     return "\n".join(lines)
+
+
+def _api_banner(settings: Settings, running: Embedded) -> list[str]:
+    if running.api is None:
+        return [f"WARNING: {running.api_error}"] if running.api_error else []
+    lines = [f"Operator API: {running.api.url}/v1   (docs: {running.api.url}/docs)"]
+    if running.generated_admin_key is not None:
+        lines.append(
+            f"Admin API key (first-try, valid until this process stops): "
+            f"{running.generated_admin_key}"
+        )
+    elif settings.api_admin_key is None:
+        lines.append("API keys: set api_admin_key (CSMS_API_ADMIN_KEY) to bootstrap an admin key")
+    return lines
 
 
 async def run_manager(settings: Settings) -> None:
@@ -272,4 +374,26 @@ async def run_manager(settings: Settings) -> None:
         await _wait_for_broker(bus, settings)
         async with Manager(settings, bus, services, instance_id=settings.manager_id):
             log.info("manager ready", group=settings.shared_group, mode=describe_mode(settings))
+            await stop.wait()
+
+
+async def run_api(settings: Settings) -> None:
+    """``csms api``: one operator API instance on the configured broker and stores."""
+    if not settings.broker_url:
+        raise SystemExit("csms api needs a broker: set --broker-url or CSMS_BROKER_URL")
+    if not settings.redis_url:
+        log.warning(
+            "no redis_url: the API sees only this process's in-memory stores; set redis_url "
+            "to share stations, transactions, tokens and API keys with the fleet"
+        )
+    if settings.api_admin_key is None:
+        log.info("no api_admin_key: only stored API keys are accepted")
+    async with (
+        _stop_on_signals() as stop,
+        open_services(settings) as services,
+        _mqtt_bus(settings, "api") as bus,
+    ):
+        await _wait_for_broker(bus, settings)
+        async with api_role(settings, services, bus) as server:
+            log.info("api ready", url=server.url + "/v1", docs=server.url + "/docs")
             await stop.wait()

@@ -1,4 +1,4 @@
-"""``csms run``, ``csms gateway``, ``csms manager``: the long-running processes."""
+"""``csms run``, ``csms gateway``, ``csms manager``, ``csms api``: the long-running processes."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from csms.config import Settings
 __all__ = ["COMMANDS", "add_commands", "run"]
 
 COMMANDS = {
-    "run": "gateway + manager in one process",
+    "run": "gateway + manager + operator API in one process",
     "gateway": "a gateway instance (WebSocket ⇄ MQTT)",
     "manager": "a manager instance (MQTT shared subscription)",
+    "api": "an operator HTTP API instance (needs a broker; Redis for shared state)",
 }
 
 
@@ -29,6 +30,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         asyncio.run(processes.run_all_in_one(settings))
     elif args.command == "gateway":
         asyncio.run(processes.run_gateway(settings))
+    elif args.command == "api":
+        asyncio.run(processes.run_api(settings))
     else:
         asyncio.run(processes.run_manager(settings))
     return 0
