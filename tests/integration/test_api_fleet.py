@@ -1,0 +1,166 @@
+"""The operator API on the real fleet: ``csms gateway`` + two ``csms manager`` processes and a
+``csms api`` process on the private Mosquitto and Redis, stations built with the ``ocpp``
+package. A call sent over HTTP reaches the station and its answer comes back, whichever
+manager handled the station's traffic; keys created through one API live in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from ocpp.routing import on
+from ocpp.v16 import ChargePoint as ChargePoint16
+from ocpp.v16 import call_result as result16
+from ocpp.v201 import ChargePoint as ChargePoint201
+from ocpp.v201 import call_result as result201
+
+from tests.integration.fleet import CsmsProcess, Fleet
+from tests.servers import free_port, wait_for_port
+from tests.timing import timeout as scaled
+
+pytestmark = pytest.mark.integration
+
+ADMIN = "fleet-bootstrap-admin-key-0123456789"
+
+
+@pytest.fixture
+def fleet(mqtt_url: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Fleet, str]]:
+    fleet = Fleet(mqtt_url, redis_url, tmp_path, managers=2)
+    fleet.start()
+    api_port = free_port()
+    env = fleet._env() | {"CSMS_API_PORT": str(api_port), "CSMS_API_ADMIN_KEY": ADMIN}
+    api = CsmsProcess("api", [sys.executable, "-m", "cli", "api"], tmp_path / "api.log", env)
+    fleet.processes.append(api)
+    try:
+        api.start()
+        wait_for_port(api_port, 30)
+        api.wait_for_log("api ready")
+        yield fleet, f"http://127.0.0.1:{api_port}"
+    finally:
+        fleet.stop()
+
+
+@pytest.fixture
+async def client(fleet: tuple[Fleet, str]) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=fleet[1], headers={"Authorization": f"Bearer {ADMIN}"}, timeout=scaled(30)
+    ) as http:
+        yield http
+
+
+class Station201(ChargePoint201):
+    @on("Reset")
+    async def on_reset(self, type: str, **_: Any) -> result201.Reset:
+        return result201.Reset(status="Accepted" if type == "Immediate" else "Rejected")
+
+
+class Station16(ChargePoint16):
+    @on("ChangeConfiguration")
+    async def on_change_configuration(
+        self, key: str, value: str, **_: Any
+    ) -> result16.ChangeConfiguration:
+        return result16.ChangeConfiguration(
+            status="Accepted" if key == "HeartbeatInterval" else "NotSupported"
+        )
+
+
+async def until_online(client: httpx.AsyncClient, station: str) -> dict[str, Any]:
+    """The station's record once the API sees it online."""
+    deadline = asyncio.get_running_loop().time() + scaled(20)
+    while asyncio.get_running_loop().time() < deadline:
+        answer = await client.get(f"/v1/stations/{station}")
+        if answer.status_code == 200 and answer.json()["online"]:
+            record: dict[str, Any] = answer.json()
+            return record
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{station} never online through the API")
+
+
+async def call(
+    client: httpx.AsyncClient, station: str, action: str, payload: dict[str, Any]
+) -> httpx.Response:
+    """POST a call, retrying while the gateway's subscription for a station that just
+    connected is not yet in place (offline at once)."""
+    for _ in range(50):
+        answer = await client.post(f"/v1/stations/{station}/calls/{action}", json=payload)
+        if answer.status_code != 409 or answer.json()["code"] != "station_offline":
+            return answer
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{station} never held by a gateway")
+
+
+async def test_calls_through_http_return_the_stations_answer(
+    fleet: tuple[Fleet, str], client: httpx.AsyncClient
+) -> None:
+    fleet_, _ = fleet
+    name201, name16 = f"API2-{uuid.uuid4().hex[:6]}", f"API1-{uuid.uuid4().hex[:6]}"
+    ws201 = await websockets.connect(fleet_.url(name201), subprotocols=["ocpp2.0.1"])  # type: ignore[list-item]
+    ws16 = await websockets.connect(fleet_.url(name16), subprotocols=["ocpp1.6"])  # type: ignore[list-item]
+    tasks = [
+        asyncio.create_task(Station201(name201, ws201, response_timeout=10).start()),
+        asyncio.create_task(Station16(name16, ws16, response_timeout=10).start()),
+    ]
+    try:
+        assert (await until_online(client, name201))["ocpp_version"] == "ocpp2.0.1"
+        assert (await until_online(client, name16))["ocpp_version"] == "ocpp1.6"
+
+        reset = await call(client, name201, "Reset", {"type": "Immediate"})
+        assert reset.status_code == 200, reset.text
+        assert reset.json()["outcome"] == "result"
+        assert reset.json()["payload"] == {"status": "Accepted"}
+        change = await call(
+            client, name16, "ChangeConfiguration", {"key": "HeartbeatInterval", "value": "60"}
+        )
+        assert change.status_code == 200, change.text
+        assert change.json()["payload"] == {"status": "Accepted"}
+        refused = await call(client, name16, "ChangeConfiguration", {"key": "No", "value": "1"})
+        assert refused.json()["payload"] == {"status": "NotSupported"}
+        # The ocpp package answers actions it has no handler for with a CallError.
+        error = await call(client, name201, "ClearCache", {})
+        assert error.status_code == 200 and error.json()["outcome"] == "error"
+        assert error.json()["error_code"] == "NotImplemented"
+
+        invalid = await client.post(f"/v1/stations/{name201}/calls/Reset", json={"type": "x"})
+        assert invalid.status_code == 422 and invalid.json()["details"]["field"] == "type"
+        listed = await client.get("/v1/stations", params={"prefix": "API", "online": "true"})
+        assert {name201, name16} <= {item["station_id"] for item in listed.json()["items"]}
+    finally:
+        for task in tasks:
+            task.cancel()
+        await ws201.close()
+        await ws16.close()
+
+
+async def test_offline_stations_and_stored_keys(
+    fleet: tuple[Fleet, str], client: httpx.AsyncClient
+) -> None:
+    fleet_, base = fleet
+    name = f"APIOFF-{uuid.uuid4().hex[:6]}"
+    async with websockets.connect(fleet_.url(name), subprotocols=["ocpp2.0.1"]) as ws:  # type: ignore[list-item]
+        await until_online(client, name)
+        await ws.close()
+    deadline = asyncio.get_running_loop().time() + scaled(20)
+    while (await client.get(f"/v1/stations/{name}")).json()["online"]:
+        assert asyncio.get_running_loop().time() < deadline, "station never went offline"
+        await asyncio.sleep(0.1)
+    offline = await client.post(f"/v1/stations/{name}/calls/Reset", json={"type": "Immediate"})
+    assert offline.status_code == 409 and offline.json()["code"] == "station_offline"
+
+    created = await client.post("/v1/api-keys", json={"name": "fleet", "scope": "read"})
+    assert created.status_code == 201
+    key = created.json()["key"]
+    async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": key}) as reader:
+        assert (await reader.get("/v1/transactions")).status_code == 200
+        forbidden = await reader.post(f"/v1/stations/{name}/calls/Reset", json={})
+        assert forbidden.status_code == 403
+        await client.delete(f"/v1/api-keys/{created.json()['key_id']}")
+        assert (await reader.get("/v1/stations")).status_code == 401
+    ready = await client.get("/v1/ready")
+    assert ready.json() == {"status": "ready", "checks": {"bus": True, "store": True}}
