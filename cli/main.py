@@ -11,6 +11,9 @@
     csms station rotate-password ID [--wait SECONDS]
     csms password generate [--version ocpp1.6|ocpp2.0.1] [--length N]
     csms password hash [--version ...] [--authorization-key]   (password on stdin)
+    csms api-key create NAME [--scope read|operate|admin]   (prints the key once)
+    csms api-key list [--json]
+    csms api-key revoke KEY_ID
     csms token add ID [--status ...] [--expiry ISO [--allow-past-expiry]] [--group ID]
                       [--type ISO14443|eMAID|...]
 
@@ -26,7 +29,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from cli import password, serve, station, token
+from cli import api_key, password, serve, station, token
 from cli.common import CommandError, describe, settings_from
 from csms.logs import configure_logging
 from services.interfaces import StoreUnavailable
@@ -41,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     station.add_commands(commands)
     password.add_commands(commands)
     token.add_commands(commands)
+    api_key.add_commands(commands)
     return parser
 
 
@@ -62,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve.run(settings, args)
         if args.command == "station":
             return station.run(settings, args)
+        if args.command == "api-key":
+            return api_key.run(settings, args)
         return token.run(settings, args)
     except CommandError as exc:
         print(f"csms: {exc}", file=sys.stderr)
