@@ -8,11 +8,12 @@ run side by side, and ``csms run`` mounts one beside its gateway and manager.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
-from api import calls, health, keys, stations, tokens, transactions
+from api import calls, health, keys, monitoring, stations, tokens, transactions
 from api.context import ApiContext
 from api.errors import ErrorBody, install
+from api.metrics import ApiMetrics
 from csms.bus import Bus
 from csms.config import Settings
 from operations.calls import CallSender
@@ -61,6 +62,8 @@ def create_app(
         redoc_url=None,
     )
     install(app)
+    api_metrics = ApiMetrics()
+    app.middleware("http")(api_metrics.middleware)
     app.state.context = ApiContext(
         services=services,
         sender=sender,
@@ -68,13 +71,10 @@ def create_app(
         max_call_wait=calls.MAX_CALL_WAIT,
         admin_key=admin_key,
         bus=bus,
+        metrics=api_metrics,
     )
-    public = APIRouter(prefix="/v1")
-    public.include_router(health.router)
-    v1 = APIRouter(prefix="/v1", responses=_COMMON_ERRORS)
+    app.include_router(health.router)
     # Calls first: the station detail route's id matches any rest of the path.
-    for module in (calls, stations, transactions, tokens, keys):
-        v1.include_router(module.router)
-    app.include_router(public)
-    app.include_router(v1)
+    for module in (calls, stations, transactions, tokens, keys, monitoring):
+        app.include_router(module.router, responses=_COMMON_ERRORS)
     return app

@@ -16,6 +16,7 @@ nothing back before our wait    504 with the outcome (``no_outcome``: unknown)
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 import structlog
@@ -24,7 +25,7 @@ from fastapi.responses import JSONResponse
 
 from api.actions import ActionKind, classify
 from api.auth import Operator
-from api.context import Context
+from api.context import API_PREFIX, Context
 from api.errors import ApiError, ErrorBody
 from api.models import CallOutcomeOut
 from api.stations import station_not_found
@@ -38,7 +39,7 @@ _log = structlog.get_logger("api.calls")
 MAX_CALL_WAIT = 300.0
 """Largest ``?timeout=`` in seconds."""
 
-router = APIRouter(tags=["calls"])
+router = APIRouter(prefix=API_PREFIX, tags=["calls"])
 
 
 @router.post(
@@ -95,6 +96,7 @@ async def send_call(
             f"{action} is sent by stations, not by the CSMS ({version.value})",
             {"field": "action", "in": "path", "version": version.value},
         )
+    started = time.perf_counter()
     try:
         outcome = await ctx.sender.send(
             station_id,
@@ -111,6 +113,8 @@ async def send_call(
             str(invalid),
             {"field": invalid.field, "in": "body", "rule": invalid.rule},
         ) from None
+    ctx.metrics.calls.labels(version.value, action, outcome.outcome.value).inc()
+    ctx.metrics.call_seconds.labels(outcome.outcome.value).observe(time.perf_counter() - started)
     _log.info(
         "api call",
         station=station_id,

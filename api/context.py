@@ -13,11 +13,15 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.metrics import ApiMetrics
 from csms.bus import Bus
 from operations.calls import CallSender
 from services import Services
 
-__all__ = ["ApiContext", "Context", "context", "utc_now"]
+__all__ = ["API_PREFIX", "ApiContext", "Context", "context", "utc_now"]
+
+API_PREFIX = "/v1"
+"""Every route is under it (the API's major version)."""
 
 
 def utc_now() -> str:
@@ -39,6 +43,7 @@ class ApiContext:
     """The configured (or generated) bootstrap admin key, accepted besides stored keys."""
     bus: Bus | None = None
     """The sender's bus, for readiness."""
+    metrics: ApiMetrics = field(default_factory=ApiMetrics)
     clock: Callable[[], str] = field(default=utc_now)
 
 

@@ -13,7 +13,7 @@ import structlog
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.context import Context
+from api.context import API_PREFIX, Context
 from api.models import HealthOut, ReadyOut
 
 __all__ = ["router"]
@@ -23,7 +23,7 @@ _log = structlog.get_logger("api.health")
 READY_TIMEOUT = 2.0
 """Seconds the store check may take before the replica counts as not ready."""
 
-router = APIRouter(tags=["health"])
+router = APIRouter(prefix=API_PREFIX, tags=["health"])
 
 
 @router.get("/health", response_model=HealthOut, summary="Liveness")

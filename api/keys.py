@@ -8,7 +8,7 @@ import structlog
 from fastapi import APIRouter, Path
 
 from api.auth import Admin
-from api.context import Context
+from api.context import API_PREFIX, Context
 from api.errors import ApiError, ErrorBody
 from api.models import ApiKeyCreated, ApiKeyIn, ApiKeyOut, ApiKeyPage
 from api.paging import Cursor, Limit, listing
@@ -18,7 +18,7 @@ __all__ = ["router"]
 
 _log = structlog.get_logger("api.keys")
 
-router = APIRouter(tags=["api keys"])
+router = APIRouter(prefix=API_PREFIX, tags=["api keys"])
 
 KeyId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$", description="key id (16 hex digits)")]
 

@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.auth import Reader
-from api.context import Context
+from api.context import API_PREFIX, Context
 from api.errors import ApiError, ErrorBody
 from api.models import (
     StationCountsOut,
@@ -26,7 +26,7 @@ from services.models import RegistrationStatus
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["stations"])
+router = APIRouter(prefix=API_PREFIX, tags=["stations"])
 
 
 @router.get("/stations", response_model=StationPage, summary="List stations")

@@ -13,7 +13,7 @@ import structlog
 from fastapi import APIRouter, Path, Query
 
 from api.auth import Operator, Reader
-from api.context import Context
+from api.context import API_PREFIX, Context
 from api.errors import ApiError, ErrorBody
 from api.models import TokenIn, TokenOut, TokenPage
 from api.paging import Cursor, Limit, listing
@@ -24,7 +24,7 @@ __all__ = ["router"]
 
 _log = structlog.get_logger("api.tokens")
 
-router = APIRouter(tags=["tokens"])
+router = APIRouter(prefix=API_PREFIX, tags=["tokens"])
 
 IdToken = Annotated[
     str, Path(min_length=1, max_length=36, description="the idToken (1.6: idTag) value")

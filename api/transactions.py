@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.auth import Reader
-from api.context import Context
+from api.context import API_PREFIX, Context
 from api.errors import ApiError, ErrorBody
 from api.models import TransactionDetail, TransactionOut, TransactionPage
 from api.paging import Cursor, Limit, listing
@@ -16,7 +16,7 @@ from services.rules import parse_time
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["transactions"])
+router = APIRouter(prefix=API_PREFIX, tags=["transactions"])
 
 _TIME = "ISO 8601 date-time, e.g. 2026-01-15T12:00:00Z"
 

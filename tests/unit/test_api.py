@@ -573,3 +573,21 @@ async def test_16_station_answers_change_configuration_through_the_api(api: Api)
     finally:
         task.cancel()
         await ws.close()
+
+
+async def test_metrics_count_requests_and_call_outcomes(api: Api) -> None:
+    await api.services.stations.put(StationRecord(station_id="MET", ocpp_version=V201))
+    await api.client.post(
+        "/v1/stations/MET/calls/Reset", json={"type": "Immediate"}, headers=api.auth()
+    )
+    assert_error(await api.client.get("/v1/metrics"), 401, "unauthorized")
+    read = await api.key("read")
+    answer = await api.client.get("/v1/metrics", headers=read)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    text = answer.text
+    assert 'csms_api_calls_total{action="Reset",outcome="offline",version="ocpp2.0.1"} 1.0' in text
+    assert (
+        'csms_api_requests_total{method="POST",route="/v1/stations/{station_id}/calls/'
+        '{action}",status="409"} 1.0'
+    ) in text
+    assert 'csms_api_requests_total{method="GET",route="/v1/metrics",status="401"} 1.0' in text

@@ -1,0 +1,71 @@
+"""Prometheus metrics of one API process: requests by route and status, CSMS calls by
+version, action and outcome, and their latencies.
+
+Each app has a registry of its own (several apps in one process, as in tests, never share
+counters). :mod:`api.monitoring` serves it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import generate_latest
+
+__all__ = ["ApiMetrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class ApiMetrics:
+    """The counters and histograms of one app."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "csms_api_requests",
+            "HTTP requests answered, by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "csms_api_request_seconds",
+            "Time to answer an HTTP request, by route template",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.calls = Counter(
+            "csms_api_calls",
+            "CSMS calls sent through the API, by OCPP version, action and outcome",
+            ["version", "action", "outcome"],
+            registry=self.registry,
+        )
+        self.call_seconds = Histogram(
+            "csms_api_call_seconds",
+            "Time from sending a CSMS call to its outcome, by outcome",
+            ["outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def middleware(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """Count and time every request under its route template (bounded label values)."""
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            template = getattr(route, "path_format", None) or "unmatched"
+            self.requests.labels(template, request.method, str(status)).inc()
+            self.request_seconds.labels(template).observe(time.perf_counter() - started)
