@@ -13,7 +13,8 @@ from fastapi import FastAPI
 from api import calls, health, keys, monitoring, stations, tokens, transactions
 from api.context import ApiContext
 from api.errors import ErrorBody, install
-from api.metrics import ApiMetrics
+from api.limits import BodyLimit
+from api.metrics import ApiMetrics, MetricsMiddleware
 from csms.bus import Bus
 from csms.config import Settings
 from operations.calls import CallSender
@@ -63,7 +64,8 @@ def create_app(
     )
     install(app)
     api_metrics = ApiMetrics()
-    app.middleware("http")(api_metrics.middleware)
+    app.add_middleware(BodyLimit, limit=settings.max_frame_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=api_metrics)
     app.state.context = ApiContext(
         services=services,
         sender=sender,

@@ -7,6 +7,7 @@ through the operations layer's CallSender, which waits for the gateway's outcome
 ==============================  =====================================================
 station answered (CallResult)   200 ``{"outcome": "result", "payload": ...}``
 station answered (CallError)    200 ``{"outcome": "error", "error_code": ...}``
+station Rejected                403 ``station_rejected``, nothing sent
 no gateway holds the station    409 ``station_offline``, at once
 gateway could not send it       409 ``call_undelivered`` (queue full, connection gone)
 station silent past timeout     504 with the outcome (``timeout``)
@@ -31,6 +32,7 @@ from api.models import CallOutcomeOut
 from api.stations import station_not_found
 from csms.versions import OcppVersion
 from operations.calls import InvalidCall, Outcome
+from services.models import RegistrationStatus
 
 __all__ = ["MAX_CALL_WAIT", "router"]
 
@@ -47,6 +49,7 @@ router = APIRouter(prefix=API_PREFIX, tags=["calls"])
     response_model=CallOutcomeOut,
     summary="Send a CSMS-initiated OCPP call and wait for its outcome",
     responses={
+        403: {"model": ErrorBody, "description": "key scope, or the station is Rejected"},
         404: {"model": ErrorBody, "description": "unknown station or action"},
         409: {"model": ErrorBody, "description": "station offline, or call undelivered"},
         422: {"model": ErrorBody, "description": "payload refused by the schema"},
@@ -81,6 +84,14 @@ async def send_call(
             f"station {station_id!r} has never connected: its OCPP version is unknown",
             {"field": "station_id", "in": "path"},
         ) from None
+    if record.registration is RegistrationStatus.REJECTED:
+        # A Rejected station answers no CSMS call (2.0.1 B03, 1.6 4.2): say so at once.
+        raise ApiError(
+            403,
+            "station_rejected",
+            f"station {station_id!r} is Rejected: it takes no calls until it is registered",
+            {"field": "station_id", "in": "path", "registration": record.registration.value},
+        )
     kind = classify(version, action)
     if kind is ActionKind.UNKNOWN:
         raise ApiError(

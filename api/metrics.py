@@ -8,13 +8,12 @@ counters). :mod:`api.monitoring` serves it.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
-from fastapi import Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ApiMetrics"]
+__all__ = ["ApiMetrics", "MetricsMiddleware"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -54,18 +53,32 @@ class ApiMetrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def middleware(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        """Count and time every request under its route template (bounded label values)."""
+
+class MetricsMiddleware:
+    """ASGI middleware counting and timing every request under its route template (bounded
+    label values; ``unmatched`` for paths no route took)."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
         status = 500
+
+        async def recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, recording)
         finally:
-            route = request.scope.get("route")
+            route = scope.get("route")
             template = getattr(route, "path_format", None) or "unmatched"
-            self.requests.labels(template, request.method, str(status)).inc()
-            self.request_seconds.labels(template).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(template, scope["method"], str(status)).inc()
+            self.metrics.request_seconds.labels(template).observe(time.perf_counter() - started)

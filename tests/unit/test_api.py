@@ -591,3 +591,39 @@ async def test_metrics_count_requests_and_call_outcomes(api: Api) -> None:
         '{action}",status="409"} 1.0'
     ) in text
     assert 'csms_api_requests_total{method="GET",route="/v1/metrics",status="401"} 1.0' in text
+
+
+async def test_rejected_stations_take_no_calls(api: Api) -> None:
+    await api.services.stations.put(
+        StationRecord(
+            station_id="REJ",
+            ocpp_version=V201,
+            registration=RegistrationStatus.REJECTED,
+            online=True,
+        )
+    )
+    answer = await api.client.post(
+        "/v1/stations/REJ/calls/Reset", json={"type": "Immediate"}, headers=api.auth()
+    )
+    assert assert_error(answer, 403, "station_rejected")["details"]["registration"] == "Rejected"
+
+
+async def test_bodies_over_one_frame_are_413(api: Api) -> None:
+    big = {"type": "Immediate", "pad": "x" * 70_000}  # over max_frame_bytes (64 KiB)
+    announced = await api.client.post("/v1/stations/X/calls/Reset", json=big, headers=api.auth())
+    assert assert_error(announced, 413, "payload_too_large")["details"] == {"limit": 65_536}
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"status": "Accepted", "group_id": "'
+        for _ in range(10):
+            yield b"y" * 10_000
+        yield b'"}'
+
+    streamed = await api.client.put(
+        "/v1/tokens/BIG",
+        content=chunks(),
+        headers={**api.auth(), "Content-Type": "application/json"},
+    )
+    assert_error(streamed, 413, "payload_too_large")
+    listed = await api.client.get("/v1/tokens", headers=api.auth())
+    assert listed.json()["items"] == []
