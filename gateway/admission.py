@@ -63,6 +63,8 @@ __all__ = [
     "Admission",
     "CertificateIdentity",
     "ListenerPolicy",
+    "NoStations",
+    "StationLookup",
     "UnknownStations",
     "admit",
     "parse_basic_auth",
