@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import structlog
 
 import services.factory
 from cli.main import main
@@ -21,6 +22,17 @@ from services.memory import (
     MemoryTransactionStore,
 )
 from services.tariff import ConfiguredTariff
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging_config() -> Iterator[None]:
+    """``main`` configures structlog for the process (caching loggers): undo it, so tests
+    that capture logs later still see every logger."""
+    saved = structlog.get_config()
+    yield
+    structlog.reset_defaults()
+    structlog.configure(**saved)
+
 
 REDIS = ["--redis-url", "redis://stores.invalid:6379/0"]  # never opened: see the fixture
 

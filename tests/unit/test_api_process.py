@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import structlog
 
 from cli import processes
 from cli.main import main
 from csms.config import Settings
 from gateway.listeners import decide_first_try
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging_config() -> Iterator[None]:
+    """``main`` configures structlog for the process (caching loggers): undo it, so tests
+    that capture logs later still see every logger."""
+    saved = structlog.get_config()
+    yield
+    structlog.reset_defaults()
+    structlog.configure(**saved)
+
 
 BASE: dict[str, Any] = {
     "listen_port": 0,
