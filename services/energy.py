@@ -12,12 +12,14 @@ import datetime as dt
 import decimal
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+import msgspec
+
 from csms.versions import spec
-from services.models import EnergyReading, Transaction, TransactionState
+from services.models import EnergyReading, MeterSummary, Transaction, TransactionState
 from services.rules import parse_time
 
 __all__ = [
@@ -27,19 +29,27 @@ __all__ = [
     "NOT_FINITE",
     "OUT_OF_RANGE",
     "REGISTER",
+    "Advanced",
     "RejectedReading",
     "Screened",
-    "counted_readings",
+    "advance",
+    "cutoff",
     "delivered_wh",
+    "derived",
     "display_value",
     "energy_wh",
     "merge_readings",
+    "ordered_readings",
     "plausible_wh",
     "readings_from_meter_values",
+    "rebuild",
     "register_wh",
     "screen_meter_values",
     "screen_sampled_value",
     "screen_wh",
+    "series_start",
+    "summarize",
+    "summarized",
 ]
 
 REGISTER = "Energy.Active.Import.Register"
@@ -125,12 +135,25 @@ def _ordered(readings: Iterable[EnergyReading]) -> list[EnergyReading]:
     return [reading for _, _, reading in keyed]
 
 
+def ordered_readings(
+    readings: Sequence[EnergyReading], arrival_from: int | None = None
+) -> list[EnergyReading]:
+    """Stored readings (in the order they arrived) in the order the energy counts them: by
+    time (stable), except from position ``arrival_from`` on (see
+    :attr:`MeterSummary.arrival_from <services.models.MeterSummary.arrival_from>`), where
+    some time is unreadable and arrival order is all there is."""
+    if arrival_from is None:
+        return _ordered(readings)
+    return [*_ordered(readings[:arrival_from]), *readings[arrival_from:]]
+
+
 def delivered_wh(values: list[float]) -> float:
     """Energy between the first and last of successive register values (in time order).
 
     Normally last - first. When the register went backwards anywhere (a reset, a rollover,
     a replaced meter) that difference is meaningless, so the positive steps are summed
     instead: the energy counted before the drop is kept, the drop itself is ignored.
+    :class:`~services.models.MeterSummary` keeps the same figures as a running aggregate.
     """
     if len(values) < 2:
         return 0.0
@@ -140,44 +163,241 @@ def delivered_wh(values: list[float]) -> float:
     return sum(step for step in steps if step > 0)
 
 
-def counted_readings(tx: Transaction) -> list[EnergyReading]:
-    """The readings of ``tx`` that count towards its energy, in time order.
+# --- the running aggregate -------------------------------------------------------------------
 
-    Left out: implausible values (see :func:`plausible_wh`; a store may hold them from before
-    readings were screened) and, once the transaction has ended, readings timestamped after
-    its end: the energy and cost of a finished transaction do not change with what the meter
-    showed later.
+_COMPENSATED_SUM = sum([1e100, 1.0, -1e100]) == 1.0
+"""Python 3.12+ sums floats with Neumaier's compensation; the aggregate sums the same way
+as ``sum`` does here, so a running total equals the sum of the whole series exactly."""
+
+_EMPTY = MeterSummary()
+
+
+class Advanced(NamedTuple):
+    """A transaction's aggregate after a change, and the readings to store with it."""
+
+    summary: MeterSummary
+    added: tuple[EnergyReading, ...]
+    """The change's readings not stored yet (duplicates left out), in arrival order."""
+
+
+def _add_step(summary: MeterSummary, step: float) -> tuple[float, float]:
+    """``rise_wh``, ``rise_error`` after adding a positive ``step`` (as ``sum`` would)."""
+    total, error = summary.rise_wh, summary.rise_error
+    result = total + step
+    if _COMPENSATED_SUM:
+        if abs(total) >= abs(step):
+            error += (total - result) + step
+        else:
+            error += (step - result) + total
+    return result, error
+
+
+def _push(summary: MeterSummary, value: float) -> MeterSummary:
+    """``summary`` with ``value`` appended to its energy series."""
+    if summary.values == 0 or summary.last_wh is None:
+        return msgspec.structs.replace(summary, values=1, first_wh=value, last_wh=value)
+    step = value - summary.last_wh
+    rise, error = _add_step(summary, step) if step > 0 else (summary.rise_wh, summary.rise_error)
+    return msgspec.structs.replace(
+        summary,
+        values=summary.values + 1,
+        last_wh=value,
+        dropped=summary.dropped or step < 0,
+        rise_wh=rise,
+        rise_error=error,
+    )
+
+
+def _rise(rise: float, error: float) -> float:
+    """The final value of a running sum (``sum`` adds the compensation when finite)."""
+    return rise + error if error and math.isfinite(error) else rise
+
+
+def series_start(tx: Transaction) -> float | None:
+    """The meter start that begins the energy series: ``meter_start_wh`` when plausible."""
+    start = tx.meter_start_wh
+    return start if start is not None and plausible_wh(start) else None
+
+
+def cutoff(tx: Transaction) -> str | None:
+    """The end readings are filtered by: ``ended_at`` of an ended transaction, when readable."""
+    if tx.state is not TransactionState.ENDED or parse_time(tx.ended_at) is None:
+        return None
+    return tx.ended_at
+
+
+def _based(summary: MeterSummary, start: float | None) -> MeterSummary:
+    """``summary`` with no counted reading, its series restarted from ``start``."""
+    reset = msgspec.structs.replace(
+        summary,
+        start_wh=start,
+        values=0,
+        first_wh=None,
+        last_wh=None,
+        dropped=False,
+        rise_wh=0.0,
+        rise_error=0.0,
+    )
+    return _push(reset, start) if start is not None else reset
+
+
+def _later(first: str | None, second: str) -> bool:
+    """True when ``second`` is strictly later than ``first`` (None: no time yet)."""
+    if first is None:
+        return True
+    a, b = parse_time(first), parse_time(second)
+    return a is not None and b is not None and b > a
+
+
+def advance(
+    summary: MeterSummary | None, tx: Transaction, readings: Sequence[EnergyReading]
+) -> Advanced | None:
+    """The aggregate after ``readings`` arrive for ``tx`` (its facts as changed), in constant
+    time per reading; None when the stored readings are needed (:func:`rebuild`): a reading
+    not later than every stored one (it may be a duplicate, or sort before them), one with an
+    unreadable time, a new meter start once readings count, or an end that leaves out
+    readings already counted.
     """
-    end = parse_time(tx.ended_at) if tx.state is TransactionState.ENDED else None
-    counted: list[EnergyReading] = []
-    for reading in _ordered(tx.readings):
+    current = summary or _EMPTY
+    start = series_start(tx)
+    if start != current.start_wh:
+        if current.values != (0 if current.start_wh is None else 1):
+            return None
+        current = _based(current, start)
+    end = cutoff(tx)
+    if end != current.cutoff:
+        if current.cutoff is not None or end is None:
+            return None
+        if current.counted_at is not None and _later(end, current.counted_at):
+            return None
+        current = msgspec.structs.replace(current, cutoff=end)
+    end_moment = parse_time(end)
+    added: list[EnergyReading] = []
+    seen: set[tuple[str, float]] = set()
+    latest = parse_time(current.last_at)
+    for reading in readings:
+        key = (reading.at, reading.wh)
+        if key in seen:
+            continue
+        moment = parse_time(reading.at)
+        if moment is None or (latest is not None and moment <= latest):
+            return None
+        seen.add(key)
+        added.append(reading)
+        latest = moment
+        current = msgspec.structs.replace(
+            current,
+            count=current.count + 1,
+            first_at=current.first_at or reading.at,
+            last_at=reading.at,
+        )
+        if plausible_wh(reading.wh) and (end_moment is None or moment <= end_moment):
+            current = msgspec.structs.replace(_push(current, reading.wh), counted_at=reading.at)
+    return Advanced(current, tuple(added))
+
+
+def summarize(
+    readings: Sequence[EnergyReading], tx: Transaction, arrival_from: int | None = None
+) -> MeterSummary:
+    """The aggregate of ``tx``'s stored ``readings`` (in arrival order), from scratch."""
+    times = [(moment, reading.at) for reading in readings if (moment := parse_time(reading.at))]
+    end = cutoff(tx)
+    end_moment = parse_time(end)
+    current = _based(
+        MeterSummary(
+            count=len(readings),
+            first_at=min(times)[1] if times else None,
+            last_at=max(times)[1] if times else None,
+            arrival_from=arrival_from,
+            cutoff=end,
+        ),
+        series_start(tx),
+    )
+    counted: dt.datetime | None = None
+    for reading in ordered_readings(readings, arrival_from):
         if not plausible_wh(reading.wh):
             continue
-        if end is not None:
-            moment = parse_time(reading.at)
-            if moment is not None and moment > end:
-                continue
-        counted.append(reading)
-    return counted
+        moment = parse_time(reading.at)
+        if end_moment is not None and moment is not None and moment > end_moment:
+            continue
+        current = _push(current, reading.wh)
+        if moment is not None and (counted is None or moment > counted):
+            counted = moment
+            current = msgspec.structs.replace(current, counted_at=reading.at)
+    return current
+
+
+def rebuild(
+    stored: Sequence[EnergyReading],
+    tx: Transaction,
+    readings: Sequence[EnergyReading],
+    previous: MeterSummary | None,
+) -> Advanced:
+    """:func:`advance` with the ``stored`` readings at hand (arrival order): ``readings``
+    already stored (same time and value) are left out, the aggregate is computed again.
+
+    ``previous`` is the aggregate the stored readings had (None for readings kept in the
+    record itself by older versions, whose order is the counting order already).
+    """
+    keys = {(reading.at, reading.wh) for reading in stored}
+    added: list[EnergyReading] = []
+    for reading in readings:
+        key = (reading.at, reading.wh)
+        if key not in keys:
+            keys.add(key)
+            added.append(reading)
+    if previous is not None:
+        arrival_from = previous.arrival_from
+    else:
+        unreadable = any(parse_time(reading.at) is None for reading in stored)
+        arrival_from = 0 if unreadable else None
+    if arrival_from is None and any(parse_time(reading.at) is None for reading in added):
+        arrival_from = len(stored)
+    return Advanced(summarize([*stored, *added], tx, arrival_from), tuple(added))
 
 
 def energy_wh(tx: Transaction) -> float | None:
     """Energy delivered in ``tx`` so far (final once it has ended); None without any value.
 
-    The series is meterStart, then the counted readings by time (:func:`counted_readings`),
-    then meterStop: the start and stop values, when present, are the authoritative ends of
-    the series. The result never exceeds :data:`MAX_REGISTER_WH`.
+    The series is meterStart, then the counted readings by time (plausible values; once the
+    transaction has ended, none timestamped after its end: the energy and cost of a finished
+    transaction do not change with what the meter showed later), then meterStop: the start
+    and stop values, when present, are the authoritative ends of the series. Normally last -
+    first; across a register reset the sum of the positive steps (:func:`delivered_wh`). The
+    readings are known through ``tx.meter``, the aggregate the store keeps. The result never
+    exceeds :data:`MAX_REGISTER_WH`.
     """
-    start, stop = tx.meter_start_wh, tx.meter_stop_wh
-    values: list[float] = []
-    if start is not None and plausible_wh(start):
-        values.append(start)
-    values.extend(reading.wh for reading in counted_readings(tx))
+    summary = tx.meter if tx.meter is not None else _based(_EMPTY, series_start(tx))
+    stop = tx.meter_stop_wh
     if stop is not None and plausible_wh(stop):
-        values.append(stop)
-    if not values:
+        summary = _push(summary, stop)
+    if summary.values == 0 or summary.first_wh is None or summary.last_wh is None:
         return None
-    return min(delivered_wh(values), MAX_REGISTER_WH)
+    if summary.values < 2:
+        return 0.0
+    if not summary.dropped:
+        delivered = max(summary.last_wh - summary.first_wh, 0.0)
+    else:
+        delivered = _rise(summary.rise_wh, summary.rise_error)
+    return min(delivered, MAX_REGISTER_WH)
+
+
+def derived(tx: Transaction, summary: MeterSummary) -> Transaction:
+    """``tx`` with the aggregate ``summary`` of its readings and the energy it gives. A
+    transaction with no reading and no meter start or stop at all keeps its ``energy_wh``
+    (a figure given by whoever made the record: nothing here can compute one)."""
+    counted = msgspec.structs.replace(tx, meter=summary if summary != _EMPTY else None)
+    wh = energy_wh(counted)
+    if wh is None and summary.count == 0 and tx.meter_start_wh is None:
+        if tx.meter_stop_wh is None:
+            return counted
+    return msgspec.structs.replace(counted, energy_wh=wh)
+
+
+def summarized(tx: Transaction, readings: Iterable[EnergyReading]) -> Transaction:
+    """``tx`` with its aggregate and energy computed from all its ``readings`` (in arrival
+    order, duplicates left out): the transaction as a store would hold it."""
+    return derived(tx, rebuild([], tx, list(readings), None).summary)
 
 
 def _number(value: Any, version: str) -> Decimal | str | None:

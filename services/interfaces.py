@@ -25,6 +25,8 @@ from services.models import (
     BootInfo,
     ConnectorStatus,
     Cost,
+    EnergyReading,
+    EventUpdate,
     Page,
     RegistrationStatus,
     StationCounts,
@@ -32,6 +34,7 @@ from services.models import (
     StationRecord,
     TokenRecord,
     Transaction,
+    TransactionChange,
     TransactionState,
 )
 
@@ -211,17 +214,52 @@ class TransactionStore(Protocol):
         """A new OCPP 1.6 transactionId, unique across the whole fleet (positive int32)."""
         ...
 
-    async def get(self, station_id: str, transaction_id: str) -> Transaction | None: ...
+    async def get(self, station_id: str, transaction_id: str) -> Transaction | None:
+        """The transaction record: bounded in size whatever the length of the session (its
+        readings and seqNos are not in it; see :meth:`readings`, :meth:`seq_nos`)."""
+        ...
 
     async def update(
         self,
         station_id: str,
         transaction_id: str,
-        change: Callable[[Transaction | None], Transaction],
+        change: Callable[[Transaction | None], Transaction | TransactionChange],
     ) -> Transaction:
         """Atomic read-modify-write: ``change`` gets the stored transaction (or None) and
         returns the new one, which is stored and returned. ``change`` may be called more
-        than once (optimistic concurrency), so it must not have side effects."""
+        than once (optimistic concurrency), so it must not have side effects.
+
+        ``change`` returns a :class:`~services.models.TransactionChange` to add energy
+        readings; they are stored next to the record in the same atomic write. The store
+        keeps what is derived from them: ``meter`` and ``energy_wh`` (the energy of the meter
+        start and stop and the readings, :func:`services.energy.energy_wh`; a ``change``'s
+        own ``energy_wh`` is kept only when there is nothing to compute it from) and
+        ``last_seq_no``. A reading later than every stored one costs constant time; an older
+        one has the store read the transaction's readings to rebuild the aggregate."""
+        ...
+
+    async def update_event(
+        self,
+        station_id: str,
+        transaction_id: str,
+        seq_no: int,
+        change: Callable[[Transaction | None], Transaction | TransactionChange],
+    ) -> EventUpdate:
+        """:meth:`update` for an event numbered ``seq_no`` (a 2.0.1 TransactionEvent's):
+        applied at most once per seqNo. When ``seq_no`` was applied before, ``change`` is
+        not called and nothing is written (``applied`` False); otherwise ``seq_no`` is
+        recorded with the change, atomically. Constant cost per event."""
+        ...
+
+    async def readings(self, station_id: str, transaction_id: str) -> list[EnergyReading]:
+        """The transaction's energy-register readings, in the order its energy counts them:
+        by time (arrival order among equal times; from a reading with an unreadable time
+        on, arrival order). Duplicates (same time and value) are stored once. Empty for an
+        unknown transaction. Reads them all: for detail views and tools."""
+        ...
+
+    async def seq_nos(self, station_id: str, transaction_id: str) -> list[int]:
+        """The 2.0.1 seqNos applied to the transaction, ascending (for tools and tests)."""
         ...
 
     async def active(self, station_id: str) -> list[Transaction]:

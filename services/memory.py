@@ -3,7 +3,9 @@
 They live in one event loop, so a method that does not await between its read and its write
 is atomic by construction. Records are copied in and out (a JSON round trip through msgspec)
 so a caller mutating a returned record cannot change what is stored, just as with Redis,
-and anything that would not survive Redis fails here too.
+and anything that would not survive Redis fails here too. Transactions are the exception:
+they are immutable (frozen structs of immutable fields), so the store keeps and returns the
+very objects, and a message costs no copy however long its transaction is.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from urllib.parse import unquote
 
 import msgspec
 
-from services import rules
+from services import energy, rules
 from services.models import (
     Authorization,
     BootInfo,
     ConnectorStatus,
+    EnergyReading,
+    EventUpdate,
     Page,
     RegistrationStatus,
     StationCounts,
@@ -30,6 +34,7 @@ from services.models import (
     StationRecord,
     TokenRecord,
     Transaction,
+    TransactionChange,
     TransactionState,
 )
 
@@ -343,10 +348,14 @@ class MemoryTokenStore:
 class MemoryTransactionStore:
     """:class:`~services.interfaces.TransactionStore` in a dict, with the same indexes as
     the Redis store (active transactions per station, per token; sort keys of all of them,
-    per station, per token, per state) so lookups and listings stay cheap."""
+    per station, per token, per state) so lookups and listings stay cheap. Readings and
+    applied seqNos are kept next to the records, appended to, never copied."""
 
     def __init__(self, *, first_id: int = 1) -> None:
         self._transactions: dict[tuple[str, str], Transaction] = {}
+        self._readings: dict[tuple[str, str], list[EnergyReading]] = {}
+        """Readings of each transaction, in arrival order (see energy.ordered_readings)."""
+        self._seq_nos: dict[tuple[str, str], set[int]] = {}
         self._active_by_station: dict[str, set[str]] = {}
         self._active_by_token: dict[str, set[tuple[str, str]]] = {}
         self._sorted: dict[rules.TransactionIndex, _Sorted] = {}
@@ -357,22 +366,61 @@ class MemoryTransactionStore:
         return self._last_id
 
     async def get(self, station_id: str, transaction_id: str) -> Transaction | None:
-        record = self._transactions.get((station_id, transaction_id))
-        return _copy(record) if record is not None else None
+        return self._transactions.get((station_id, transaction_id))
 
     async def update(
         self,
         station_id: str,
         transaction_id: str,
-        change: Callable[[Transaction | None], Transaction],
+        change: Callable[[Transaction | None], Transaction | TransactionChange],
     ) -> Transaction:
+        return self._apply(station_id, transaction_id, change, None).after
+
+    async def update_event(
+        self,
+        station_id: str,
+        transaction_id: str,
+        seq_no: int,
+        change: Callable[[Transaction | None], Transaction | TransactionChange],
+    ) -> EventUpdate:
+        return self._apply(station_id, transaction_id, change, seq_no)
+
+    async def readings(self, station_id: str, transaction_id: str) -> list[EnergyReading]:
+        key = (station_id, transaction_id)
+        tx = self._transactions.get(key)
+        arrival_from = tx.meter.arrival_from if tx is not None and tx.meter is not None else None
+        return energy.ordered_readings(self._readings.get(key, []), arrival_from)
+
+    async def seq_nos(self, station_id: str, transaction_id: str) -> list[int]:
+        return sorted(self._seq_nos.get((station_id, transaction_id), ()))
+
+    def _apply(
+        self,
+        station_id: str,
+        transaction_id: str,
+        change: Callable[[Transaction | None], Transaction | TransactionChange],
+        seq_no: int | None,
+    ) -> EventUpdate:
         key = (station_id, transaction_id)
         old = self._transactions.get(key)
-        new = _copy(change(_copy(old) if old is not None else None))
-        rules.check_changed(station_id, transaction_id, new)
+        applied = self._seq_nos.get(key)
+        if old is not None and seq_no is not None and applied is not None and seq_no in applied:
+            return EventUpdate(old, old, False)
+        new, readings = rules.changed_transaction(station_id, transaction_id, change(old))
+        previous = old.meter if old is not None else None
+        plan = energy.advance(previous, new, readings)
+        if plan is None:
+            plan = energy.rebuild(self._readings.get(key, []), new, readings, previous)
+        new = msgspec.structs.replace(
+            energy.derived(new, plan.summary), last_seq_no=rules.last_seq_no(old, seq_no)
+        )
         self._unindex(old)
         self._transactions[key] = new
         self._index(new)
+        if plan.added:
+            self._readings.setdefault(key, []).extend(plan.added)
+        if seq_no is not None:
+            self._seq_nos.setdefault(key, set()).add(seq_no)
         removed, added = rules.transaction_index_changes(old, new)
         for index, sort_key in removed:
             entries = self._sorted[index]
@@ -381,7 +429,7 @@ class MemoryTransactionStore:
                 del self._sorted[index]
         for index, sort_key in added:
             self._sorted.setdefault(index, _Sorted()).add(sort_key)
-        return _copy(new)
+        return EventUpdate(old, new, True)
 
     async def list_transactions(
         self,
@@ -403,24 +451,24 @@ class MemoryTransactionStore:
                 keys = [(query.station_id, tx_id) for tx_id in ids]
             else:
                 keys = list(self._active_by_token.get(query.id_token or "", set()))
-            return rules.active_page(query, [_copy(self._transactions[key]) for key in keys])
+            return rules.active_page(query, [self._transactions[key] for key in keys])
         index, _ = rules.transaction_source(query)
         found: list[Transaction] = []
         for sort_key in self._sorted.get(index, _Sorted()).descending(query.upper, query.lower):
             tx = self._transactions[_record_key(sort_key)]
             if query.matches(tx, sort_key):
-                found.append(_copy(tx))
+                found.append(tx)
                 if len(found) > query.limit:
                     break
         return rules.page_of(found, query.limit, rules.transaction_key, rules.TRANSACTION_CURSOR)
 
     async def active(self, station_id: str) -> list[Transaction]:
         ids = sorted(self._active_by_station.get(station_id, ()))
-        return [_copy(self._transactions[(station_id, tx_id)]) for tx_id in ids]
+        return [self._transactions[(station_id, tx_id)] for tx_id in ids]
 
     async def find_by_token(self, id_token: str) -> list[Transaction]:
         keys = sorted(self._active_by_token.get(id_token, ()))
-        return [_copy(self._transactions[key]) for key in keys]
+        return [self._transactions[key] for key in keys]
 
     def _index(self, tx: Transaction) -> None:
         if not rules.is_active(tx):

@@ -23,6 +23,8 @@ __all__ = [
     "ConnectorStatus",
     "Cost",
     "EnergyReading",
+    "EventUpdate",
+    "MeterSummary",
     "Page",
     "RegistrationStatus",
     "StationCounts",
@@ -30,6 +32,7 @@ __all__ = [
     "StationRecord",
     "TokenRecord",
     "Transaction",
+    "TransactionChange",
     "TransactionState",
 ]
 
@@ -182,7 +185,7 @@ class Authorization(msgspec.Struct, kw_only=True, omit_defaults=True):
     group_id: str | None = None
 
 
-class EnergyReading(msgspec.Struct, kw_only=True, array_like=True):
+class EnergyReading(msgspec.Struct, kw_only=True, array_like=True, frozen=True):
     """One reading of the energy import register, normalised to Wh."""
 
     at: str
@@ -190,7 +193,7 @@ class EnergyReading(msgspec.Struct, kw_only=True, array_like=True):
     context: str | None = None
 
 
-class Cost(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Cost(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     """Cost of a transaction as the TariffService priced it (decimal strings)."""
 
     total: str
@@ -200,16 +203,64 @@ class Cost(msgspec.Struct, kw_only=True, omit_defaults=True):
     fee: str = "0"
 
 
+class MeterSummary(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """The running aggregate of a transaction's energy-register readings.
+
+    Everything the energy and the price of a transaction need from its readings, so a new
+    reading updates it in constant time (:func:`services.energy.advance`) and the readings
+    themselves stay out of the transaction record (the store keeps them next to it, see
+    :meth:`services.interfaces.TransactionStore.readings`). The store maintains it with
+    every update; a reading older than the latest one, or a change of the meter start or of
+    the end, rebuilds it from the stored readings (:func:`services.energy.rebuild`).
+
+    The energy series is the meter start (when plausible) followed by the *counted* readings
+    in time order: plausible values, and once the transaction has ended only those taken no
+    later than its end (see :func:`services.energy.energy_wh`).
+    """
+
+    count: int = 0
+    """Readings stored for the transaction."""
+    first_at: str | None = None
+    """Time of the earliest reading (readable times only)."""
+    last_at: str | None = None
+    """Time of the latest reading (readable times only)."""
+    arrival_from: int | None = None
+    """Set when some reading has an unreadable time: readings from this position on (in the
+    order they arrived) are taken in arrival order, those before it by time."""
+    start_wh: float | None = None
+    """The meter start the series begins with (None: none, or not plausible)."""
+    cutoff: str | None = None
+    """The end the readings were filtered by (``ended_at`` of an ended transaction)."""
+    counted_at: str | None = None
+    """Time of the latest counted reading (readable times only)."""
+    values: int = 0
+    """Values in the series, the meter start included."""
+    first_wh: float | None = None
+    last_wh: float | None = None
+    dropped: bool = False
+    """The series went down somewhere (a register reset, a replaced meter)."""
+    rise_wh: float = 0.0
+    """Sum of the series' positive steps, in order."""
+    rise_error: float = 0.0
+    """Compensation term of that sum where Python's ``sum`` of floats is compensated."""
+
+
 class TransactionState(enum.StrEnum):
     ACTIVE = "Active"
     ENDED = "Ended"
 
 
-class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     """One charging transaction, keyed by (station_id, transaction_id).
 
     1.6: ``transaction_id`` is the CSMS-assigned integer, as a string.
     2.0.1: ``transaction_id`` is the station-assigned transactionId.
+
+    The record has a bounded size whatever the length of the session: its readings and
+    applied seqNos are kept by the store next to it (:meth:`TransactionStore.readings
+    <services.interfaces.TransactionStore.readings>`, :meth:`~services.interfaces.
+    TransactionStore.seq_nos`); ``meter``, ``energy_wh`` and ``last_seq_no`` are derived
+    from them by the store on every update.
     """
 
     station_id: str
@@ -225,10 +276,11 @@ class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True):
     ended_at: str | None = None
     meter_start_wh: float | None = None
     meter_stop_wh: float | None = None
-    readings: list[EnergyReading] = []
-    """Energy-register readings in arrival order (deduplicated by timestamp)."""
+    meter: MeterSummary | None = None
+    """Aggregate of the energy-register readings (None: none yet); kept by the store."""
     energy_wh: float | None = None
-    """Energy delivered so far, computed from the readings (see services.energy)."""
+    """Energy delivered so far, from the meter start and stop and the readings (see
+    services.energy); kept by the store."""
     cost: Cost | None = None
     stop_reason: str | None = None
     superseded_by: str | None = None
@@ -242,15 +294,38 @@ class Transaction(msgspec.Struct, kw_only=True, omit_defaults=True):
     StartTransaction was never answered) that was applied to the transaction named here.
     It is not priced itself; it makes a re-sent copy of that stop recognisable."""
     charging_state: str | None = None
-    seq_nos: list[int] = []
-    """2.0.1 TransactionEvent seqNo values already applied (dedup of retries)."""
+    last_seq_no: int | None = None
+    """2.0.1: the highest TransactionEvent seqNo applied (the set of them is kept by the
+    store, see ``TransactionStore.update_event``); kept by the store."""
     end_seq_no: int | None = None
     """2.0.1: the seqNo of the Ended event. Events numbered after it happened after the end:
-    they are recorded (``seq_nos``) but their readings are not merged."""
+    their seqNo is recorded but their readings are not merged."""
     offline: bool = False
     """True when any event of the transaction was sent after an offline period."""
     reservation_id: int | None = None
     remote_start_id: int | None = None
+
+
+class TransactionChange(msgspec.Struct, frozen=True):
+    """What a ``change`` given to :meth:`TransactionStore.update
+    <services.interfaces.TransactionStore.update>` returns when it adds readings: the new
+    transaction and the energy-register readings to add to it (one already stored, same
+    time and value, is not added again)."""
+
+    transaction: Transaction
+    readings: tuple[EnergyReading, ...] = ()
+
+
+class EventUpdate(msgspec.Struct, frozen=True):
+    """What :meth:`TransactionStore.update_event
+    <services.interfaces.TransactionStore.update_event>` did."""
+
+    before: Transaction | None
+    """The transaction as it was (None: new)."""
+    after: Transaction
+    """The transaction as stored now."""
+    applied: bool
+    """False when the event's seqNo had been applied before: nothing changed."""
 
 
 # --- read side -----------------------------------------------------------------------------

@@ -16,7 +16,9 @@ make two keys collide)::
     {p}token:{id_token}               TokenRecord
     {p}gw-stations:{gateway}          set of station ids the gateway was last recorded holding
     {p}gateways                       sorted set gateway -> Unix time its lease runs out
-    {p}tx:{station}:{transaction}     Transaction
+    {p}tx:{station}:{transaction}     Transaction (bounded size: no readings, no seqNos)
+    {p}tx-readings:{station}:{transaction}  list of EnergyReading, in arrival order
+    {p}tx-seqnos:{station}:{transaction}    set of the 2.0.1 seqNos applied
     {p}tx-active:{station}            set of transaction ids not ended
     {p}tx-token:{id_token}            set of "{station}:{transaction}" not ended
     {p}tx-seq                         last 1.6 transactionId handed out
@@ -50,6 +52,16 @@ read under WATCH, so concurrent managers keep them exactly consistent; an update
 changes none of the indexed facts (a reading, a charging state) queues nothing more.
 :func:`rebuild_indexes` builds them for records written before they existed.
 
+A transaction update costs the same whatever the length of the session: the record carries
+the running aggregate of its readings (:class:`~services.models.MeterSummary`), new readings
+are RPUSHed to ``tx-readings`` and the event's seqNo SADDed to ``tx-seqnos`` in the same
+MULTI/EXEC as the record (both are only written with it, so WATCHing the record covers
+them). ``tx-seqnos`` is read (SISMEMBER) only for a seqNo not above the record's
+``last_seq_no``, ``tx-readings`` (LRANGE) only for a reading not later than every stored one,
+which rebuilds the aggregate, and for :meth:`RedisTransactionStore.readings`. Records
+written by earlier versions kept readings and seqNos inside: they are read as before and
+moved to these keys on their next update.
+
 Any Redis or socket error is raised as :class:`~services.interfaces.StoreUnavailable`. The
 client must be created with ``decode_responses=False`` (values are bytes).
 """
@@ -69,13 +81,15 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
-from services import rules
+from services import energy, rules
 from services.interfaces import StoreUnavailable
 from services.models import (
     MAX_PAGE_SIZE,
     Authorization,
     BootInfo,
     ConnectorStatus,
+    EnergyReading,
+    EventUpdate,
     Page,
     RegistrationStatus,
     StationCounts,
@@ -83,6 +97,7 @@ from services.models import (
     StationRecord,
     TokenRecord,
     Transaction,
+    TransactionChange,
     TransactionState,
 )
 
@@ -115,6 +130,26 @@ _station_decoder = msgspec.json.Decoder(StationRecord)
 _connector_decoder = msgspec.json.Decoder(ConnectorStatus)
 _token_decoder = msgspec.json.Decoder(TokenRecord)
 _tx_decoder = msgspec.json.Decoder(Transaction)
+_reading_decoder = msgspec.json.Decoder(EnergyReading)
+
+
+class _InRecord(msgspec.Struct):
+    """What records written by earlier versions kept inside the transaction record."""
+
+    readings: list[EnergyReading] = []
+    seq_nos: list[int] = []
+
+
+_in_record_decoder = msgspec.json.Decoder(_InRecord)
+_IN_RECORD_MARKS = (b'"readings":', b'"seq_nos":')
+"""Keys only such a record has (JSON escapes a quote inside a string, so no value matches)."""
+
+
+def _in_record(raw: bytes) -> _InRecord | None:
+    """The readings and seqNos inside an old-shape record; None for a record of today's."""
+    if not any(mark in raw for mark in _IN_RECORD_MARKS):
+        return None
+    return _in_record_decoder.decode(raw)
 
 
 def encode_id(value: str) -> str:
@@ -682,42 +717,167 @@ class RedisTransactionStore(_RedisStore):
             raw = await self.client.get(self._key(station_id, transaction_id))
         return _tx_decoder.decode(raw) if raw is not None else None
 
+    def _readings_key(self, station_id: str, transaction_id: str) -> str:
+        return f"{self.prefix}tx-readings:{self._ref(station_id, transaction_id)}"
+
+    def _seq_nos_key(self, station_id: str, transaction_id: str) -> str:
+        return f"{self.prefix}tx-seqnos:{self._ref(station_id, transaction_id)}"
+
     async def update(
         self,
         station_id: str,
         transaction_id: str,
-        change: Callable[[Transaction | None], Transaction],
+        change: Callable[[Transaction | None], Transaction | TransactionChange],
     ) -> Transaction:
+        return (await self._apply(station_id, transaction_id, change, None)).after
+
+    async def update_event(
+        self,
+        station_id: str,
+        transaction_id: str,
+        seq_no: int,
+        change: Callable[[Transaction | None], Transaction | TransactionChange],
+    ) -> EventUpdate:
+        return await self._apply(station_id, transaction_id, change, seq_no)
+
+    async def readings(self, station_id: str, transaction_id: str) -> list[EnergyReading]:
+        with self._guard("transaction readings"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.get(self._key(station_id, transaction_id))
+                pipe.lrange(self._readings_key(station_id, transaction_id), 0, -1)
+                raw, items = await pipe.execute()
+        if raw is None:
+            return []
+        listed = [_reading_decoder.decode(item) for item in items]
+        old = _in_record(raw)
+        if old is not None:
+            merged = energy.rebuild(old.readings, _tx_decoder.decode(raw), listed, None)
+            return energy.ordered_readings(
+                [*old.readings, *merged.added], merged.summary.arrival_from
+            )
+        meter = _tx_decoder.decode(raw).meter
+        return energy.ordered_readings(listed, meter.arrival_from if meter else None)
+
+    async def seq_nos(self, station_id: str, transaction_id: str) -> list[int]:
+        with self._guard("transaction seqNos"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.get(self._key(station_id, transaction_id))
+                pipe.smembers(self._seq_nos_key(station_id, transaction_id))
+                raw, members = await pipe.execute()
+        if raw is None:
+            return []
+        old = _in_record(raw)
+        return sorted({int(member) for member in members} | set(old.seq_nos if old else ()))
+
+    async def _apply(
+        self,
+        station_id: str,
+        transaction_id: str,
+        change: Callable[[Transaction | None], Transaction | TransactionChange],
+        seq_no: int | None,
+    ) -> EventUpdate:
+        """WATCH the record, read it (and, only when needed, whether ``seq_no`` is applied
+        and the stored readings), decide, then MULTI/EXEC the record, the readings and seqNo
+        added and the index changes; redone on a concurrent change of the record. Readings
+        and seqNos are only ever written together with the record, so watching it suffices.
+        """
         key = self._key(station_id, transaction_id)
+        with self._guard("update transaction"):
+            for attempt_no in range(MAX_ATTEMPTS):
+                async with self.client.pipeline(transaction=True) as pipe:
+                    try:
+                        await pipe.watch(key)
+                        raw = _as_bytes(await pipe.get(key))
+                        return await self._attempt(
+                            pipe, station_id, transaction_id, raw, change, seq_no
+                        )
+                    except WatchError:
+                        pass
+                if attempt_no >= 2:
+                    await asyncio.sleep(random.uniform(0, 0.001 * min(attempt_no, 20)))
+        raise StoreUnavailable(
+            f"{describe(self.client)}: update transaction gave up after {MAX_ATTEMPTS} "
+            "conflicting writes"
+        )
+
+    async def _attempt(
+        self,
+        pipe: Pipeline,
+        station_id: str,
+        transaction_id: str,
+        raw: bytes | None,
+        change: Callable[[Transaction | None], Transaction | TransactionChange],
+        seq_no: int | None,
+    ) -> EventUpdate:
+        readings_key = self._readings_key(station_id, transaction_id)
+        seq_key = self._seq_nos_key(station_id, transaction_id)
+        old = _tx_decoder.decode(raw) if raw is not None else None
+        in_record = _in_record(raw) if raw is not None else None
+        stored: list[EnergyReading] | None = None
+        if old is not None and in_record is not None:
+            # Written by an earlier version: its readings and seqNos move to their own keys.
+            listed = await self._listed(pipe, readings_key)
+            moved = energy.rebuild(in_record.readings, old, listed, None)
+            stored = [*in_record.readings, *moved.added]
+            old = msgspec.structs.replace(
+                energy.derived(old, moved.summary),
+                last_seq_no=max(in_record.seq_nos, default=None),
+            )
+        if old is not None and seq_no is not None:
+            if in_record is not None:
+                seen = seq_no in in_record.seq_nos
+            elif old.last_seq_no is not None and seq_no <= old.last_seq_no:
+                seen = bool(await pipe.sismember(seq_key, str(seq_no)))
+            else:
+                seen = False
+            if seen:
+                return EventUpdate(old, old, False)
+        new, readings = rules.changed_transaction(station_id, transaction_id, change(old))
+        previous = old.meter if old is not None else None
+        plan = energy.advance(previous, new, readings)
+        if plan is None:
+            if stored is None:
+                stored = await self._listed(pipe, readings_key) if old is not None else []
+            plan = energy.rebuild(stored, new, readings, previous)
+        new = msgspec.structs.replace(
+            energy.derived(new, plan.summary), last_seq_no=rules.last_seq_no(old, seq_no)
+        )
+        removed, added = rules.transaction_index_changes(old, new)
         ref = self._ref(station_id, transaction_id)
+        _multi(pipe)
+        pipe.set(self._key(station_id, transaction_id), _encoder.encode(new))
+        if old is None:
+            pipe.delete(readings_key, seq_key)  # nothing is left of an earlier record
+        if in_record is not None:
+            pipe.delete(readings_key)
+            if stored:
+                pipe.rpush(readings_key, *[_encoder.encode(item) for item in stored])
+            if in_record.seq_nos:
+                pipe.sadd(seq_key, *[str(item) for item in in_record.seq_nos])
+        if plan.added:
+            pipe.rpush(readings_key, *[_encoder.encode(item) for item in plan.added])
+        if seq_no is not None:
+            pipe.sadd(seq_key, str(seq_no))
+        for index, sort_key in removed:
+            pipe.zrem(self._index_key(index), sort_key)
+        for index, sort_key in added:
+            pipe.zadd(self._index_key(index), {sort_key: 0})
+        if old is not None and old.id_token is not None:
+            pipe.srem(self._token_key(old.id_token), ref)
+        if rules.is_active(new):
+            pipe.sadd(self._active_key(station_id), transaction_id)
+            if new.id_token is not None:
+                pipe.sadd(self._token_key(new.id_token), ref)
+        else:
+            pipe.srem(self._active_key(station_id), transaction_id)
+        await pipe.execute()
+        return EventUpdate(old, new, True)
 
-        def attempt(raw: bytes | None) -> tuple[Transaction, _Write | None]:
-            old = _tx_decoder.decode(raw) if raw is not None else None
-            new = change(old)
-            rules.check_changed(station_id, transaction_id, new)
-            data = _encoder.encode(new)
-            # Decode what is stored so the caller gets exactly what a later get() returns.
-            stored = _tx_decoder.decode(data)
-            removed, added = rules.transaction_index_changes(old, new)
-
-            def write(pipe: Pipeline) -> None:
-                pipe.set(key, data)
-                for index, sort_key in removed:
-                    pipe.zrem(self._index_key(index), sort_key)
-                for index, sort_key in added:
-                    pipe.zadd(self._index_key(index), {sort_key: 0})
-                if old is not None and old.id_token is not None:
-                    pipe.srem(self._token_key(old.id_token), ref)
-                if rules.is_active(new):
-                    pipe.sadd(self._active_key(station_id), transaction_id)
-                    if new.id_token is not None:
-                        pipe.sadd(self._token_key(new.id_token), ref)
-                else:
-                    pipe.srem(self._active_key(station_id), transaction_id)
-
-            return stored, write
-
-        return await self._optimistic(key, attempt, "update transaction")
+    @staticmethod
+    async def _listed(pipe: Pipeline, readings_key: str) -> list[EnergyReading]:
+        """The readings stored in ``readings_key`` (read under the pipeline's WATCH)."""
+        items = await pipe.lrange(readings_key, 0, -1)
+        return [_reading_decoder.decode(item) for item in items]
 
     async def _load(self, keys: list[str], what: str) -> list[Transaction]:
         if not keys:

@@ -24,6 +24,7 @@ from services.models import (
     Authorization,
     AuthorizationStatus,
     BootInfo,
+    EnergyReading,
     Page,
     RegistrationStatus,
     StationCounts,
@@ -31,6 +32,7 @@ from services.models import (
     StationRecord,
     TokenRecord,
     Transaction,
+    TransactionChange,
     TransactionState,
 )
 
@@ -48,6 +50,7 @@ __all__ = [
     "TransactionIndex",
     "TransactionQuery",
     "active_page",
+    "changed_transaction",
     "check_changed",
     "check_limit",
     "decide_token",
@@ -56,6 +59,7 @@ __all__ = [
     "encode_id",
     "is_active",
     "is_listed",
+    "last_seq_no",
     "lists_active_set",
     "new_station",
     "next_after",
@@ -379,6 +383,26 @@ def check_changed(station_id: str, transaction_id: str, new: Transaction) -> Non
             f"update of transaction {station_id!r}/{transaction_id!r} returned "
             f"{new.station_id!r}/{new.transaction_id!r}; keys cannot change"
         )
+
+
+def changed_transaction(
+    station_id: str, transaction_id: str, result: Transaction | TransactionChange
+) -> tuple[Transaction, tuple[EnergyReading, ...]]:
+    """A ``change``'s result as (transaction, readings to add), its keys checked."""
+    if isinstance(result, TransactionChange):
+        tx, readings = result.transaction, result.readings
+    else:
+        tx, readings = result, ()
+    check_changed(station_id, transaction_id, tx)
+    return tx, readings
+
+
+def last_seq_no(old: Transaction | None, seq_no: int | None) -> int | None:
+    """``last_seq_no`` once ``seq_no`` (if any) is recorded for the transaction ``old``."""
+    last = old.last_seq_no if old is not None else None
+    if seq_no is None or (last is not None and last >= seq_no):
+        return last
+    return seq_no
 
 
 def next_after(value: int) -> int:

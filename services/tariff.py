@@ -9,6 +9,10 @@ Pricing never raises on what a store holds: energy comes from
 :func:`services.energy.energy_wh` (implausible readings screened out, bounded by
 ``MAX_REGISTER_WH``), a stored figure is used only when plausible, and the arithmetic runs in
 a Decimal context wide enough for any bounded energy and duration at any configured price.
+
+Pricing costs the same whatever the length of the session: it reads the transaction's
+running aggregate of its readings (:class:`~services.models.MeterSummary`), never the
+readings themselves.
 """
 
 from __future__ import annotations
@@ -54,10 +58,13 @@ def charged_kwh(tx: Transaction) -> Decimal:
 
 def charged_hours(tx: Transaction) -> Decimal:
     """Hours from the start to the end (or, while charging, the latest reading); zero when
-    either end is unknown or they are out of order."""
-    reading_times = [t for t in (parse_time(r.at) for r in tx.readings) if t is not None]
-    start = parse_time(tx.started_at) or min(reading_times, default=None)
-    end = parse_time(tx.ended_at) or max(reading_times, default=None)
+    either end is unknown or they are out of order. Without a start time, the earliest
+    reading stands for it."""
+    summary = tx.meter
+    first = summary.first_at if summary is not None else None
+    last = summary.last_at if summary is not None else None
+    start = parse_time(tx.started_at) or parse_time(first)
+    end = parse_time(tx.ended_at) or parse_time(last)
     if start is None or end is None or end <= start:
         return Decimal(0)
     span: dt.timedelta = end - start

@@ -143,7 +143,7 @@ async def send_running_cost(ctx: CallContext, tx: Transaction) -> float | None:
     except Exception as exc:
         ctx.log.warning("running_cost_not_sent", transaction_id=tx.transaction_id, error=repr(exc))
         return None
-    ctx.log.info(
+    ctx.log.debug(
         "running_cost_sent",
         transaction_id=tx.transaction_id,
         energy_wh=tx.energy_wh,

@@ -1,6 +1,10 @@
-"""Transactions: merging energy readings, ending, the data-quality screen of meter values
+"""Transactions: adding energy readings, ending, the data-quality screen of meter values
 (absurd values are dropped and logged, never refused), and superseding a transaction whose
-stop was lost when a new one starts on its EVSE."""
+stop was lost when a new one starts on its EVSE.
+
+The energy itself is kept by the transaction store, from the readings a change adds and the
+facts it sets (meter start and stop, the end): see
+:meth:`services.interfaces.TransactionStore.update`."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from services import energy
 from services.models import (
     EnergyReading,
     Transaction,
+    TransactionChange,
     TransactionState,
 )
 from services.rules import parse_time
@@ -26,7 +31,6 @@ __all__ = [
     "meter_register",
     "supersede",
     "superseded",
-    "with_energy",
     "with_readings",
 ]
 
@@ -41,16 +45,10 @@ def earlier(first: str | None, second: str | None) -> str | None:
     return second if b < a else first
 
 
-def with_energy(tx: Transaction) -> Transaction:
-    """``tx`` with ``energy_wh`` recomputed from its meter start/stop and readings."""
-    return msgspec.structs.replace(tx, energy_wh=energy.energy_wh(tx))
-
-
-def with_readings(tx: Transaction, readings: Iterable[EnergyReading]) -> Transaction:
-    """``tx`` with energy-register ``readings`` merged in (a re-delivered reading changes
-    nothing) and ``energy_wh`` recomputed."""
-    merged = energy.merge_readings(tx.readings, readings)
-    return with_energy(msgspec.structs.replace(tx, readings=merged))
+def with_readings(tx: Transaction, readings: Iterable[EnergyReading]) -> TransactionChange:
+    """``tx`` with energy-register ``readings`` to add (a re-delivered reading changes
+    nothing); the store counts them into the energy."""
+    return TransactionChange(tx, tuple(readings))
 
 
 def ended(
@@ -60,18 +58,16 @@ def ended(
     reason: str | None,
     meter_stop_wh: float | None = None,
 ) -> Transaction:
-    """``tx`` in state Ended, energy recomputed. The stop reason defaults to Local, as both
-    versions define it for a stop without a reason. The station's own stop replaces what the
-    CSMS assumed when it closed a superseded transaction."""
-    return with_energy(
-        msgspec.structs.replace(
-            tx,
-            state=TransactionState.ENDED,
-            ended_at=at,
-            stop_reason=reason or "Local",
-            meter_stop_wh=meter_stop_wh if meter_stop_wh is not None else tx.meter_stop_wh,
-            superseded_by=None,
-        )
+    """``tx`` in state Ended (the store recomputes its energy). The stop reason defaults to
+    Local, as both versions define it for a stop without a reason. The station's own stop
+    replaces what the CSMS assumed when it closed a superseded transaction."""
+    return msgspec.structs.replace(
+        tx,
+        state=TransactionState.ENDED,
+        ended_at=at,
+        stop_reason=reason or "Local",
+        meter_stop_wh=meter_stop_wh if meter_stop_wh is not None else tx.meter_stop_wh,
+        superseded_by=None,
     )
 
 
@@ -137,17 +133,18 @@ def superseded(tx: Transaction, *, by: str, at: str) -> Transaction:
     is not billed. The energy is what its readings show.
     """
     start = parse_time(tx.started_at)
-    moments = [(parse_time(r.at), r.at) for r in tx.readings]
-    known = [(m, text) for m, text in moments if m is not None and (start is None or m >= start)]
-    end = max(known)[1] if known else (tx.started_at or at)
-    return with_energy(
-        msgspec.structs.replace(
-            tx,
-            state=TransactionState.ENDED,
-            ended_at=end,
-            stop_reason=SUPERSEDED_REASON,
-            superseded_by=by,
-        )
+    latest = tx.meter.last_at if tx.meter is not None else None
+    moment = parse_time(latest)
+    if latest is not None and moment is not None and (start is None or moment >= start):
+        end = latest
+    else:
+        end = tx.started_at or at
+    return msgspec.structs.replace(
+        tx,
+        state=TransactionState.ENDED,
+        ended_at=end,
+        stop_reason=SUPERSEDED_REASON,
+        superseded_by=by,
     )
 
 

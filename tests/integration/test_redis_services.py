@@ -34,6 +34,7 @@ from services.models import (
     StationRecord,
     TokenRecord,
     Transaction,
+    TransactionChange,
     TransactionState,
 )
 from services.redis_store import (
@@ -111,20 +112,59 @@ async def test_concurrent_updates_lose_nothing(
         lambda _: Transaction(station_id="CS1", transaction_id="1", version="ocpp1.6"),
     )
 
-    def append(index: int) -> Callable[[Transaction | None], Transaction]:
-        def change(old: Transaction | None) -> Transaction:
+    def append(index: int) -> Callable[[Transaction | None], TransactionChange]:
+        def change(old: Transaction | None) -> TransactionChange:
             assert old is not None
             reading = EnergyReading(at=f"2026-01-15T12:00:{index:02d}Z", wh=float(index))
-            return msgspec.structs.replace(old, readings=[*old.readings, reading])
+            return TransactionChange(old, (reading,))
 
         return change
 
+    # Concurrent writers land readings out of order: some rebuild the aggregate.
     await asyncio.gather(
         *(stores[index % 2].update("CS1", "1", append(index)) for index in range(40))
     )
     stored = await stores[0].get("CS1", "1")
     assert stored is not None
-    assert sorted(reading.wh for reading in stored.readings) == [float(i) for i in range(40)]
+    readings = await stores[1].readings("CS1", "1")
+    assert [reading.wh for reading in readings] == [float(i) for i in range(40)]
+    assert stored.energy_wh == 39.0
+    assert stored.meter is not None and stored.meter.count == 40
+
+
+async def test_concurrent_copies_of_an_event_apply_once(
+    redis_client: aioredis.Redis, second_client: aioredis.Redis, prefix: str
+) -> None:
+    stores = [
+        RedisTransactionStore(redis_client, prefix),
+        RedisTransactionStore(second_client, prefix),
+    ]
+    base = Transaction(station_id="CS1", transaction_id="e", version="ocpp2.0.1")
+
+    def event(seq_no: int) -> Callable[[Transaction | None], TransactionChange]:
+        def change(old: Transaction | None) -> TransactionChange:
+            reading = EnergyReading(at=f"2026-01-15T12:00:{seq_no:02d}Z", wh=10.0 * seq_no)
+            return TransactionChange(old or base, (reading,))
+
+        return change
+
+    # Each event delivered four times, to both managers at once.
+    results = await asyncio.gather(
+        *(
+            stores[copy % 2].update_event("CS1", "e", seq_no, event(seq_no))
+            for seq_no in range(10)
+            for copy in range(4)
+        )
+    )
+    applied = collections.Counter(
+        seq
+        for seq, r in zip([seq_no for seq_no in range(10) for _ in range(4)], results, strict=True)
+        if r.applied
+    )
+    assert applied == dict.fromkeys(range(10), 1)
+    assert await stores[0].seq_nos("CS1", "e") == list(range(10))
+    stored = await stores[1].get("CS1", "e")
+    assert stored is not None and stored.last_seq_no == 9 and stored.energy_wh == 90.0
 
 
 async def test_two_concurrent_updates_both_land(
@@ -353,12 +393,11 @@ def _transaction_ops(
             wh: float = wh,
             station: str = station,
             tx_id: str = tx_id,
-        ) -> Transaction:
+        ) -> Transaction | TransactionChange:
             if old is None:
                 old = Transaction(station_id=station, transaction_id=tx_id, version="v")
             if kind == 0:
-                reading = EnergyReading(at=start, wh=wh)
-                return msgspec.structs.replace(old, readings=[*old.readings, reading])
+                return TransactionChange(old, (EnergyReading(at=start, wh=wh),))
             if kind == 1:
                 return msgspec.structs.replace(old, id_token=token)
             if kind == 2:
@@ -567,11 +606,10 @@ async def test_an_update_that_changes_no_indexed_fact_touches_no_index(
     await registry.mark_connected("CS1", "ocpp2.0.1", "gw", "c1", T1)
     await store.update("CS1", "1", _started_tx("CS1", "1"))
 
-    def reading(old: Transaction | None) -> Transaction:
+    def reading(old: Transaction | None) -> TransactionChange:
         assert old is not None
-        return msgspec.structs.replace(
-            old, readings=[*old.readings, EnergyReading(at=T1, wh=5.0)], charging_state="EV"
-        )
+        changed = msgspec.structs.replace(old, charging_state="EV")
+        return TransactionChange(changed, (EnergyReading(at=T1, wh=5.0),))
 
     async def commands() -> dict[str, int]:
         stats = await redis_client.info("commandstats")

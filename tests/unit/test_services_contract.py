@@ -42,6 +42,7 @@ from services.models import (
     StationRecord,
     TokenRecord,
     Transaction,
+    TransactionChange,
     TransactionState,
 )
 from services.rules import parse_time, transaction_key
@@ -536,17 +537,22 @@ async def test_update_is_read_modify_write(transactions: TransactionStore) -> No
     assert created.state is TransactionState.ACTIVE
     assert await transactions.get("CS:1", "tx/1") == created
 
-    def add_reading(old: Transaction | None) -> Transaction:
+    def add_reading(old: Transaction | None) -> TransactionChange:
         assert old is not None
         reading = EnergyReading(at="2026-01-15T12:10:00Z", wh=400.0)
-        return msgspec.structs.replace(old, readings=[*old.readings, reading])
+        return TransactionChange(msgspec.structs.replace(old, charging_state="EV"), (reading,))
 
     await transactions.update("CS:1", "tx/1", add_reading)
     updated = await transactions.update("CS:1", "tx/1", add_reading)
-    assert len(updated.readings) == 2
-    assert updated.readings[0] == EnergyReading(at="2026-01-15T12:10:00Z", wh=400.0)
+    assert updated.charging_state == "EV"
+    # The same reading again is stored once; the store keeps the energy it gives.
+    assert await transactions.readings("CS:1", "tx/1") == [
+        EnergyReading(at="2026-01-15T12:10:00Z", wh=400.0)
+    ]
+    assert updated.energy_wh == 300.0
     assert await transactions.get("CS:1", "tx/1") == updated
     assert await transactions.get("CS", "1:tx/1") is None
+    assert await transactions.readings("CS", "1:tx/1") == []
 
 
 async def test_active_and_find_by_token_follow_state(transactions: TransactionStore) -> None:

@@ -15,14 +15,19 @@ from services.energy import (
     screen_meter_values,
     screen_sampled_value,
     screen_wh,
+    summarized,
 )
 from services.models import EnergyReading, Transaction, TransactionState
 
 V16, V201 = "ocpp1.6", "ocpp2.0.1"
 
 
-def tx(**fields: Any) -> Transaction:
-    return Transaction(station_id="CS1", transaction_id="1", version=V201, **fields)
+def tx(
+    readings: tuple[EnergyReading, ...] | list[EnergyReading] = (), **fields: Any
+) -> Transaction:
+    """A transaction with ``readings`` (in arrival order) counted as a store counts them."""
+    bare = Transaction(station_id="CS1", transaction_id="1", version=V201, **fields)
+    return summarized(bare, readings)
 
 
 def r(at: str, wh: float, context: str | None = None) -> EnergyReading:

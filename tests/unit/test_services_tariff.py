@@ -7,12 +7,17 @@ from typing import Any
 
 from csms.config import TariffSettings
 from services.interfaces import TariffService
+from services.energy import summarized
 from services.models import Cost, EnergyReading, Transaction
 from services.tariff import ConfiguredTariff
 
 
-def tx(**fields: Any) -> Transaction:
-    return Transaction(station_id="CS1", transaction_id="1", version="ocpp1.6", **fields)
+def tx(
+    readings: tuple[EnergyReading, ...] | list[EnergyReading] = (), **fields: Any
+) -> Transaction:
+    """A transaction with ``readings`` (in arrival order) counted as a store counts them."""
+    bare = Transaction(station_id="CS1", transaction_id="1", version="ocpp1.6", **fields)
+    return summarized(bare, readings)
 
 
 def tariff(energy: str = "0.30", hour: str = "0", fee: str = "0") -> ConfiguredTariff:

@@ -7,14 +7,14 @@ from typing import Any
 from manager.common import registration, transactions
 from manager.context import CallContext
 from services import energy
-from services.models import Transaction, TransactionState
+from services.models import Transaction, TransactionChange, TransactionState
 
 ACTION = "MeterValues"
 
 
 async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """Merge energy-register readings into the transaction named by transactionId and
-    recompute its energy; readings outside a transaction are only logged.
+    """Add energy-register readings to the transaction named by transactionId (the store
+    counts them into its energy); readings outside a transaction are only logged.
 
     A transactionId the CSMS does not know is logged and otherwise ignored (1.6 ids are the
     CSMS's own, so this is a record lost from the store, not one to invent). Readings for a
@@ -29,7 +29,7 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     transaction_id = payload.get("transactionId")
     tx_key = str(transaction_id) if transaction_id is not None else None
     transactions.log_rejected(ctx, tx_key, screened.rejected)
-    ctx.log.info(
+    ctx.log.debug(
         "meter_values",
         connector_id=payload["connectorId"],
         transaction_id=transaction_id,
@@ -46,7 +46,7 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         _ended(ctx, tx_key, len(readings))
         return {}
 
-    def merge(current: Transaction | None) -> Transaction:
+    def merge(current: Transaction | None) -> Transaction | TransactionChange:
         base = current or existing
         if base.state is TransactionState.ENDED:
             return base

@@ -6,7 +6,7 @@ from typing import Any
 
 from manager.common import authorization, registration, transactions
 from manager.context import CallContext
-from services.models import EnergyReading, Transaction
+from services.models import EnergyReading, Transaction, TransactionChange
 
 ACTION = "StartTransaction"
 
@@ -58,7 +58,7 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     transaction_id = await ctx.services.transactions.next_transaction_id()
     tx_key = str(transaction_id)
 
-    def create(current: Transaction | None) -> Transaction:
+    def create(current: Transaction | None) -> Transaction | TransactionChange:
         tx = Transaction(
             station_id=ctx.station_id,
             transaction_id=tx_key,
@@ -72,7 +72,7 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
             reservation_id=payload.get("reservationId"),
         )
         if meter_start is None:
-            return transactions.with_energy(tx)
+            return tx
         begin = EnergyReading(at=started_at, wh=meter_start, context="Transaction.Begin")
         return transactions.with_readings(tx, [begin])
 

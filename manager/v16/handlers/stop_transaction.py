@@ -7,7 +7,7 @@ from typing import Any
 from manager.common import authorization, pricing, registration, transactions
 from manager.context import CallContext
 from services import energy
-from services.models import EnergyReading, Transaction, TransactionState
+from services.models import EnergyReading, Transaction, TransactionChange, TransactionState
 from services.rules import parse_time
 
 ACTION = "StopTransaction"
@@ -46,7 +46,7 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         readings.append(EnergyReading(at=stopped_at, wh=meter_stop, context="Transaction.End"))
     seen: dict[str, Any] = {"known": True, "replay": False, "before": None}
 
-    def stop(current: Transaction | None) -> Transaction:
+    def stop(current: Transaction | None) -> Transaction | TransactionChange:
         seen["known"] = current is not None
         seen["before"] = current
         seen["replay"] = _stopped(current)
@@ -55,12 +55,10 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         base = current or Transaction(
             station_id=ctx.station_id, transaction_id=tx_key, version=ctx.version, id_token=id_tag
         )
-        return transactions.ended(
-            transactions.with_readings(base, readings),
-            at=stopped_at,
-            reason=payload.get("reason"),
-            meter_stop_wh=meter_stop,
+        end = transactions.ended(
+            base, at=stopped_at, reason=payload.get("reason"), meter_stop_wh=meter_stop
         )
+        return transactions.with_readings(end, readings)
 
     tx = await ctx.services.transactions.update(ctx.station_id, tx_key, stop)
     if not seen["known"]:

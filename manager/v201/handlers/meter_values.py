@@ -21,7 +21,7 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     screened = energy.screen_meter_values(payload["meterValue"], ctx.version)
     transactions.log_rejected(ctx, None, screened.rejected)
     readings = screened.readings
-    ctx.log.info(
+    ctx.log.debug(
         "meter_values",
         evse_id=payload["evseId"],
         samples=len(payload["meterValue"]),

@@ -3,8 +3,9 @@
 Events are upserted into one transaction record keyed by the station's transactionId. The
 record is built from whatever arrives first: events may come out of order, late (queued
 while offline, ``offline=true``) or twice (a retry after a lost answer). Each event's
-``seqNo`` is kept on the transaction, so a repeated event is answered again but never
-applied twice.
+``seqNo`` is recorded with the transaction (:meth:`TransactionStore.update_event
+<services.interfaces.TransactionStore.update_event>`), so a repeated event is answered
+again but never applied twice. An event costs the same whatever the length of the session.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ import msgspec
 from manager.common import authorization, pricing, registration, transactions
 from manager.context import CallContext
 from services import energy
-from services.models import Authorization, EnergyReading, Transaction, TransactionState
+from services.models import (
+    Authorization,
+    EnergyReading,
+    Transaction,
+    TransactionChange,
+    TransactionState,
+)
 
 ACTION = "TransactionEvent"
 
@@ -54,19 +61,13 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     screened = energy.screen_meter_values(payload.get("meterValue") or [], ctx.version)
     transactions.log_rejected(ctx, tx_key, screened.rejected)
     readings = screened.readings
-    outcome: dict[str, Any] = {"applied": False, "before": None}
 
-    def apply(current: Transaction | None) -> Transaction:
-        outcome["applied"] = current is None or seq_no not in current.seq_nos
-        outcome["before"] = current
-        if current is not None and not outcome["applied"]:
-            return current
+    def apply(current: Transaction | None) -> Transaction | TransactionChange:
         return _applied(current, ctx, payload, readings, decision)
 
-    tx = await ctx.services.transactions.update(ctx.station_id, tx_key, apply)
-    applied: bool = outcome["applied"]
-    before: Transaction | None = outcome["before"]
-    ctx.log.info(
+    update = await ctx.services.transactions.update_event(ctx.station_id, tx_key, seq_no, apply)
+    tx, applied, before = update.after, update.applied, update.before
+    ctx.log.debug(
         "transaction_event",
         transaction_id=tx_key,
         event_type=event_type,
@@ -133,7 +134,7 @@ def _applied(
     payload: dict[str, Any],
     readings: list[EnergyReading],
     decision: Authorization | None,
-) -> Transaction:
+) -> Transaction | TransactionChange:
     """The transaction after one not yet applied event (pure: the store may call it twice).
 
     Facts that only grow (seqNos, readings, offline, ids) merge whatever the order; facts
@@ -150,10 +151,9 @@ def _applied(
         station_id=ctx.station_id, transaction_id=info["transactionId"], version=ctx.version
     )
     if tx.end_seq_no is not None and seq_no > tx.end_seq_no and event_type != _ENDED:
-        return msgspec.structs.replace(tx, seq_nos=sorted({*tx.seq_nos, seq_no}))
-    newest = not tx.seq_nos or seq_no > max(tx.seq_nos)
+        return tx  # the store records the seqNo
+    newest = tx.last_seq_no is None or seq_no > tx.last_seq_no
     changes: dict[str, Any] = {
-        "seq_nos": sorted({*tx.seq_nos, seq_no}),
         "offline": tx.offline or bool(payload.get("offline", False)),
         "started_at": transactions.earlier(tx.started_at, at),
     }
@@ -175,7 +175,7 @@ def _applied(
     begin = _context_wh(readings, "Transaction.Begin")
     if begin is not None and tx.meter_start_wh is None:
         changes["meter_start_wh"] = begin
-    tx = transactions.with_readings(msgspec.structs.replace(tx, **changes), readings)
+    tx = msgspec.structs.replace(tx, **changes)
     if event_type == _ENDED:
         tx = transactions.ended(
             msgspec.structs.replace(tx, end_seq_no=seq_no),
@@ -183,4 +183,4 @@ def _applied(
             reason=info.get("stoppedReason"),
             meter_stop_wh=_context_wh(readings, "Transaction.End"),
         )
-    return tx
+    return transactions.with_readings(tx, readings)
