@@ -612,6 +612,62 @@ async def test_failing_change_stores_nothing(transactions: TransactionStore) -> 
     assert await transactions.get("CS1", "a") is None
 
 
+def _reading(minute: int, wh: float) -> EnergyReading:
+    return EnergyReading(at=f"2026-01-15T12:{minute:02d}:00Z", wh=wh)
+
+
+async def test_readings_are_kept_next_to_a_bounded_record(
+    transactions: TransactionStore,
+) -> None:
+    await transactions.update("CS1", "a", _start("CS1", "a"))
+
+    def add(*readings: EnergyReading) -> Callable[[Transaction | None], TransactionChange]:
+        def change(old: Transaction | None) -> TransactionChange:
+            assert old is not None
+            return TransactionChange(old, readings)
+
+        return change
+
+    first = await transactions.update("CS1", "a", add(_reading(1, 150.0)))
+    for minute in range(2, 60):
+        tx = await transactions.update("CS1", "a", add(_reading(minute, 100.0 + 50 * minute)))
+    assert len(msgspec.json.encode(tx)) < len(msgspec.json.encode(first)) + 48
+    assert tx.energy_wh == 2950.0  # from the meter start 100 to 3050 Wh
+    # A late reading (older than the latest) and a duplicate: rebuilt, stored once.
+    tx = await transactions.update("CS1", "a", add(_reading(0, 120.0), _reading(5, 350.0)))
+    readings = await transactions.readings("CS1", "a")
+    assert [r.at[14:16] for r in readings] == [f"{m:02d}" for m in range(60)]
+    assert tx.meter is not None and tx.meter.count == 60 and tx.energy_wh == 2950.0
+    ended = await transactions.update("CS1", "a", _end)
+    # The meter stop (900) is below the last reading: a reset, the rises are summed.
+    assert ended.energy_wh == 2950.0
+    assert await transactions.get("CS1", "a") == ended
+
+
+async def test_an_event_is_applied_once_per_seq_no(transactions: TransactionStore) -> None:
+    calls: list[int] = []
+
+    def event(seq_no: int) -> Callable[[Transaction | None], Transaction]:
+        def change(old: Transaction | None) -> Transaction:
+            calls.append(seq_no)
+            base = old or Transaction(station_id="CS1", transaction_id="e", version="ocpp2.0.1")
+            return msgspec.structs.replace(base, charging_state=f"s{seq_no}")
+
+        return change
+
+    for seq_no in (0, 2, 1, 2, 0, 5, 1):
+        update = await transactions.update_event("CS1", "e", seq_no, event(seq_no))
+        assert update.applied == (calls[-1:] == [seq_no] and calls.count(seq_no) == 1)
+        assert update.after == await transactions.get("CS1", "e")
+        if not update.applied:
+            assert update.before == update.after
+    assert calls == [0, 2, 1, 5]
+    assert await transactions.seq_nos("CS1", "e") == [0, 1, 2, 5]
+    stored = await transactions.get("CS1", "e")
+    assert stored is not None and (stored.last_seq_no, stored.charging_state) == (5, "s5")
+    assert await transactions.seq_nos("CS1", "nothing") == []
+
+
 # --- idempotency -----------------------------------------------------------------------------
 
 
