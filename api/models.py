@@ -7,6 +7,7 @@ a password (``has_password``), never a hash.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -262,10 +263,8 @@ class TransactionDetail(TransactionOut):
     readings: list[ReadingOut]
 
     @classmethod
-    def of(cls, tx: Transaction) -> TransactionDetail:
-        return cls(
-            **_transaction_fields(tx), readings=[ReadingOut.of(item) for item in tx.readings]
-        )
+    def with_readings(cls, tx: Transaction, readings: Sequence[EnergyReading]) -> TransactionDetail:
+        return cls(**_transaction_fields(tx), readings=[ReadingOut.of(item) for item in readings])
 
 
 class TransactionPage(BaseModel):

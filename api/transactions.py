@@ -78,4 +78,5 @@ async def get_transaction(
             f"station {station_id!r} has no transaction {transaction_id!r}",
             {"field": "transaction_id", "in": "path"},
         )
-    return TransactionDetail.of(tx)
+    readings = await ctx.services.transactions.readings(station_id, transaction_id)
+    return TransactionDetail.with_readings(tx, readings)
