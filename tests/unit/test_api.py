@@ -32,9 +32,11 @@ from services.factory import open_services
 from services.models import (
     BootInfo,
     ConnectorStatus,
+    EnergyReading,
     RegistrationStatus,
     StationRecord,
     Transaction,
+    TransactionChange,
     TransactionState,
 )
 
@@ -627,3 +629,34 @@ async def test_bodies_over_one_frame_are_413(api: Api) -> None:
     assert_error(streamed, 413, "payload_too_large")
     listed = await api.client.get("/v1/tokens", headers=api.auth())
     assert listed.json()["items"] == []
+
+
+async def test_transaction_detail_has_its_readings_and_energy(api: Api) -> None:
+    readings = (
+        EnergyReading(at="2026-01-15T12:00:00Z", wh=1000.0),
+        EnergyReading(at="2026-01-15T12:10:00Z", wh=3500.0, context="Sample.Periodic"),
+    )
+    await api.services.transactions.update(
+        "RD-1",
+        "7",
+        lambda _: TransactionChange(
+            Transaction(
+                station_id="RD-1",
+                transaction_id="7",
+                version=V16,
+                started_at="2026-01-15T12:00:00Z",
+                meter_start_wh=1000.0,
+            ),
+            readings,
+        ),
+    )
+    answer = await api.client.get("/v1/transactions/RD-1/7", headers=api.auth())
+    assert answer.status_code == 200, answer.text
+    detail = answer.json()
+    assert detail["readings"] == [
+        {"at": "2026-01-15T12:00:00Z", "wh": 1000.0, "context": None},
+        {"at": "2026-01-15T12:10:00Z", "wh": 3500.0, "context": "Sample.Periodic"},
+    ]
+    assert detail["energy_wh"] == 2500.0
+    listed = await api.client.get("/v1/transactions?station=RD-1", headers=api.auth())
+    assert "readings" not in listed.json()["items"][0]
