@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,15 @@ def test_broker_config_refuses_anonymous_clients() -> None:
 
 
 def test_dockerfile_copies_every_package() -> None:
+    """Every package the project installs (pyproject's package list) is in the image."""
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for package in ("csms", "gateway", "manager", "services", "ocpp_schemas"):
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [
+        pattern.rstrip("*")
+        for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]
+    ]
+    assert {"api", "cli", "csms", "operations"} <= set(packages)
+    for package in packages:
         assert f"COPY {package} {package}" in dockerfile
     assert 'ENTRYPOINT ["csms"]' in dockerfile
 
@@ -107,7 +115,7 @@ def test_compose_services_restart_and_have_health_checks() -> None:
 
 def test_compose_python_health_checks_compile_and_probe_the_listen_port() -> None:
     services = _compose()["services"]
-    for name in ("gateway", "manager"):
+    for name in ("gateway", "manager", "api"):
         test = services[name]["healthcheck"]["test"]
         assert test[:3] == ["CMD", "python", "-c"], name
         compile(test[3], f"{name} healthcheck", "exec")
@@ -115,6 +123,10 @@ def test_compose_python_health_checks_compile_and_probe_the_listen_port() -> Non
     args = build_parser().parse_args(gateway["command"])
     assert f"('127.0.0.1', {args.listen_port})" in gateway["healthcheck"]["test"][3]
     assert f"{args.listen_port}:{args.listen_port}" in gateway["ports"]
+    api = services["api"]
+    port = api["environment"]["CSMS_API_PORT"]
+    assert f"127.0.0.1:{port}/v1/ready" in api["healthcheck"]["test"][3]
+    assert f"{port}:{port}" in api["ports"] and api["command"] == ["api"]
 
 
 def test_compose_redis_keeps_an_append_only_file_on_a_volume() -> None:
