@@ -388,9 +388,8 @@ def derived(tx: Transaction, summary: MeterSummary) -> Transaction:
     (a figure given by whoever made the record: nothing here can compute one)."""
     counted = msgspec.structs.replace(tx, meter=summary if summary != _EMPTY else None)
     wh = energy_wh(counted)
-    if wh is None and summary.count == 0 and tx.meter_start_wh is None:
-        if tx.meter_stop_wh is None:
-            return counted
+    if wh is None and summary.count == 0 and tx.meter_start_wh is None and tx.meter_stop_wh is None:
+        return counted
     return msgspec.structs.replace(counted, energy_wh=wh)
 
 

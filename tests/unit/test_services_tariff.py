@@ -6,8 +6,8 @@ from decimal import Decimal
 from typing import Any
 
 from csms.config import TariffSettings
-from services.interfaces import TariffService
 from services.energy import summarized
+from services.interfaces import TariffService
 from services.models import Cost, EnergyReading, Transaction
 from services.tariff import ConfiguredTariff
 
