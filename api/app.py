@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api import calls, health, keys, monitoring, stations, tokens, transactions
+from api import calls, charging, health, keys, monitoring, stations, tokens, transactions
 from api.context import ApiContext
 from api.errors import ErrorBody, install
 from api.limits import BodyLimit
@@ -76,7 +76,7 @@ def create_app(
         metrics=api_metrics,
     )
     app.include_router(health.router)
-    # Calls first: the station detail route's id matches any rest of the path.
-    for module in (calls, stations, transactions, tokens, keys, monitoring):
+    # Calls and charging first: the station detail route's id matches any rest of the path.
+    for module in (calls, charging, stations, transactions, tokens, keys, monitoring):
         app.include_router(module.router, responses=_COMMON_ERRORS)
     return app

@@ -26,15 +26,15 @@ from fastapi.responses import JSONResponse
 
 from api.actions import ActionKind, classify
 from api.auth import Operator
-from api.context import API_PREFIX, Context
+from api.context import API_PREFIX, ApiContext, Context
 from api.errors import ApiError, ErrorBody
 from api.models import CallOutcomeOut
 from api.stations import station_not_found
 from csms.versions import OcppVersion
-from operations.calls import InvalidCall, Outcome
+from operations.calls import CallOutcome, InvalidCall, Outcome
 from services.models import RegistrationStatus
 
-__all__ = ["MAX_CALL_WAIT", "router"]
+__all__ = ["MAX_CALL_WAIT", "callable_station", "outcome_response", "router"]
 
 _log = structlog.get_logger("api.calls")
 
@@ -42,6 +42,32 @@ MAX_CALL_WAIT = 300.0
 """Largest ``?timeout=`` in seconds."""
 
 router = APIRouter(prefix=API_PREFIX, tags=["calls"])
+
+
+async def callable_station(ctx: ApiContext, station_id: str) -> OcppVersion:
+    """The OCPP version to call ``station_id`` with; ApiError 404 (unknown), 409 (never
+    connected) or 403 (Rejected: it takes no calls) when it cannot be called."""
+    record = await ctx.services.stations.get(station_id)
+    if record is None:
+        raise station_not_found(station_id)
+    try:
+        version = OcppVersion(record.ocpp_version or "")
+    except ValueError:
+        raise ApiError(
+            409,
+            "station_offline",
+            f"station {station_id!r} has never connected: its OCPP version is unknown",
+            {"field": "station_id", "in": "path"},
+        ) from None
+    if record.registration is RegistrationStatus.REJECTED:
+        # A Rejected station answers no CSMS call (2.0.1 B03, 1.6 4.2): say so at once.
+        raise ApiError(
+            403,
+            "station_rejected",
+            f"station {station_id!r} is Rejected: it takes no calls until it is registered",
+            {"field": "station_id", "in": "path", "registration": record.registration.value},
+        )
+    return version
 
 
 @router.post(
@@ -72,26 +98,7 @@ async def send_call(
         Query(gt=0, le=MAX_CALL_WAIT, description="seconds to wait for the outcome"),
     ] = None,
 ) -> JSONResponse:
-    record = await ctx.services.stations.get(station_id)
-    if record is None:
-        raise station_not_found(station_id)
-    try:
-        version = OcppVersion(record.ocpp_version or "")
-    except ValueError:
-        raise ApiError(
-            409,
-            "station_offline",
-            f"station {station_id!r} has never connected: its OCPP version is unknown",
-            {"field": "station_id", "in": "path"},
-        ) from None
-    if record.registration is RegistrationStatus.REJECTED:
-        # A Rejected station answers no CSMS call (2.0.1 B03, 1.6 4.2): say so at once.
-        raise ApiError(
-            403,
-            "station_rejected",
-            f"station {station_id!r} is Rejected: it takes no calls until it is registered",
-            {"field": "station_id", "in": "path", "registration": record.registration.value},
-        )
+    version = await callable_station(ctx, station_id)
     kind = classify(version, action)
     if kind is ActionKind.UNKNOWN:
         raise ApiError(
@@ -135,6 +142,11 @@ async def send_call(
         message_id=outcome.message_id,
         key=principal.key_id,
     )
+    return outcome_response(station_id, outcome)
+
+
+def outcome_response(station_id: str, outcome: CallOutcome) -> JSONResponse:
+    """The HTTP answer for a call's outcome (see the module docstring's table)."""
     body = CallOutcomeOut.of(outcome)
     if outcome.outcome is Outcome.OFFLINE:
         raise ApiError(
