@@ -173,3 +173,84 @@ async def test_remote_stop_of_an_unknown_transaction_and_offline_start(api: Api)
         "/v1/stations/RS-U/remote-start", json={"id_token": "T"}, headers=operate
     )
     assert_error(offline, 409, "station_offline")
+
+
+TASKS = [
+    # (route, body, 1.6 call, 2.0.1 call)
+    ("reset", {}, ["Reset", {"type": "Hard"}], ["Reset", {"type": "Immediate"}]),
+    (
+        "reset",
+        {"immediate": False},
+        ["Reset", {"type": "Soft"}],
+        ["Reset", {"type": "OnIdle"}],
+    ),
+    (
+        "unlock",
+        {"evse_id": 1, "connector_id": 2},
+        ["UnlockConnector", {"connectorId": 2}],
+        ["UnlockConnector", {"evseId": 1, "connectorId": 2}],
+    ),
+    (
+        "availability",
+        {"operative": False},
+        ["ChangeAvailability", {"connectorId": 0, "type": "Inoperative"}],
+        ["ChangeAvailability", {"operationalStatus": "Inoperative"}],
+    ),
+    (
+        "availability",
+        {"operative": True, "evse_id": 1, "connector_id": 1},
+        ["ChangeAvailability", {"connectorId": 1, "type": "Operative"}],
+        [
+            "ChangeAvailability",
+            {"operationalStatus": "Operative", "evse": {"id": 1, "connectorId": 1}},
+        ],
+    ),
+    (
+        "trigger",
+        {"message": "StatusNotification", "evse_id": 1},
+        ["TriggerMessage", {"requestedMessage": "StatusNotification", "connectorId": 1}],
+        ["TriggerMessage", {"requestedMessage": "StatusNotification", "evse": {"id": 1}}],
+    ),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "call16", "call201"), TASKS)
+async def test_tasks_have_one_shape_for_both_versions(
+    api: Api, route: str, body: dict[str, Any], call16: list[Any], call201: list[Any]
+) -> None:
+    operate = await api.key("operate")
+    for name, connect_station, expected in (
+        (f"T16-{route}", station_16, call16),
+        (f"T201-{route}", station_201, call201),
+    ):
+        ws = await connect_station(api, name)
+        try:
+            sending = asyncio.create_task(
+                api.client.post(f"/v1/stations/{name}/{route}", json=body, headers=operate)
+            )
+            call = await answer_next(ws, lambda mid: [3, mid, {"status": "Accepted"}])
+            assert call[2:] == expected
+            answer = await sending
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["payload"] == {"status": "Accepted"}
+        finally:
+            await ws.close()
+
+
+async def test_task_payloads_a_version_refuses_are_422(api: Api) -> None:
+    operate = await api.key("operate")
+    ws = await station_201(api, "T-422")
+    try:
+        no_evse = await api.client.post(
+            "/v1/stations/T-422/unlock", json={"connector_id": 1}, headers=operate
+        )
+        assert assert_error(no_evse, 422, "invalid_payload")["details"]["field"] == "evse_id"
+        bad_message = await api.client.post(
+            "/v1/stations/T-422/trigger", json={"message": "Coffee"}, headers=operate
+        )
+        details = assert_error(bad_message, 422, "invalid_payload")["details"]
+        assert details["field"] == "requestedMessage"
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.2)  # nothing reached the station
+    finally:
+        await ws.close()
