@@ -271,12 +271,9 @@ async def rotate_password(
     ``ValueError`` for a password the version does not allow, :class:`RotationRefused` when
     the station has no record, and what :meth:`CallMaker.call` and the registry raise.
     """
-    new_password = password if password is not None else generate_password(version=version)
-    action, payload = rotation_call(version, new_password)
-    # scrypt costs tens of milliseconds of CPU: keep it off the event loop.
-    pending_hash = await asyncio.to_thread(hash_password, new_password)
-    if not await stations.set_pending_password_hash(station_id, pending_hash):
-        raise RotationRefused(f"station {station_id} is not in the registry")
+    new_password, action, payload, pending_hash = await _prepare(
+        stations, station_id, version, password
+    )
     try:
         message_id = await calls.call(
             station_id,
@@ -287,9 +284,7 @@ async def rotate_password(
             reply_to=reply_to,
         )
     except BaseException:
-        # Never sent: no answer will come to clear it.
-        with contextlib.suppress(StoreUnavailable):
-            await stations.set_pending_password_hash(station_id, None, replacing=pending_hash)
+        await _forget(stations, station_id, pending_hash)
         raise
     _log.info(
         "password_rotation_sent",
@@ -343,11 +338,7 @@ async def rotate_and_confirm(
     version = await rotation_version(stations, station_id)
     before = await stations.get(station_id)
     old_hash = before.password_hash if before is not None else None
-    new_password = generate_password(version=version)
-    action, payload = rotation_call(version, new_password)
-    pending_hash = await asyncio.to_thread(hash_password, new_password)
-    if not await stations.set_pending_password_hash(station_id, pending_hash):
-        raise RotationRefused(f"station {station_id} is not in the registry")
+    new_password, action, payload, pending_hash = await _prepare(stations, station_id, version)
     say(f"sending {action} to {station_id} ({version}); waiting for its answer")
     try:
         outcome = await sender.send(
@@ -384,8 +375,23 @@ async def rotate_and_confirm(
     )
 
 
+async def _prepare(
+    stations: StationRegistry, station_id: str, version: str, password: str | None = None
+) -> tuple[str, str, dict[str, Any], str]:
+    """The new password (generated unless given), the call that gives it to the station, and
+    its hash, already recorded as pending so the station is admitted as soon as it switches."""
+    new_password = password if password is not None else generate_password(version=version)
+    action, payload = rotation_call(version, new_password)
+    # scrypt costs tens of milliseconds of CPU: keep it off the event loop.
+    pending_hash = await asyncio.to_thread(hash_password, new_password)
+    if not await stations.set_pending_password_hash(station_id, pending_hash):
+        raise RotationRefused(f"station {station_id} is not in the registry")
+    return new_password, action, payload, pending_hash
+
+
 async def _forget(stations: StationRegistry, station_id: str, pending_hash: str) -> None:
-    """Nothing was sent: the pending hash must not stay admissible."""
+    """Nothing was sent: no answer will come to clear the pending hash, and it must not stay
+    admissible."""
     with contextlib.suppress(StoreUnavailable):
         await stations.set_pending_password_hash(station_id, None, replacing=pending_hash)
 
