@@ -170,6 +170,9 @@ class Embedded:
     """What ``csms run`` started: the gateway and, when mounted, the operator API."""
 
     gateway: Gateway
+    manager: Manager
+    broker: MemoryBroker | None = None
+    """The in-process broker, when no ``broker_url`` is set."""
     api: ApiServer | None = None
     generated_admin_key: str | None = None
     """The admin key made at start (first-try mode, no ``api_admin_key``): print it."""
@@ -213,6 +216,7 @@ async def embedded(settings: Settings, *, api: bool = True) -> AsyncIterator[Emb
     """
     async with AsyncExitStack() as stack:
         services = await stack.enter_async_context(open_services(settings))
+        broker: MemoryBroker | None = None
         if settings.broker_url:
             gateway_bus: Bus = _mqtt_bus(settings, "gateway")
             manager_bus: Bus = _mqtt_bus(settings, "manager")
@@ -224,7 +228,7 @@ async def embedded(settings: Settings, *, api: bool = True) -> AsyncIterator[Emb
         await stack.enter_async_context(manager_bus)
         await stack.enter_async_context(gateway_bus)
         await _wait_for_broker(manager_bus, settings)
-        await stack.enter_async_context(
+        manager = await stack.enter_async_context(
             Manager(settings, manager_bus, services, instance_id=settings.manager_id)
         )
         first_try = decide_first_try(settings, embedded=True)
@@ -237,7 +241,7 @@ async def embedded(settings: Settings, *, api: bool = True) -> AsyncIterator[Emb
                 first_try=first_try.enabled,
             )
         )
-        running = Embedded(gateway)
+        running = Embedded(gateway, manager, broker)
         if api_bus is not None:
             await stack.enter_async_context(api_bus)
             admin_key = None

@@ -34,6 +34,11 @@ class MemoryBroker:
         """A new client connection to this broker."""
         return MemoryBus(self, max_queued)
 
+    @property
+    def backlog(self) -> int:
+        """Messages delivered to clients and not read by them yet."""
+        return sum(client._queue.qsize() for client in self._clients)
+
     def _attach(self, client: MemoryBus) -> None:
         self._clients.append(client)
 

@@ -1,6 +1,6 @@
 """Hostile input against a running CSMS: the gateway keeps serving and its memory stays bounded.
 
-The embedded CSMS (:func:`cli.processes.all_in_one`: gateway + manager on the in-process bus) runs
+The embedded CSMS (:func:`cli.processes.embedded`: gateway + manager on the in-process bus) runs
 on an event loop in a background thread for the whole test. Hypothesis drives rounds of
 attacks at it (random text and binary frames, random JSON arrays, OCPP-shaped frames with
 random contents, frames far over the size limit, floods that read their answers and floods
@@ -38,7 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
 
 import gateway.server
-from cli.processes import all_in_one
+from cli.processes import Embedded, embedded
 from csms.bus.memory import MemoryBus
 from csms.config import Settings
 from csms.versions import OcppVersion
@@ -206,6 +206,7 @@ class Arena:
         self._ids = count()
         self._idle_sockets: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._deaf: list[ClientConnection] = []
+        self.csms: Embedded
         self.gateway: Gateway
         self.good: ClientConnection
         self.frames_sent = 0
@@ -229,7 +230,8 @@ class Arena:
             self.loop.close()
 
     async def _open(self) -> None:
-        self.gateway = await self._stack.enter_async_context(all_in_one(Settings(**SETTINGS)))
+        self.csms = await self._stack.enter_async_context(embedded(Settings(**SETTINGS), api=False))
+        self.gateway = self.csms.gateway
         self.good = await self._stack.enter_async_context(
             connect(
                 self.gateway.url_for(GOOD),
@@ -265,9 +267,11 @@ class Arena:
         await asyncio.gather(heartbeat(), *(self._attack(item) for item in batch))
 
     async def settle(self) -> None:
-        """Wait until the gateway holds only the good station.
+        """Wait until the gateway holds only the good station and the manager has caught up.
 
-        Half-open and deaf sockets are left to the gateway's handshake and ping timeouts.
+        Half-open and deaf sockets are left to the gateway's handshake and ping timeouts. A
+        flood leaves messages on the in-process bus for the manager to work through; until it
+        has, they are memory in use, not memory leaked.
         """
         guard = self.gateway.guard
 
@@ -281,6 +285,12 @@ class Arena:
         async with asyncio.timeout(30):
             while not only_good_left():  # noqa: ASYNC110 (polls counters; no event to await)
                 await asyncio.sleep(0.05)
+        broker = self.csms.broker
+        assert broker is not None
+        async with asyncio.timeout(60):
+            while broker.backlog or self.csms.manager.pending:  # noqa: ASYNC110 (counters)
+                await asyncio.sleep(0.05)
+            await self.csms.manager.idle()
         for reader, writer in self._idle_sockets:
             with contextlib.suppress(ConnectionError):
                 assert await reader.read() == b"", "the gateway closed the half-open socket"
