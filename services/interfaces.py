@@ -169,6 +169,12 @@ class StationRegistry(Protocol):
         """How many stations there are, online and offline, and per registration status."""
         ...
 
+    async def delete(self, station_id: str) -> bool:
+        """Forget the station: its record (credentials included), last-seen time, connector
+        statuses and every index entry, so listings and counts no longer show it. Its
+        transactions are another store's and stay. False when there was no record."""
+        ...
+
 
 @runtime_checkable
 class TokenStore(Protocol):

@@ -289,6 +289,17 @@ class MemoryStationRegistry:
         connectors = self._connectors.get(station_id, {})
         return [_copy(connectors[key]) for key in sorted(connectors)]
 
+    async def delete(self, station_id: str) -> bool:
+        self._connectors.pop(station_id, None)
+        record = self._stations.pop(station_id, None)
+        if record is None:
+            return False
+        self._ids.discard(station_id)
+        self._buckets[rules.station_bucket(record)] -= 1
+        if record.gateway is not None:
+            self._held.get(record.gateway, set()).discard(station_id)
+        return True
+
 
 class MemoryTokenStore:
     """:class:`~services.interfaces.TokenStore` in a dict.

@@ -590,6 +590,27 @@ class RedisStationRegistry(_RedisStore):
         statuses = [_connector_decoder.decode(value) for value in fields.values()]
         return sorted(statuses, key=lambda status: (status.evse_id, status.connector_id))
 
+    async def delete(self, station_id: str) -> bool:
+        """Delete the record, ``seen:`` and ``connectors:`` keys and every index entry in one
+        MULTI/EXEC under WATCH of the record (a concurrent connect is redone, not lost)."""
+        key = self._key(station_id)
+        member = station_id.encode()
+
+        def attempt(raw: bytes | None) -> tuple[bool, _Write]:
+            old = _station_decoder.decode(raw) if raw is not None else None
+
+            def write(pipe: Pipeline) -> None:
+                pipe.delete(key, self._seen_key(station_id), self._connectors_key(station_id))
+                pipe.zrem(self._all_key, member)
+                for bucket in rules.STATION_BUCKETS:
+                    pipe.zrem(self._bucket_key(bucket), member)
+                if old is not None and old.gateway is not None:
+                    pipe.srem(self._held_key(old.gateway), member)
+
+            return old is not None, write
+
+        return await self._optimistic(key, attempt, "delete station")
+
 
 class RedisTokenStore(_RedisStore):
     """:class:`~services.interfaces.TokenStore` in Redis.

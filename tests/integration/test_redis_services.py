@@ -283,6 +283,58 @@ async def test_concurrent_touch_and_boot_keep_both(
     assert parse_time(record.last_seen) == parse_time("2026-01-15T12:00:29Z")
 
 
+async def test_delete_leaves_no_key_or_index_entry_of_the_station(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    from services.models import ConnectorStatus, StationCredentials
+
+    registry = RedisStationRegistry(redis_client, prefix)
+    gone, kept = "CS:1/é", "CS:1"
+    for station_id, connection in ((gone, "c1"), (kept, "c2")):
+        await registry.provision(station_id, RegistrationStatus.ACCEPTED)
+        await registry.mark_connected(station_id, "ocpp2.0.1", "gw1", connection, T1)
+    await registry.set_credentials(gone, StationCredentials(security_profile=1))
+    await registry.touch(gone, "2026-01-15T12:00:09Z")
+    status = ConnectorStatus(evse_id=1, connector_id=1, status="Occupied", at=T1)
+    await registry.set_connector_status(gone, status)
+    assert await registry.delete(gone) is True
+    keys = {key.decode() async for key in redis_client.scan_iter(match=f"{prefix}*")}
+    assert keys == {
+        f"{prefix}station:{encode_id(kept)}",
+        f"{prefix}stations",
+        f"{prefix}stations-online:Accepted",
+        f"{prefix}gw-stations:gw1",
+        f"{prefix}gateways",
+    }
+    indexes = await _index_sets(redis_client, prefix)
+    assert indexes == {"stations": {kept}, "stations-online:Accepted": {kept}}
+    assert await redis_client.smembers(f"{prefix}gw-stations:gw1") == {kept.encode()}
+
+
+async def test_delete_racing_a_connect_keeps_the_indexes_exact(
+    redis_client: aioredis.Redis, second_client: aioredis.Redis, prefix: str
+) -> None:
+    a = RedisStationRegistry(redis_client, prefix)
+    b = RedisStationRegistry(second_client, prefix)
+    for round_ in range(30):
+        await a.provision("CS1", RegistrationStatus.PENDING)
+        at = f"2026-01-15T12:{round_:02d}:00Z"
+        await asyncio.gather(
+            a.delete("CS1"), b.mark_connected("CS1", "ocpp1.6", "gw", f"c{round_}", at)
+        )
+        record = await a.get("CS1")
+        indexes = await _index_sets(redis_client, prefix)
+        listed = {name for name, members in indexes.items() if "CS1" in members}
+        if record is None:
+            assert listed == set(), round_
+        else:
+            # The connect came second: it made a record of its own, indexed as it is.
+            assert record.online and not record.known
+            assert listed == {"stations", "stations-online:Pending"}, round_
+        await a.delete("CS1")
+        assert await a.station_counts() == StationCounts()
+
+
 # --- read-side indexes ----------------------------------------------------------------------------
 
 

@@ -441,6 +441,62 @@ async def test_provision_keeps_credentials(registry: StationRegistry) -> None:
     assert (stored.security_profile, stored.password_hash) == (1, HASH_A)
 
 
+# --- deleting stations -----------------------------------------------------------------------
+
+
+async def test_delete_forgets_the_station_in_every_read(registry: StationRegistry) -> None:
+    await _live_station(registry, "CS1")
+    await registry.set_credentials(
+        "CS1", StationCredentials(security_profile=1, password_hash=HASH_A)
+    )
+    await registry.touch("CS1", T2)
+    await registry.set_connector_status(
+        "CS1", ConnectorStatus(evse_id=1, connector_id=1, status="Occupied", at=T1)
+    )
+    await registry.provision("CS2", RegistrationStatus.PENDING)
+    assert await registry.delete("CS1") is True
+    assert await registry.get("CS1") is None
+    assert await registry.connector_statuses("CS1") == []
+    assert _ids(await _all_pages(registry.list_stations, 1)) == ["CS2"]
+    assert _ids((await registry.list_stations(online=True)).items) == []
+    accepted = await registry.list_stations(registration=RegistrationStatus.ACCEPTED)
+    assert accepted.items == []
+    assert await registry.station_counts() == StationCounts(total=1, offline=1, pending=1)
+    assert await registry.delete("CS1") is False
+    # What its gateway reports later (the socket's end, the gateway's end) never revives it.
+    assert await registry.mark_disconnected("CS1", "c1", T2) is False
+    assert await registry.gateway_gone("gw1", T2) == []
+    assert await registry.get("CS1") is None
+    assert await registry.station_counts() == StationCounts(total=1, offline=1, pending=1)
+
+
+async def test_delete_of_a_station_without_record(registry: StationRegistry) -> None:
+    status = ConnectorStatus(evse_id=1, connector_id=1, status="Available", at=T1)
+    await registry.set_connector_status("ghost", status)
+    assert await registry.delete("ghost") is False
+    assert await registry.connector_statuses("ghost") == []
+    assert await registry.station_counts() == StationCounts()
+
+
+async def test_a_deleted_station_is_registered_again_from_scratch(
+    registry: StationRegistry,
+) -> None:
+    await _live_station(registry, "CS1")
+    await registry.set_credentials(
+        "CS1", StationCredentials(security_profile=1, password_hash=HASH_A)
+    )
+    await registry.set_connector_status(
+        "CS1", ConnectorStatus(evse_id=1, connector_id=1, status="Faulted", at=T1)
+    )
+    assert await registry.delete("CS1") is True
+    await registry.provision("CS1", RegistrationStatus.REJECTED)
+    record = await registry.get("CS1")
+    assert record == StationRecord(station_id="CS1", registration=RegistrationStatus.REJECTED)
+    assert await registry.connector_statuses("CS1") == []
+    assert await registry.station_counts() == StationCounts(total=1, offline=1, rejected=1)
+    assert _ids((await registry.list_stations(online=False)).items) == ["CS1"]
+
+
 # --- tokens ----------------------------------------------------------------------------------
 
 
