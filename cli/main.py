@@ -9,6 +9,14 @@
                         [--password P | --password - | --generate-password]
                         [--certificate-identity CN] [--versions ocpp1.6,ocpp2.0.1]
     csms station rotate-password ID [--wait SECONDS]
+    csms station list [--online|--offline] [--registration R] [--prefix P] [--limit N] [--json]
+    csms station show ID [--json]
+    csms call STATION ACTION ['{json}' | @file.json | -] [--timeout S] [--no-wait] [--json]
+    csms call-status CALL_ID [--wait S] [--json]
+    csms tx list [--station S] [--token T] [--active|--ended] [--since ISO] [--until ISO]
+                 [--limit N] [--json]
+    csms tx show STATION TX [--json]
+    csms tx export [filters as tx list] [-o FILE]
     csms password generate [--version ocpp1.6|ocpp2.0.1] [--length N]
     csms password hash [--version ...] [--authorization-key]   (password on stdin)
     csms api-key create NAME [--scope read|operate|admin]   (prints the key once)
@@ -18,7 +26,9 @@
                       [--type ISO14443|eMAID|...]
 
 Every setting can also come from a TOML file (--config) or ``CSMS_*`` environment variables;
-see :mod:`csms.config`.
+see :mod:`csms.config`. ``station list/show``, ``call``, ``call-status`` and ``tx`` talk to the
+operator API over HTTP instead (``--api-url``/``CSMS_API_URL``, ``--api-key``/``CSMS_API_KEY``;
+exit statuses in :mod:`cli.api_client`).
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from cli import api_key, password, serve, station, token
+from cli import api_client, api_key, call, password, serve, station, token, tx
 from cli.common import CommandError, describe, settings_from
 from csms.logs import configure_logging
 from services.interfaces import StoreUnavailable
@@ -45,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     password.add_commands(commands)
     token.add_commands(commands)
     api_key.add_commands(commands)
+    call.add_commands(commands)
+    tx.add_commands(commands)
     return parser
 
 
@@ -53,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "password":
             return password.run(args)  # needs no settings
+        if getattr(args, "api_command", None) is not None:
+            return api_client.run(args.api_command, args)  # the operator API, over HTTP
         try:
             settings = settings_from(args)
         except ValidationError as exc:

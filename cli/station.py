@@ -1,12 +1,15 @@
-"""``csms station``: register stations and rotate their passwords."""
+"""``csms station``: register stations and rotate their passwords (in the stores), list and
+show them (through the operator API)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import Sequence
 from typing import Any
 
+from cli.api_client import ApiClient, Progress, add_api_flags, cell, print_json, segment, table
 from cli.common import (
     OCPP_VERSIONS,
     CommandError,
@@ -70,6 +73,7 @@ def add_commands(commands: Any) -> None:
         "--wait", type=float, default=60.0, help="seconds to wait for the outcome (default 60)"
     )
     add_setting_flags(rotate)
+    _add_api_commands(station_commands)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -241,3 +245,114 @@ async def _tick(wait: float) -> None:
         await asyncio.sleep(5)
         waited += 5
         progress(f"  still waiting ({waited} s of {wait:.0f} s)")
+
+
+# --- through the operator API: list, show --------------------------------------------------
+
+
+def _add_api_commands(station_commands: Any) -> None:
+    """``station list`` and ``station show``: read the registry through the operator API."""
+    listing = station_commands.add_parser(
+        "list",
+        help="list stations (operator API)",
+        description="Stations as the registry knows them, in id order; every page is read.",
+    )
+    state = listing.add_mutually_exclusive_group()
+    state.add_argument("--online", dest="online", action="store_true", default=None)
+    state.add_argument("--offline", dest="online", action="store_false")
+    listing.add_argument("--registration", choices=["Accepted", "Pending", "Rejected"])
+    listing.add_argument("--prefix", help="only ids starting with this")
+    listing.add_argument("--limit", type=_positive, help="at most this many stations")
+    add_api_flags(listing)
+    listing.set_defaults(api_command=_station_list)
+
+    show = station_commands.add_parser(
+        "show",
+        help="one station: boot info, connectors, active transactions (operator API)",
+    )
+    show.add_argument("station_id")
+    add_api_flags(show)
+    show.set_defaults(api_command=_station_show)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _station_list(client: ApiClient, args: argparse.Namespace) -> int:
+    params = {"online": args.online, "registration": args.registration, "prefix": args.prefix}
+    stations = client.items("/stations", params, limit=args.limit, progress=Progress("stations"))
+    if args.json:
+        print_json(stations)
+        return 0
+    if not stations:
+        progress("no stations match")
+        return 0
+    rows = [
+        [
+            item["station_id"],
+            item["online"],
+            item["registration"],
+            item["ocpp_version"],
+            _boot_name(item.get("boot")),
+            item["security_profile"],
+            item["last_seen"],
+        ]
+        for item in stations
+    ]
+    headers = ["STATION", "ONLINE", "REGISTRATION", "VERSION", "MODEL", "PROFILE", "LAST SEEN"]
+    print(table(headers, rows), flush=True)
+    return 0
+
+
+def _boot_name(boot: dict[str, Any] | None) -> str | None:
+    return f"{boot['vendor']} {boot['model']}" if boot else None
+
+
+def _station_show(client: ApiClient, args: argparse.Namespace) -> int:
+    station = client.get(f"/stations/{segment(args.station_id)}")
+    if args.json:
+        print_json(station)
+        return 0
+    boot = station.get("boot") or {}
+    facts = [
+        ("station", station["station_id"]),
+        ("registration", station["registration"]),
+        ("online", station["online"]),
+        ("OCPP version", station["ocpp_version"]),
+        ("gateway", station["gateway"]),
+        ("connected at", station["connected_at"]),
+        ("disconnected at", station["disconnected_at"]),
+        ("last seen", station["last_seen"]),
+        ("security profile", station["security_profile"]),
+        ("password", "set" if station["has_password"] else None),
+        ("vendor", boot.get("vendor")),
+        ("model", boot.get("model")),
+        ("serial number", boot.get("serial_number")),
+        ("firmware", boot.get("firmware_version")),
+        ("last boot", station["last_boot_at"]),
+        ("boot reason", boot.get("reason")),
+    ]
+    width = max(len(name) for name, _ in facts)
+    print("\n".join(f"{name + ':':<{width + 1}}  {cell(value)}" for name, value in facts))
+    connectors = station["connectors"]
+    print(f"\nconnectors ({len(connectors)}):")
+    if connectors:
+        rows = [
+            [c["evse_id"], c["connector_id"], c["status"], c["error_code"], c["at"]]
+            for c in connectors
+        ]
+        print(table(["EVSE", "CONNECTOR", "STATUS", "ERROR", "SINCE"], rows))
+    active = station["active_transactions"]
+    print(f"\nactive transactions ({len(active)}):")
+    if active:
+        rows = [
+            [tx["transaction_id"], tx["evse_id"], tx["id_token"], tx["started_at"], tx["energy_wh"]]
+            for tx in active
+        ]
+        print(table(["TRANSACTION", "EVSE", "TOKEN", "STARTED", "ENERGY WH"], rows))
+    sys.stdout.flush()
+    return 0
