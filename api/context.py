@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.metrics import ApiMetrics
+from api.oidc import OidcVerifier
 from csms.bus import Bus
 from operations.calls import CallSender
 from services import Services
@@ -41,6 +42,8 @@ class ApiContext:
     """Largest ``?timeout=`` a caller may ask for."""
     admin_key: str | None = None
     """The configured (or generated) bootstrap admin key, accepted besides stored keys."""
+    oidc: OidcVerifier | None = None
+    """Checks OIDC access tokens when ``api_oidc_issuer`` is set."""
     bus: Bus | None = None
     """The sender's bus, for readiness."""
     metrics: ApiMetrics = field(default_factory=ApiMetrics)

@@ -225,6 +225,32 @@ UNSETTABLE_LIMITS = (
 
 UNSET_WORDS = frozenset({"", "none", "off"})
 
+OIDC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+"""JWT signature algorithms ``api_oidc_algorithms`` may name: public-key ones only, so a
+public key can never serve as an HMAC secret, and never ``none``."""
+
+
+def oidc_url_problem(url: str) -> str | None:
+    """Why ``url`` may not be fetched for OIDC keys (None when it may): key sets are fetched
+    over https, plain http only from this host (a local identity provider, tests)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return "must be an https:// URL"
+    if parts.scheme == "http":
+        host = parts.hostname
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            return "must be https:// (plain http only for localhost)"
+    return None
+
 
 class Settings(BaseSettings):
     """Every tunable of gateway, manager and services."""
@@ -404,6 +430,45 @@ class Settings(BaseSettings):
         "can start a CSMS with a known key (e.g. from 'openssl rand -hex 32'); unset "
         "= only stored keys (csms run in first-try mode prints a generated one)",
     )
+    api_oidc_issuer: str | None = Field(
+        default=None,
+        description="OIDC issuer whose access tokens (JWTs) the API accepts as bearer "
+        "tokens, exactly as the tokens' iss says; unset = API keys only",
+    )
+    api_oidc_audience: str | None = Field(
+        default=None, description="audience the tokens must name in aud (needed with the issuer)"
+    )
+    api_oidc_jwks_url: str | None = Field(
+        default=None,
+        description="the issuer's key set; unset = jwks_uri of its openid-configuration",
+    )
+    api_oidc_scope_claim: str = Field(
+        default="scope",
+        min_length=1,
+        max_length=128,
+        description="claim holding the granted values (space-separated string or list, e.g. "
+        "scope or roles; a dotted path such as realm_access.roles reaches nested claims)",
+    )
+    api_oidc_scope_map: dict[str, Literal["read", "operate", "admin"]] = Field(
+        default={"csms:read": "read", "csms:operate": "operate", "csms:admin": "admin"},
+        min_length=1,
+        description="claim value -> API scope; the highest scope a token holds wins",
+    )
+    api_oidc_algorithms: list[str] = Field(
+        default=["RS256", "ES256"],
+        min_length=1,
+        description="signature algorithms accepted (asymmetric only: RS*, PS*, ES*, EdDSA)",
+    )
+    api_oidc_leeway: float = Field(
+        default=60.0, ge=0, le=600, description="seconds of clock skew allowed on exp/nbf/iat"
+    )
+    api_oidc_refetch_interval: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="least seconds between two fetches of the key set (a token with an unknown "
+        "kid, i.e. a rotated key, triggers one)",
+    )
 
     # Operations
     log_format: Literal["console", "json"] = "console"
@@ -458,6 +523,36 @@ class Settings(BaseSettings):
         if not text.isascii() or not text.isprintable() or " " in text:
             raise ValueError("must be printable ASCII without spaces (it is sent in a header)")
         return value
+
+    @field_validator("api_oidc_issuer", "api_oidc_jwks_url")
+    @classmethod
+    def _check_oidc_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        problem = oidc_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("api_oidc_algorithms")
+    @classmethod
+    def _check_oidc_algorithms(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in OIDC_ALGORITHMS:
+                raise ValueError(
+                    f"{name!r} is not accepted: use asymmetric algorithms only "
+                    f"({', '.join(sorted(OIDC_ALGORITHMS))}); never none or HS*"
+                )
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _check_oidc(self) -> Settings:
+        if self.api_oidc_issuer is None:
+            if self.api_oidc_jwks_url is not None or self.api_oidc_audience is not None:
+                raise ValueError("api_oidc_jwks_url / api_oidc_audience need api_oidc_issuer")
+        elif not self.api_oidc_audience:
+            raise ValueError("api_oidc_issuer needs api_oidc_audience (the API's audience)")
+        return self
 
     @field_validator("path_prefix")
     @classmethod
