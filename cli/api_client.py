@@ -92,11 +92,12 @@ def error_message(response: httpx.Response) -> str:
     the failing field when the message does not already name it."""
     body = _json_or_none(response)
     if isinstance(body, dict) and isinstance(body.get("message"), str):
-        message: str = body["message"]
+        message = " ".join(str(body["message"]).split())  # one line, whatever it holds
         code = body.get("code", "")
         details = body.get("details")
         field = details.get("field") if isinstance(details, dict) else None
-        if isinstance(field, str) and field and field not in message:
+        invalid = response.status_code in (400, 422)  # say which parameter, if not said
+        if invalid and isinstance(field, str) and field and field not in message:
             where = details.get("in") if isinstance(details, dict) else None
             message += f" (field {field}{f' in {where}' if where else ''})"
         return f"{message} [HTTP {response.status_code} {code}]".replace(" ]", "]")

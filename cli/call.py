@@ -134,17 +134,20 @@ def _call(client: ApiClient, args: argparse.Namespace) -> int:
         if args.json:
             print_json(body)
         raise CommandError(error_message(response), EXIT_NO_RESULT)
+    if body.get("outcome") == "pending":  # --no-wait: sent, the outcome comes later
+        if args.json:
+            print_json(body)
+        else:
+            print(body["message_id"], flush=True)
+            progress(
+                f"sent {args.action} to {args.station_id}; its outcome: "
+                f"csms call-status {body['message_id']}"
+            )
+        return EXIT_OK
     if args.json:
         print_json(body)
-        return _exit_status(body)
-    if body.get("outcome") == "pending":
-        print(body["message_id"], flush=True)
-        progress(
-            f"sent {args.action} to {args.station_id}; its outcome: "
-            f"csms call-status {body['message_id']}"
-        )
-        return EXIT_OK
-    print(describe_outcome(body), flush=True)
+    else:
+        print(describe_outcome(body), flush=True)
     return _exit_status(body)
 
 

@@ -14,7 +14,10 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
+
 from cli.api_client import (
+    EXIT_FAILED,
     ApiClient,
     Progress,
     add_api_flags,
@@ -25,7 +28,7 @@ from cli.api_client import (
 )
 from cli.common import CommandError, progress
 
-__all__ = ["add_commands"]
+__all__ = ["CsvRows", "add_commands"]
 
 
 def add_commands(commands: Any) -> None:
@@ -171,7 +174,7 @@ def _export(client: ApiClient, args: argparse.Namespace) -> int:
         sys.stdout.flush()  # the CSV goes to the bytes underneath
         rows = _download(client, args, sys.stdout.buffer, counter)
         sys.stdout.buffer.flush()
-        counter.done(f"exported {rows} transactions")
+        counter.done(f"exported {_transactions(rows)}")
         return 0
     target = Path(output)
     partial = target.with_name(f".{target.name}.partial")
@@ -183,24 +186,63 @@ def _export(client: ApiClient, args: argparse.Namespace) -> int:
         raise CommandError(f"cannot write {output}: {exc.strerror or exc}") from None
     finally:
         partial.unlink(missing_ok=True)
-    counter.done(f"exported {rows} transactions to {output}")
+    counter.done(f"exported {_transactions(rows)} to {output}")
     return 0
 
 
+def _transactions(count: int) -> str:
+    return f"{count} transaction{'' if count == 1 else 's'}"
+
+
 def _download(
-    client: ApiClient, args: argparse.Namespace, sink: IO[bytes], counter: Progress | None = None
+    client: ApiClient, args: argparse.Namespace, sink: IO[bytes], counter: Progress
 ) -> int:
-    """Copy the CSV to ``sink`` as it arrives; the number of data rows (lines after the
+    """Copy the CSV to ``sink`` as it arrives; the number of transactions (rows after the
     header)."""
-    lines = 0
-    ended_line = True
+    rows = CsvRows()
     with client.stream("/transactions.csv", _filters(args)) as response:
-        for chunk in response.iter_bytes():
-            sink.write(chunk)
-            lines += chunk.count(b"\n")
-            ended_line = chunk.endswith(b"\n")
-            if counter is not None:
-                counter.update(max(lines - 1, 0))
-    if not ended_line:
-        lines += 1  # a last row without its newline
-    return max(lines - 1, 0)
+        try:
+            for chunk in response.iter_bytes():
+                sink.write(chunk)
+                counter.update(rows.feed(chunk))
+        except httpx.TransportError as exc:
+            raise CommandError(
+                f"the export was cut short after {_transactions(rows.count)} "
+                f"({exc or type(exc).__name__})",
+                EXIT_FAILED,
+            ) from None
+    return rows.done()
+
+
+class CsvRows:
+    """Counts the data rows of RFC 4180 CSV fed in chunks of any size: line ends inside
+    quoted fields are not row ends, and the header row is not counted."""
+
+    def __init__(self) -> None:
+        self._lines = 0
+        self._quoted = False
+        self._open_line = False
+
+    @property
+    def count(self) -> int:
+        return max(self._lines - 1, 0)
+
+    def feed(self, chunk: bytes) -> int:
+        """Count ``chunk``; the rows so far."""
+        for index, part in enumerate(chunk.split(b'"')):
+            if index:  # a quote came before this part: "" inside a field toggles twice
+                self._quoted = not self._quoted
+                self._open_line = True
+            if self._quoted or b"\n" not in part:
+                self._open_line = self._open_line or bool(part)
+                continue
+            self._lines += part.count(b"\n")
+            self._open_line = not part.endswith(b"\n")
+        return self.count
+
+    def done(self) -> int:
+        """The rows, counting a last one without its line end."""
+        if self._open_line:
+            self._lines += 1
+            self._open_line = False
+        return self.count
