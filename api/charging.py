@@ -67,6 +67,7 @@ class RemoteStartOut(BaseModel):
     response_model=RemoteStartOut,
     summary="Start a transaction remotely and wait for its transaction id",
     responses={
+        404: {"model": ErrorBody, "description": "no such station"},
         409: {"model": ErrorBody, "description": "station offline, or call undelivered"},
         422: {"model": ErrorBody, "description": "payload refused by the schema"},
         504: {"model": RemoteStartOut, "description": "no answer from the station in time"},
@@ -169,6 +170,7 @@ class TriggerIn(BaseModel):
 
 
 _TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "no such station"},
     409: {"model": ErrorBody, "description": "station offline, or call undelivered"},
     422: {"model": ErrorBody, "description": "payload refused by the schema"},
     504: {"model": CallOutcomeOut, "description": "no answer from the station in time"},
