@@ -10,6 +10,7 @@ COPY manager manager
 COPY operations operations
 COPY services services
 COPY ocpp_schemas ocpp_schemas
+COPY simulator simulator
 RUN pip install --no-cache-dir .
 USER nobody
 ENTRYPOINT ["csms"]

@@ -22,6 +22,8 @@
     csms api-key create NAME [--scope read|operate|admin]   (prints the key once)
     csms api-key list [--json]
     csms api-key revoke KEY_ID
+    csms simulate [--url WS] [--stations N] [--version ocpp2.0.1|ocpp1.6|mix]
+                  [--scenario sessions|boot|storm|idle] [--processes K] [--json FILE]
     csms token add ID [--status ...] [--expiry ISO [--allow-past-expiry]] [--group ID]
                       [--type ISO14443|eMAID|...]
 
@@ -39,7 +41,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from cli import api_client, api_key, call, password, serve, station, token, tx
+from cli import api_client, api_key, call, password, serve, simulate, station, token, tx
 from cli.common import CommandError, describe, settings_from
 from csms.logs import configure_logging
 from services.interfaces import StoreUnavailable
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     api_key.add_commands(commands)
     call.add_commands(commands)
     tx.add_commands(commands)
+    simulate.add_commands(commands)
     return parser
 
 
@@ -67,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return password.run(args)  # needs no settings
         if getattr(args, "api_command", None) is not None:
             return api_client.run(args.api_command, args)  # the operator API, over HTTP
+        if args.command == "simulate":
+            return simulate.run(args)  # a client of any CSMS: no settings either
         try:
             settings = settings_from(args)
         except ValidationError as exc:
@@ -90,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"csms: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        return 130 if args.command == "password" else 0
+        interrupted = args.command == "password" or getattr(args, "api_command", None)
+        return 130 if interrupted else 0  # servers stop on Ctrl-C; commands are cut short
     except OSError as exc:
         print(f"csms: {exc}", file=sys.stderr)
         return 1

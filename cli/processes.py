@@ -22,15 +22,17 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import structlog
+from prometheus_client import CollectorRegistry
 
 from api import ApiServer, create_app
 from csms.bus import Bus
 from csms.bus.memory import MemoryBroker
 from csms.bus.mqtt import MqttBus
 from csms.config import Settings
+from csms.probes import Check, ProbeServer
 from csms.topics import Topics
 from gateway import Gateway, default_gateway_id, presence_will
 from gateway.listeners import FirstTry, decide_first_try, is_loopback, station_listeners
@@ -94,6 +96,43 @@ def _redact(url: str) -> str:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return urlunsplit(parts._replace(netloc=netloc))
     return url
+
+
+@contextlib.asynccontextmanager
+async def _probes(
+    settings: Settings,
+    role: Literal["gateway", "manager"],
+    registry: CollectorRegistry,
+    checks: dict[str, Check],
+) -> AsyncIterator[ProbeServer | None]:
+    """The probe server of ``csms gateway`` / ``csms manager`` (/health, /ready, /metrics)
+    on ``metrics_host`` and the role's port; None when that port is off.
+
+    A default port that is taken (a second manager on the host) is logged and the role runs
+    without probes; an explicitly configured one stops the process.
+    """
+    setting = f"{role}_metrics_port"
+    port: int | None = getattr(settings, setting)
+    if port is None:
+        yield None
+        return
+    server = ProbeServer(settings.metrics_host, port, registry=registry, checks=checks, role=role)
+    try:
+        await server.__aenter__()
+    except OSError as exc:
+        problem = (
+            f"{role} probes not started: {settings.metrics_host}:{port} is not available "
+            f"({exc.strerror or exc}); set {setting} (CSMS_{setting.upper()})"
+        )
+        if {setting, "metrics_host"} & settings.model_fields_set:
+            raise OSError(problem) from exc
+        log.error(problem)
+        yield None
+        return
+    try:
+        yield server
+    finally:
+        await server.__aexit__(None, None, None)
 
 
 @contextlib.asynccontextmanager
@@ -171,6 +210,7 @@ class Embedded:
 
     gateway: Gateway
     manager: Manager
+    services: Services
     broker: MemoryBroker | None = None
     """The in-process broker, when no ``broker_url`` is set."""
     api: ApiServer | None = None
@@ -241,7 +281,7 @@ async def embedded(settings: Settings, *, api: bool = True) -> AsyncIterator[Emb
                 first_try=first_try.enabled,
             )
         )
-        running = Embedded(gateway, manager, broker)
+        running = Embedded(gateway, manager, services, broker)
         if api_bus is not None:
             await stack.enter_async_context(api_bus)
             admin_key = None
@@ -326,8 +366,17 @@ async def run_gateway(settings: Settings) -> None:
             registry=services.stations,
             first_try=first_try.enabled,
         )
-        async with gateway:
-            log.info("gateway ready", stations_connect_to=_station_url(gateway))
+        async with (
+            gateway,
+            _probes(
+                settings, "gateway", gateway.metrics.registry, gateway.metrics.readiness()
+            ) as probes,
+        ):
+            log.info(
+                "gateway ready",
+                stations_connect_to=_station_url(gateway),
+                probes=probes.url if probes is not None else None,
+            )
             _log_security(settings, gateway, first_try)
             with _reload_on_sighup(gateway):
                 await stop.wait()
@@ -376,8 +425,18 @@ async def run_manager(settings: Settings) -> None:
         _mqtt_bus(settings, "manager") as bus,
     ):
         await _wait_for_broker(bus, settings)
-        async with Manager(settings, bus, services, instance_id=settings.manager_id):
-            log.info("manager ready", group=settings.shared_group, mode=describe_mode(settings))
+        async with (
+            Manager(settings, bus, services, instance_id=settings.manager_id) as manager,
+            _probes(
+                settings, "manager", manager.metrics.registry, manager.metrics.readiness()
+            ) as probes,
+        ):
+            log.info(
+                "manager ready",
+                group=settings.shared_group,
+                mode=describe_mode(settings),
+                probes=probes.url if probes is not None else None,
+            )
             await stop.wait()
 
 
