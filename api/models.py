@@ -109,6 +109,74 @@ def _station_fields(record: StationRecord) -> dict[str, Any]:
     }
 
 
+SecurityProfile = Literal[0, 1, 2, 3]
+StationVersion = Literal["ocpp1.6", "ocpp2.0.1"]
+Registration = Literal["Accepted", "Pending", "Rejected"]
+
+
+class StationChangeIn(BaseModel):
+    """What ``PATCH /v1/stations/{id}`` changes: the fields given, nothing else (a field given
+    as null removes what it names: the password, the certificate identity)."""
+
+    # A password must never be echoed back in an error.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    registration: Registration | None = Field(
+        default=None, description="the BootNotification answer the station gets"
+    )
+    security_profile: SecurityProfile | None = Field(
+        default=None,
+        description="0 none, 1 Basic auth, 2 TLS + Basic auth, 3 TLS client certificate",
+    )
+    password: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Basic auth password (profiles 1, 2) suiting the station's versions; only "
+        "its hash is stored; null removes it",
+    )
+    generate_password: bool = Field(
+        default=False, description="generate a password, returned once as generated_password"
+    )
+    certificate_identity: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="profile 3: the name its client certificate must carry; null: the id",
+    )
+    allowed_versions: list[StationVersion] | None = Field(
+        default=None, description="OCPP versions it may connect with; [] = any"
+    )
+
+
+class StationIn(StationChangeIn):
+    """A station to register (``POST /v1/stations``); unset fields take their defaults:
+    Accepted, profile 0, no password, any version."""
+
+    station_id: str = Field(min_length=1, max_length=48, description="its OCPP identity")
+
+    @field_validator("station_id")
+    @classmethod
+    def _check_station_id(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError("must not contain control characters")
+        return value
+
+
+class StationSavedOut(StationOut):
+    """The station as stored, and a generated password this once."""
+
+    generated_password: str | None = Field(
+        default=None,
+        description="the generated password: shown this once, only its hash is stored (a 1.6 "
+        "station gets it as AuthorizationKey: the password's octets in hex)",
+    )
+
+    @classmethod
+    def saved(cls, record: StationRecord, generated_password: str | None) -> StationSavedOut:
+        return cls(**_station_fields(record), generated_password=generated_password)
+
+
 class ConnectorOut(BaseModel):
     """Last reported status of one connector (1.6: evse_id is the connector id)."""
 

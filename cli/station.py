@@ -6,12 +6,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from cli.api_client import ApiClient, Progress, add_api_flags, cell, print_json, segment, table
 from cli.common import (
-    OCPP_VERSIONS,
     CommandError,
     add_setting_flags,
     parse_versions,
@@ -83,29 +81,31 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_password_for(password: str, versions: Sequence[str]) -> None:
-    from csms.credentials import check_password
-
-    for version in versions:
-        try:
-            check_password(password, version=version)
-        except ValueError as exc:
-            raise CommandError(
-                f"password not usable for {version}: {exc} (--versions narrows the versions "
-                "it must suit)"
-            ) from None
+_REFUSALS = {
+    "password_unusable": "{message} (--versions narrows the versions it must suit)",
+    "password_without_basic_auth": "a password is for security profile 1 or 2: add --profile 1 "
+    "(ws) or --profile 2 (wss)",
+    "password_with_certificate": "security profile 3 authenticates with a client certificate, "
+    "not a password",
+    "password_required": "security profile {profile} uses HTTP Basic auth: give --password or "
+    "--generate-password",
+}
+"""What ``station add`` says for each refusal of :mod:`operations.stations` (its flags)."""
 
 
 async def _station_add(settings: Settings, args: argparse.Namespace) -> None:
-    """Register (or update) a station: credentials if any were given, then registration.
+    """Register (or update) a station (:func:`operations.stations.register`).
 
     Only the fields given change; connection and boot facts are kept. Without
     ``--registration`` a registered station keeps its registration and any other becomes
     Accepted.
     """
-    from csms.credentials import authorization_key, generate_password, hash_password
+    import msgspec
+
+    from csms.credentials import authorization_key
+    from operations.stations import StationChange, StationRefused, register
     from services.factory import open_services
-    from services.models import RegistrationStatus, StationCredentials
+    from services.models import RegistrationStatus
 
     station_id: str = args.station_id
     versions = parse_versions(args.versions)
@@ -113,71 +113,39 @@ async def _station_add(settings: Settings, args: argparse.Namespace) -> None:
     if password == "-":
         password = read_secret("password: ")
     require_redis(settings)
+    change = StationChange(
+        registration=RegistrationStatus(args.registration) if args.registration else None,
+        security_profile=args.profile,
+        password=password if password is not None else msgspec.UNSET,
+        generate_password=args.generate_password,
+        certificate_identity=(
+            args.certificate_identity if args.certificate_identity is not None else msgspec.UNSET
+        ),
+        allowed_versions=versions,
+    )
     async with open_services(settings) as services:
-        record = await services.stations.get(station_id)
-        profile = args.profile
-        if profile is None:
-            profile = record.security_profile if record is not None else 0
-        # The versions the password must suit: those allowed, else the one the station
-        # speaks, else both.
-        targets: Sequence[str] = versions or (
-            (record.allowed_versions or ([record.ocpp_version] if record.ocpp_version else []))
-            if record is not None
-            else []
-        )
-        targets = list(targets) or list(OCPP_VERSIONS)
-        if args.generate_password:
-            version = "ocpp1.6" if "ocpp1.6" in targets else "ocpp2.0.1"
-            password = generate_password(version=version)
-        if password is not None:
-            _check_password_for(password, targets)
-            if profile == 0:
-                raise CommandError(
-                    "a password is for security profile 1 or 2: add --profile 1 (ws) or "
-                    "--profile 2 (wss)"
-                )
-            if profile == 3:
-                raise CommandError(
-                    "security profile 3 authenticates with a client certificate, not a password"
-                )
-        elif profile in (1, 2) and (record is None or record.password_hash is None):
-            raise CommandError(
-                f"security profile {profile} uses HTTP Basic auth: give --password or "
-                "--generate-password"
-            )
-        fields: dict[str, Any] = {}
-        if args.profile is not None:
-            fields["security_profile"] = args.profile
-        if password is not None:
-            fields["password_hash"] = await asyncio.to_thread(hash_password, password)
-        if args.certificate_identity is not None:
-            fields["certificate_identity"] = args.certificate_identity
-        if versions is not None:
-            fields["allowed_versions"] = versions
-        if fields:
-            # Credentials first: the station is never Accepted without the ones asked for.
-            await services.stations.set_credentials(station_id, StationCredentials(**fields))
-        if args.registration is not None:
-            await services.stations.provision(station_id, RegistrationStatus(args.registration))
-        elif record is None or not record.known:
-            await services.stations.provision(station_id, RegistrationStatus.ACCEPTED)
-        record = await services.stations.get(station_id)
-    assert record is not None
+        try:
+            saved = await register(services.stations, station_id, change, exist_ok=True)
+        except StationRefused as exc:
+            template = _REFUSALS.get(exc.refusal.value, "{message}")
+            raise CommandError(template.format(message=exc, profile=exc.profile)) from None
+    record = saved.record
     facts = [
         f"registration {record.registration.value}",
         f"security profile {record.security_profile}",
     ]
     if record.password_hash is not None:
-        facts.append("password set" if password is not None else "password kept")
+        facts.append("password set" if saved.password_changed else "password kept")
     if record.certificate_identity is not None:
         facts.append(f"certificate identity {record.certificate_identity}")
     if record.allowed_versions:
         facts.append(f"versions {','.join(record.allowed_versions)}")
     print(f"station {station_id}: {', '.join(facts)}")
-    if args.generate_password and password is not None:
-        print(f"password (shown once, only its hash is stored): {password}")
-        if "ocpp1.6" in targets:
-            print(f"AuthorizationKey for OCPP 1.6 (hex): {authorization_key(password)}")
+    generated = saved.generated_password
+    if generated is not None:
+        print(f"password (shown once, only its hash is stored): {generated}")
+        if "ocpp1.6" in saved.password_versions:
+            print(f"AuthorizationKey for OCPP 1.6 (hex): {authorization_key(generated)}")
 
 
 async def _rotate_password(settings: Settings, station_id: str, wait: float) -> int:
