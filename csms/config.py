@@ -292,6 +292,12 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="station must answer a CSMS call within"
     )
     call_queue_size: int = Field(default=16, ge=1, le=10_000)
+    running_cost_interval: float = Field(
+        default=60.0,
+        ge=0,
+        description="seconds of meter time between CostUpdated calls of a running 2.0.1 "
+        "transaction (0: one per reading that changes the energy)",
+    )
     answer_timeout: float = Field(
         default=20.0, gt=0, description="CSMS must answer a station call within, else InternalError"
     )

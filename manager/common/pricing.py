@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from manager.context import CallContext
-from services import StoreUnavailable
+from services import StoreUnavailable, rules
 from services.models import (
     Cost,
     Transaction,
@@ -23,6 +23,7 @@ __all__ = [
     "cost_number",
     "price",
     "pricing_basis",
+    "running_cost_due",
     "send_running_cost",
     "settle",
 ]
@@ -118,6 +119,31 @@ async def settle(ctx: CallContext, tx: Transaction, *, reprice: bool = False) ->
 
 
 COST_UPDATED = "CostUpdated"
+
+
+def running_cost_due(before: Transaction | None, tx: Transaction, interval: float) -> bool:
+    """Whether the reading just applied to ``tx`` starts a new ``interval`` of meter time
+    since the transaction began, so one CostUpdated goes out per interval whatever the
+    station's meter-value rate (a station sampling every second must not double the traffic).
+
+    Decided from the readings' own times, so any manager decides the same for the same
+    reading and nothing has to remember when the last update went out. ``interval <= 0``:
+    every reading that changes the energy; unreadable times: send (never silence by error).
+    """
+    if interval <= 0:
+        return True
+    now = tx.meter.counted_at if tx.meter is not None else None
+    previous = before.meter.counted_at if before is not None and before.meter else None
+    if previous is None:
+        return True
+    origin = tx.started_at or (tx.meter.first_at if tx.meter is not None else None)
+    times = [rules.parse_time(value) for value in (origin, previous, now)]
+    if any(moment is None for moment in times):
+        return True
+    start, before_at, now_at = times
+    assert start is not None and before_at is not None and now_at is not None
+    slot_before = (before_at - start).total_seconds() // interval
+    return (now_at - start).total_seconds() // interval > slot_before
 
 
 async def send_running_cost(ctx: CallContext, tx: Transaction) -> float | None:

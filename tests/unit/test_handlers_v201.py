@@ -744,6 +744,26 @@ async def test_running_cost_is_sent_in_cost_updated(h: Harness) -> None:
     assert len(calls.sent) == 2
 
 
+async def test_running_cost_goes_out_once_per_interval_of_meter_time(h: Harness) -> None:
+    """Readings every 20 s with the default 60 s interval: one CostUpdated each time the
+    meter time since the start enters a new minute, not one per reading."""
+    assert h.settings.running_cost_interval == 60
+    calls = RecordingCalls()
+    h.calls = calls
+    await h.call("TransactionEvent", STARTED)  # 10:00:00, 1 kWh on the register
+    sent_after = []
+    for seq_no, second in enumerate(range(20, 200, 20), start=1):  # 10:00:20 ... 10:03:00
+        at = f"2025-01-15T10:{second // 60:02d}:{second % 60:02d}Z"
+        reading = event(
+            "Updated", seq_no, at, "MeterValuePeriodic", meterValue=meter(at, 1000 + 10 * second)
+        )
+        assert await h.call("TransactionEvent", reading) == {}
+        sent_after.append(len(calls.sent))
+    # The readings at 60 s, 120 s and 180 s start a new minute; the others do not.
+    assert sent_after == [0, 0, 1, 1, 1, 2, 2, 2, 3]
+    assert {action for _, action, _ in calls.sent} == {"CostUpdated"}
+
+
 async def test_running_cost_that_cannot_be_sent_does_not_fail_the_event(h: Harness) -> None:
     broker = MemoryBroker()
     broker.available = False  # a broker outage: publishing the call fails

@@ -239,7 +239,8 @@ class V16(handler_harness.Harness):
 
 
 async def _harness(kind: type[handler_harness.Harness]) -> handler_harness.Harness:
-    harness = kind(Settings(tariff=TARIFF))
+    # Every energy change sends a CostUpdated here: the property compares exactly that.
+    harness = kind(Settings(tariff=TARIFF, running_cost_interval=0))
     harness.calls = Recording()
     await harness.provision()
     await harness.seed_tokens()

@@ -46,10 +46,11 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     - Cost: when the transaction has ended it is priced and the total returned in the Ended
       event's answer (I03.FR.02). The schema reserves ``totalCost`` for that ("SHALL only be
       sent when charging has ended"), so the running cost of an active transaction is sent
-      in a CostUpdated call (I02) after a live Updated event that changed its energy; an
-      unchanged energy costs no pricing. An ended transaction is priced again only when its
-      pricing basis changed (a late event from before the end); readings after the end
-      (by timestamp, or from events numbered after the Ended one) never change it.
+      in a CostUpdated call (I02) after a live Updated event that changed its energy, at most
+      once per ``running_cost_interval`` of meter time; an unchanged energy costs no pricing.
+      An ended transaction is priced again only when its pricing basis changed (a late event
+      from before the end); readings after the end (by timestamp, or from events numbered
+      after the Ended one) never change it.
     - Implausible meter values are logged and left out of the energy; the event is answered.
     """
     await registration.require_accepted(ctx)
@@ -91,6 +92,7 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         and not offline
         and tx.energy_wh is not None
         and (before is None or before.energy_wh != tx.energy_wh)
+        and pricing.running_cost_due(before, tx, ctx.settings.running_cost_interval)
     ):
         await pricing.send_running_cost(ctx, tx)
     response: dict[str, Any] = {}
