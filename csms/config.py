@@ -313,6 +313,27 @@ class Settings(BaseSettings):
     ping_interval: float | None = Field(default=60.0, gt=0)
     ping_timeout: float | None = Field(default=30.0, gt=0)
 
+    # Probes and metrics of csms gateway / csms manager (see docs/operations.md)
+    metrics_host: str = Field(
+        default="0.0.0.0",
+        description="address of the probe server of csms gateway and csms manager "
+        "(/health, /ready, /metrics)",
+    )
+    gateway_metrics_port: int | None = Field(
+        default=9101,
+        ge=0,
+        le=65535,
+        description="probe server port of csms gateway; 'none' = off (csms run never starts "
+        "one: its operator API has /v1/health, /v1/ready, /v1/metrics)",
+    )
+    manager_metrics_port: int | None = Field(
+        default=9102,
+        ge=0,
+        le=65535,
+        description="probe server port of csms manager; several managers on one host each "
+        "need their own (CSMS_MANAGER_METRICS_PORT); 'none' = off",
+    )
+
     # Gateway limits (against hostile or broken clients; see docs/limits.md)
     handshake_timeout: float = Field(
         default=10.0,
@@ -484,6 +505,13 @@ class Settings(BaseSettings):
     @classmethod
     def _unset_limit(cls, value: Any) -> Any:
         # Environment variables are strings and TOML has no null: these words unset a limit.
+        if isinstance(value, str) and value.strip().lower() in UNSET_WORDS:
+            return None
+        return value
+
+    @field_validator("gateway_metrics_port", "manager_metrics_port", mode="before")
+    @classmethod
+    def _unset_port(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in UNSET_WORDS:
             return None
         return value

@@ -46,6 +46,7 @@ from csms.bus import Bus, BusUnavailable, property_text
 from csms.envelope import Envelope, encode
 from csms.topics import Topics
 from gateway.limits import LogThrottle, format_peer
+from gateway.metrics import VersionCounters
 from gateway.pipe import Action, ConnectionState, Disconnect, Pipe, Publish, Report, SendToStation
 
 __all__ = ["Connection"]
@@ -119,6 +120,7 @@ class Connection:
     __slots__ = (
         "_bus",
         "_close_task",
+        "_counters",
         "_loop",
         "_publish_lane",
         "_publish_timeout",
@@ -142,6 +144,7 @@ class Connection:
         bus: Bus,
         topics: Topics,
         publish_timeout: float,
+        counters: VersionCounters,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
         self.ws = ws
@@ -157,6 +160,8 @@ class Connection:
         self._bus = bus
         self._topics = topics
         self._publish_timeout = publish_timeout
+        self._counters = counters
+        """Metric cells of this connection's version (gateway/metrics.py), shared."""
         self._send_lane: _Lane[str] = _Lane(self._send, self.log_exception)
         self._publish_lane: _Lane[Publish] = _Lane(self._publish, self.log_exception)
         self._timer: asyncio.TimerHandle | None = None
@@ -191,6 +196,7 @@ class Connection:
 
     def feed_frame(self, data: str | bytes) -> None:
         """A message read from the station's socket."""
+        self._counters.frames_in.inc()
         self._apply(self.pipe.receive_station_frame(data, self._loop.time()))
 
     def feed_envelope(self, envelope: Envelope) -> None:
@@ -243,6 +249,9 @@ class Connection:
             if isinstance(action, SendToStation):
                 self._send_lane.put(action.text)
             elif isinstance(action, Publish):
+                outcome = self._counters.outcomes.get(action.envelope.kind)
+                if outcome is not None:  # a CSMS call's outcome (station Calls: no entry)
+                    outcome.inc()
                 self._publish_lane.put(action)
             elif isinstance(action, Disconnect):
                 # The pipe gave up on this station (a limit): it is DISCONNECTING now.
@@ -304,6 +313,8 @@ class Connection:
             await self.ws.send(text)
         except ConnectionClosed:
             self.log.debug("frame not sent: socket closed")
+        else:
+            self._counters.frames_out.inc()
 
     async def _publish(self, action: Publish) -> None:
         envelope = action.envelope
@@ -330,6 +341,7 @@ class Connection:
             self.log_exception("publish failed unexpectedly", kind=str(envelope.kind), topic=topic)
         else:
             return
+        self._counters.publish_failures[envelope.kind].inc()
         self._apply(self.pipe.publish_failed(envelope, self._loop.time()))
 
     async def _publish_reply(

@@ -41,6 +41,7 @@ import msgspec
 import structlog
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from csms.bus import Bus, Message
@@ -54,6 +55,7 @@ from gateway.guard import Guard
 from gateway.handshake import Handshake, parse_station_path
 from gateway.limits import format_peer
 from gateway.listeners import StationListener, is_loopback, station_listeners
+from gateway.metrics import GatewayMetrics, close_reason
 from gateway.password_checks import PasswordChecks
 from gateway.pipe import STATION_DISCONNECTED, Limits, Pipe
 from gateway.presence import REPLACED, Presence, Takeover
@@ -133,6 +135,9 @@ class Gateway:
             guard=self._guard,
             log=self._log,
         )
+        self._stopping = False
+        """Set while leaving the ``async with``: sockets closing now end by shutdown."""
+        self._metrics = GatewayMetrics(stations=self._stations, bus=bus, guard=self._guard)
         self._presence = Presence(
             bus,
             self._topics,
@@ -186,6 +191,11 @@ class Gateway:
         return self._guard
 
     @property
+    def metrics(self) -> GatewayMetrics:
+        """This gateway's Prometheus metrics (gateway/metrics.py); ``.registry`` to serve."""
+        return self._metrics
+
+    @property
     def connections(self) -> Mapping[str, Connection]:
         """Station id → the connection holding it here (read-only view)."""
         return MappingProxyType(self._stations)
@@ -215,6 +225,7 @@ class Gateway:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._stopping = True
         await self._close_listeners()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT)
@@ -243,7 +254,7 @@ class Gateway:
             subprotocols=[Subprotocol(version) for version in supported()],
             select_subprotocol=self._handshake.select_subprotocol,
             compression=None,
-            process_request=functools.partial(self._handshake.process_request, listener=listener),
+            process_request=functools.partial(self._process_request, listener=listener),
             max_size=settings.max_frame_bytes * HARD_LIMIT_FACTOR,
             max_queue=RECEIVE_QUEUE,
             ping_interval=settings.ping_interval,
@@ -268,6 +279,15 @@ class Gateway:
             profiles=list(listener.profiles),
             first_try=self._first_try,
         )
+
+    async def _process_request(
+        self, ws: ServerConnection, request: Request, *, listener: StationListener
+    ) -> Response | None:
+        """The handshake (gateway/handshake.py), its refusals counted by status."""
+        response = await self._handshake.process_request(ws, request, listener)
+        if response is not None:
+            self._metrics.refused(response.status_code)
+        return response
 
     async def _close_listeners(self) -> None:
         for task in self._reloaders:
@@ -311,6 +331,7 @@ class Gateway:
             bus=self._bus,
             topics=self._topics,
             publish_timeout=self._settings.publish_timeout,
+            counters=self._metrics.counters(version),
             log=conn_log,
         )
         remote = format_peer(ws.remote_address)
@@ -335,6 +356,7 @@ class Gateway:
         station = conn.station
         older = self._stations.get(station)
         self._stations[station] = conn
+        self._metrics.counters(conn.version).opened.inc()
         conn.log.info("station connected", remote=remote)
         if older is not None:
             older.retire(REPLACED)
@@ -347,6 +369,7 @@ class Gateway:
         owner = self._stations.get(station) is conn
         if owner:
             del self._stations[station]
+        self._metrics.connections_closed.labels(close_reason(conn, stopping=self._stopping)).inc()
         code, why = conn.ws.close_code, conn.ws.close_reason
         retired = conn.retire_reason
         reason = retired or (

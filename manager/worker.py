@@ -46,6 +46,7 @@ from csms.topics import Topics
 from csms.versions import OcppVersion, error_code
 from manager.context import iso
 from manager.idempotency import claim_owner, idempotency_key, replay
+from manager.metrics import CallCells, ManagerMetrics, ManagerStats
 from manager.router import Deps, Router, default_routers, error_answer
 from operations.call_maker import CallMaker
 from services import Services, StoreUnavailable
@@ -71,32 +72,6 @@ EVENT_RETRY_INTERVAL = 1.0
 """Seconds between retries of connection events the registry could not store."""
 MAX_EVENT_RETRIES = 50_000
 """Connection events kept for a retry during a store outage; the oldest go first."""
-
-
-@dataclass(slots=True)
-class ManagerStats:
-    """Counters of what this instance did (tests and the metrics endpoint read them)."""
-
-    calls: int = 0
-    """Station Calls received (answered, refused, replayed or dropped as duplicates)."""
-    results: int = 0
-    """Answers to CSMS calls (results, errors, timeouts, undelivered) routed."""
-    events: int = 0
-    """Connection events applied to the station registry."""
-    event_retries: int = 0
-    """Connection events stored on a retry after a store outage."""
-    gateways_expired: int = 0
-    """Gateways whose lease ran out or that were reported gone (their stations went offline)."""
-    replayed: int = 0
-    """Duplicate Calls answered from the idempotency store."""
-    duplicates_dropped: int = 0
-    """Duplicate Calls dropped because another worker was handling the first copy."""
-    internal_errors: int = 0
-    """InternalError answers sent."""
-    publish_failures: int = 0
-    """Answers the bus would not take."""
-    dropped: int = 0
-    """Bus messages that could not be decoded or routed."""
 
 
 @dataclass(slots=True)
@@ -147,7 +122,12 @@ class Manager:
             str(version): router
             for version, router in (routers if routers is not None else default_routers()).items()
         }
-        self.stats = ManagerStats()
+        self.metrics = ManagerMetrics(
+            self, {version: router.actions for version, router in self.routers.items()}
+        )
+        """Prometheus metrics of this instance (manager/metrics.py)."""
+        self.stats = ManagerStats(self.metrics)
+        """Totals read from :attr:`metrics`."""
         self._compile_schemas = compile_schemas
         self._drain_timeout = drain_timeout
         # A claim only has to outlive the work: the gateway gives up on the answer after
@@ -233,6 +213,16 @@ class Manager:
         """Messages read from the bus and not finished yet."""
         return sum(len(lane) for lane in self._lanes.values())
 
+    @property
+    def events_waiting(self) -> int:
+        """Connection events the registry refused, kept for a retry."""
+        return len(self._failed_events)
+
+    @property
+    def reading(self) -> bool:
+        """True while this instance reads the bus (its reader task is alive)."""
+        return self._consumer is not None and not self._consumer.done()
+
     async def idle(self) -> None:
         """Wait until nothing read from the bus is still in progress (tests)."""
         while self._tasks:
@@ -249,7 +239,7 @@ class Manager:
             try:
                 direction, _, station = self.topics.parse(message.topic)
             except ValueError:
-                self.stats.dropped += 1
+                self.metrics.drop["unknown_topic"].inc()
                 self._log.warning("message on an unknown topic dropped", topic=message.topic)
                 message.ack()
                 continue
@@ -279,7 +269,7 @@ class Manager:
                 try:
                     await self._process(item)
                 except Exception:
-                    self.stats.dropped += 1
+                    self.metrics.drop["failed"].inc()
                     self._log.exception("message handling failed", topic=item.message.topic)
                 finally:
                     # Acknowledged once handled (or given up on), never on receipt: see
@@ -306,12 +296,12 @@ class Manager:
         try:
             envelope = decode_envelope(message.payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self.stats.dropped += 1
+            self.metrics.drop["undecodable"].inc()
             self._log.warning("undecodable envelope dropped", topic=message.topic, error=str(exc))
             return
         router = self.routers.get(envelope.version)
         if router is None:
-            self.stats.dropped += 1
+            self.metrics.drop["unknown_version"].inc()
             self._log.warning(
                 "envelope of an unknown OCPP version dropped",
                 station=envelope.station,
@@ -321,19 +311,20 @@ class Manager:
         if envelope.kind is Kind.CALL:
             await self._on_call(envelope, router)
         else:
+            self.metrics.result(envelope.version, envelope.action, envelope.kind).inc()
             await self._on_result(envelope, router)
 
     # -- station Calls ----------------------------------------------------------------------
 
     async def _on_call(self, envelope: Envelope, router: Router) -> None:
-        self.stats.calls += 1
+        cells = self.metrics.calls(envelope.version, envelope.action)
         rejection, handler = router.check_call(envelope)
         if handler is None:
             # Deterministic refusals need no idempotency round trip and work during a store
             # outage; a station that is not Accepted gets SecurityError instead.
             assert rejection is not None
             rejection = await router.registration_rejection(envelope, self.deps) or rejection
-            await self._answer(rejection)
+            await self._answer(rejection, cells)
             await self._touch(envelope)
             return
         log = self._log.bind(
@@ -349,16 +340,18 @@ class Manager:
         try:
             claim = await idempotency.claim(key, owner, self._claim_ttl)
         except Exception as exc:
+            self.metrics.store_error["idempotency"].inc()
             if isinstance(exc, StoreUnavailable):
                 log.warning("idempotency store unavailable", error=str(exc))
             else:
                 log.exception("idempotency claim failed")
-            await self._answer(error_answer(envelope, internal, "storage temporarily unavailable"))
+            unavailable = error_answer(envelope, internal, "storage temporarily unavailable")
+            await self._answer(unavailable, cells)
             return
         if claim is False:
             # This very delivery attempt is being handled by this instance already (a
             # redelivered copy); its answer goes to the station.
-            self.stats.duplicates_dropped += 1
+            cells.dropped.inc()
             log.debug("duplicate copy of a call in progress here, dropped")
             return
         if isinstance(claim, bytes):
@@ -367,13 +360,14 @@ class Manager:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 log.warning("stored answer unreadable, handling again", error=str(exc))
             else:
-                self.stats.replayed += 1
                 log.debug("duplicate call answered from the idempotency store")
-                await self._answer(stored)
+                await self._answer(stored, cells, replayed=True)
                 await self._touch(envelope)
                 return
+        started = time.perf_counter()
         answer = await router.call_handler(envelope, handler, self.deps)
-        encoded = await self._answer(answer)
+        cells.latency.observe(time.perf_counter() - started)
+        encoded = await self._answer(answer, cells)
         log.debug("call handled", outcome=str(answer.kind), error_code=answer.error_code)
         if encoded is None or (answer.kind is Kind.ERROR and answer.error_code == internal):
             # Transient (store outage, bug): let a retry of the station do the work again.
@@ -386,10 +380,13 @@ class Manager:
             )
         await self._touch(envelope)
 
-    async def _answer(self, answer: Envelope) -> bytes | None:
-        """Publish an answer on the station's ``out`` topic; returns the encoded answer
-        (None when it could not be encoded). Bus failures are logged: the gateway times the
-        station's call out with an InternalError of its own."""
+    async def _answer(
+        self, answer: Envelope, cells: CallCells, *, replayed: bool = False
+    ) -> bytes | None:
+        """Publish an answer on the station's ``out`` topic and count its outcome in
+        ``cells`` (``duplicate`` when ``replayed`` from the idempotency store); returns the
+        encoded answer (None when it could not be encoded). Bus failures are logged: the
+        gateway times the station's call out with an InternalError of its own."""
         try:
             encoded = encode(answer)
         except (msgspec.EncodeError, TypeError, ValueError, OverflowError) as exc:
@@ -407,10 +404,12 @@ class Manager:
             stored: bytes | None = None
         else:
             stored = encoded
-        if answer.kind is Kind.ERROR and answer.error_code == error_code(
-            answer.version, RpcError.INTERNAL_ERROR
-        ):
-            self.stats.internal_errors += 1
+        if replayed:
+            cells.duplicate.inc()
+        elif answer.kind is Kind.RESULT:
+            cells.answered.inc()
+        else:
+            cells.error(answer.error_code).inc()
         try:
             await self.bus.publish(
                 self.topics.outbound(answer.version, answer.station),
@@ -421,7 +420,7 @@ class Manager:
                 },
             )
         except BusUnavailable as exc:
-            self.stats.publish_failures += 1
+            self.metrics.publish_failures.inc()
             self._log.warning(
                 "answer not published: bus unavailable",
                 station=answer.station,
@@ -429,7 +428,7 @@ class Manager:
                 error=str(exc),
             )
         except Exception:
-            self.stats.publish_failures += 1
+            self.metrics.publish_failures.inc()
             self._log.exception(
                 "answer not published", station=answer.station, message_id=answer.message_id
             )
@@ -440,8 +439,10 @@ class Manager:
         try:
             await operation
         except StoreUnavailable as exc:
+            self.metrics.store_error["idempotency"].inc()
             log.warning(failure, error=str(exc))
         except Exception:
+            self.metrics.store_error["idempotency"].inc()
             log.exception(failure)
 
     async def _touch(self, envelope: Envelope) -> None:
@@ -449,12 +450,12 @@ class Manager:
         try:
             await self.services.stations.touch(envelope.station, _iso_at(envelope.at))
         except Exception as exc:
+            self.metrics.store_error["last_seen"].inc()
             self._log.warning("last-seen update failed", station=envelope.station, error=str(exc))
 
     # -- answers to CSMS calls --------------------------------------------------------------
 
     async def _on_result(self, envelope: Envelope, router: Router) -> None:
-        self.stats.results += 1
         if envelope.kind in (Kind.RESULT, Kind.ERROR):
             await self._touch(envelope)
         await router.handle_result(envelope, self.deps)
@@ -465,7 +466,7 @@ class Manager:
         try:
             event = decode_event(message.payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self.stats.dropped += 1
+            self.metrics.drop["undecodable"].inc()
             self._log.warning(
                 "undecodable connection event dropped", topic=message.topic, error=str(exc)
             )
@@ -500,6 +501,7 @@ class Manager:
             else:
                 owned = await stations.mark_disconnected(event.station, event.connection, at)
         except Exception as exc:
+            self.metrics.store_error["connection_event"].inc()
             self._log.warning(
                 "connection event not recorded; will retry",
                 station=event.station,
@@ -508,9 +510,9 @@ class Manager:
                 error=str(exc),
             )
             return False
-        self.stats.events += 1
+        self.metrics.connection_events.labels(event.kind.value).inc()
         if retry:
-            self.stats.event_retries += 1
+            self.metrics.event_retries.inc()
         self._log.info(
             "station " + event.kind.value,
             station=event.station,
@@ -551,7 +553,7 @@ class Manager:
         try:
             presence = decode_presence(message.payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self.stats.dropped += 1
+            self.metrics.drop["undecodable"].inc()
             self._log.warning("undecodable gateway presence dropped", error=str(exc))
             return
         stations = self.services.stations
@@ -567,11 +569,12 @@ class Manager:
             )
         except Exception as exc:
             # The lease expires on its own; the next sweep takes care of it.
+            self.metrics.store_error["presence"].inc()
             self._log.warning(
                 "gateway presence not recorded", gateway=presence.gateway, error=str(exc)
             )
             return
-        self.stats.gateways_expired += 1
+        self.metrics.gateway_gone("gone")
         self._log.info(
             "gateway gone: its stations are offline",
             gateway=presence.gateway,
@@ -585,7 +588,7 @@ class Manager:
         now = time.time()
         for gateway in await stations.expired_gateways(now):
             offline = await stations.gateway_gone(gateway, _iso_at(now))
-            self.stats.gateways_expired += 1
+            self.metrics.gateway_gone("expired")
             self._log.warning(
                 "gateway lease expired: its stations are offline",
                 gateway=gateway,
@@ -605,6 +608,7 @@ class Manager:
                     next_sweep = time.monotonic() + self.settings.gateway_heartbeat_interval
                     await self._expire_gateways()
             except StoreUnavailable as exc:
+                self.metrics.store_error["housekeeping"].inc()
                 self._log.debug("housekeeping postponed: store unavailable", error=str(exc))
             except Exception:
                 self._log.exception("housekeeping failed")

@@ -3,16 +3,21 @@ checked: it parses, has the expected services, names real CLI commands and real 
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import re
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from cli.main import build_parser
 from csms.config import Settings
+from csms.probes import MetricSet, ProbeServer
+from tests.timing import timeout
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,7 +118,7 @@ def test_compose_services_restart_and_have_health_checks() -> None:
         assert all(dep["condition"] == "service_healthy" for dep in depends.values()), name
 
 
-def test_compose_python_health_checks_compile_and_probe_the_listen_port() -> None:
+def test_compose_python_health_checks_compile_and_probe_readiness() -> None:
     services = _compose()["services"]
     for name in ("gateway", "manager", "api"):
         test = services[name]["healthcheck"]["test"]
@@ -121,12 +126,48 @@ def test_compose_python_health_checks_compile_and_probe_the_listen_port() -> Non
         compile(test[3], f"{name} healthcheck", "exec")
     gateway = services["gateway"]
     args = build_parser().parse_args(gateway["command"])
-    assert f"('127.0.0.1', {args.listen_port})" in gateway["healthcheck"]["test"][3]
     assert f"{args.listen_port}:{args.listen_port}" in gateway["ports"]
+    for name in ("gateway", "manager"):
+        service = services[name]
+        # The probe port the role is configured with, read as the process reads it.
+        setting = f"{name}_metrics_port"
+        configured = service["environment"][f"CSMS_{setting.upper()}"]
+        probe_port = getattr(Settings.model_validate({setting: configured}), setting)
+        assert probe_port == Settings.model_fields[setting].default, name
+        assert f"'http://127.0.0.1:{probe_port}/ready'" in service["healthcheck"]["test"][3]
+        assert str(probe_port) in service["expose"], name
+        # Probes need no key: they stay inside the compose network.
+        assert not any(str(probe_port) in str(item) for item in service.get("ports", [])), name
     api = services["api"]
     port = api["environment"]["CSMS_API_PORT"]
     assert f"127.0.0.1:{port}/v1/ready" in api["healthcheck"]["test"][3]
     assert f"{port}:{port}" in api["ports"] and api["command"] == ["api"]
+
+
+@pytest.mark.parametrize("name", ["gateway", "manager"])
+async def test_compose_health_checks_pass_on_ready_and_fail_on_not_ready(name: str) -> None:
+    """The health check command itself, run against a real probe server: exit 0 while
+    /ready says 200, non-zero on 503 (compose marks the container unhealthy)."""
+    service = _compose()["services"][name]
+    command = service["healthcheck"]["test"][3]
+    default = Settings.model_fields[f"{name}_metrics_port"].default
+    state = {"ready": True}
+
+    async def check() -> bool:
+        return state["ready"]
+
+    registry = MetricSet().registry
+    async with ProbeServer("127.0.0.1", 0, registry=registry, checks={"bus": check}) as probes:
+        local = command.replace(f":{default}/", f":{probes.port}/")
+        assert local != command
+        codes = []
+        for ready in (True, False):
+            state["ready"] = ready
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", local, stderr=asyncio.subprocess.DEVNULL
+            )
+            codes.append(await asyncio.wait_for(process.wait(), timeout(30)))
+    assert codes[0] == 0 and codes[1] != 0
 
 
 def test_compose_redis_keeps_an_append_only_file_on_a_volume() -> None:
