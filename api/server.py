@@ -77,7 +77,7 @@ class ApiServer:
             self._app,
             log_config=None,
             access_log=False,
-            lifespan="off",
+            lifespan="on",  # the app closes what it opened (the OIDC key fetcher)
             timeout_graceful_shutdown=int(SHUTDOWN_GRACE),
             server_header=False,
         )

@@ -74,6 +74,8 @@ async def _fleet(args: argparse.Namespace) -> AsyncIterator[Callable[[str], str]
             "CSMS_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}",
             "CSMS_LISTEN_PORT": str(port),
             "CSMS_LOG_LEVEL": "warning",
+            "CSMS_GATEWAY_METRICS_PORT": "none",
+            "CSMS_MANAGER_METRICS_PORT": "none",
             "CSMS_UNKNOWN_STATIONS": "accept",
             "CSMS_ANSWER_TIMEOUT": "2",
             "CSMS_MESSAGE_RATE": str(UNTHROTTLED),

@@ -107,6 +107,10 @@ class Fleet:
                 "CSMS_TARIFF__ENERGY_PRICE_PER_KWH": "0.40",
                 "CSMS_TARIFF__SESSION_FEE": "1.00",
                 "CSMS_TARIFF__CURRENCY": "EUR",
+                # Probe servers off unless a test asks for them (on ports of its own): several
+                # managers of one fleet would otherwise share the default port.
+                "CSMS_GATEWAY_METRICS_PORT": "none",
+                "CSMS_MANAGER_METRICS_PORT": "none",
                 "PYTHONUNBUFFERED": "1",
             }
         )
