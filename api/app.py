@@ -13,7 +13,17 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from api import calls, charging, health, keys, monitoring, stations, tokens, transactions
+from api import (
+    calls,
+    charging,
+    health,
+    keys,
+    monitoring,
+    station_state,
+    stations,
+    tokens,
+    transactions,
+)
 from api.context import ApiContext
 from api.errors import ErrorBody, install
 from api.limits import BodyLimit
@@ -96,6 +106,7 @@ def create_app(
         metrics=api_metrics,
     )
     app.include_router(health.router)
+    app.include_router(station_state.router, responses=_COMMON_ERRORS)
     # Calls and charging first: the station detail route's id matches any rest of the path.
     for module in (calls, charging, stations, transactions, tokens, keys, monitoring):
         app.include_router(module.router, responses=_COMMON_ERRORS)

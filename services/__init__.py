@@ -17,6 +17,7 @@ from services.interfaces import (
     TokenStore,
     TransactionStore,
 )
+from services.station_state import MemoryStationStateStore, StationStateStore
 
 
 @dataclass(slots=True)
@@ -30,6 +31,9 @@ class Services:
     idempotency: IdempotencyStore
     api_keys: ApiKeyStore = field(default_factory=MemoryApiKeyStore)
     """Keys of the operator API (only the API reads them)."""
+    station_state: StationStateStore = field(default_factory=MemoryStationStateStore)
+    """What stations reported about themselves: device model, configuration, local list
+    version, certificates (the managers write it, the API reads it)."""
 
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "IdempotencyStore",
     "Services",
     "StationRegistry",
+    "StationStateStore",
     "StoreUnavailable",
     "TariffService",
     "TokenStore",

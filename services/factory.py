@@ -38,6 +38,7 @@ from services.models import (
     TokenRecord,
 )
 from services.redis_api_keys import RedisApiKeyStore
+from services.redis_station_state import RedisStationStateStore
 from services.redis_store import (
     RedisIdempotencyStore,
     RedisStationRegistry,
@@ -246,6 +247,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             tariff=await _tariff(settings),
             idempotency=RedisIdempotencyStore(client, prefix),
             api_keys=RedisApiKeyStore(client, prefix),
+            station_state=RedisStationStateStore(client, prefix),
         )
     finally:
         await client.aclose()

@@ -22,7 +22,15 @@ from manager.v16.handlers import (
     status_notification,
     stop_transaction,
 )
-from manager.v16.results import change_configuration
+from manager.v16.results import (
+    change_configuration,
+    delete_certificate,
+    get_configuration,
+    get_installed_certificate_ids,
+    get_local_list_version,
+    install_certificate,
+    send_local_list,
+)
 
 HANDLERS: dict[str, CallHandler] = {
     authorize.ACTION: authorize.handle,
@@ -42,6 +50,12 @@ HANDLERS: dict[str, CallHandler] = {
 
 RESULT_HANDLERS: dict[str, ResultHandler] = {
     change_configuration.ACTION: change_configuration.handle_result,
+    delete_certificate.ACTION: delete_certificate.handle_result,
+    get_configuration.ACTION: get_configuration.handle_result,
+    get_installed_certificate_ids.ACTION: get_installed_certificate_ids.handle_result,
+    get_local_list_version.ACTION: get_local_list_version.handle_result,
+    install_certificate.ACTION: install_certificate.handle_result,
+    send_local_list.ACTION: send_local_list.handle_result,
 }
 
 __all__ = ["HANDLERS", "RESULT_HANDLERS"]

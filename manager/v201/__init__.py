@@ -21,7 +21,15 @@ from manager.v201.handlers import (
     status_notification,
     transaction_event,
 )
-from manager.v201.results import set_variables
+from manager.v201.results import (
+    delete_certificate,
+    get_installed_certificate_ids,
+    get_local_list_version,
+    get_variables,
+    install_certificate,
+    send_local_list,
+    set_variables,
+)
 
 HANDLERS: dict[str, CallHandler] = {
     authorize.ACTION: authorize.handle,
@@ -39,6 +47,12 @@ HANDLERS: dict[str, CallHandler] = {
 }
 
 RESULT_HANDLERS: dict[str, ResultHandler] = {
+    delete_certificate.ACTION: delete_certificate.handle_result,
+    get_installed_certificate_ids.ACTION: get_installed_certificate_ids.handle_result,
+    get_local_list_version.ACTION: get_local_list_version.handle_result,
+    get_variables.ACTION: get_variables.handle_result,
+    install_certificate.ACTION: install_certificate.handle_result,
+    send_local_list.ACTION: send_local_list.handle_result,
     set_variables.ACTION: set_variables.handle_result,
 }
 

@@ -1,4 +1,5 @@
-"""OCPP 2.0.1 SetVariables answer (B05): the outcome for each variable that was set."""
+"""OCPP 2.0.1 SetVariables answer (B05): the outcome for each variable that was set, and the
+values the station took, in its device model."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from typing import Any
 
 from manager import password_results
 from manager.common import notifications
-from manager.context import ResultContext
+from manager.context import ResultContext, iso, utc_now
 from operations import password as password_rotation
+from services.station_state import AttributeValue, VariableRef, VariableUpdate
 
 ACTION = "SetVariables"
 
@@ -34,7 +36,8 @@ async def handle_result(ctx: ResultContext) -> None:
     Accepted and RebootRequired took the value (the latter after a reboot); Rejected,
     UnknownComponent, UnknownVariable and NotSupportedAttributeType are warnings.
     ``BasicAuthPassword`` values are never logged; once Accepted the password's hash replaces
-    the registry's (see :mod:`operations.password`).
+    the registry's (see :mod:`operations.password`). The values taken are stored in the
+    station's device model.
     """
     sets_password = password_rotation.sets_password(ctx.version, ctx.request)
     if sets_password and not ctx.ok:
@@ -68,3 +71,36 @@ async def handle_result(ctx: ResultContext) -> None:
         )
     if sets_password:
         await password_results.apply_result(ctx)
+    await _store(ctx, ctx.payload["setVariableResult"], requested)
+
+
+async def _store(
+    ctx: ResultContext, results: list[dict[str, Any]], requested: dict[tuple[Any, ...], Any]
+) -> None:
+    """Put the values the station took into its device model, RebootRequired flagged (a
+    secret's value never; an answer for a variable that was not asked for is left out).
+
+    Runs after the password is settled, so a store outage here cannot keep a new password
+    from the registry.
+    """
+    at = iso(utc_now())
+    updates = [
+        VariableUpdate(
+            ref=VariableRef.from_ocpp(result["component"], result["variable"]),
+            values={
+                result.get("attributeType", "Actual"): AttributeValue(
+                    value=None
+                    if password_rotation.is_secret_variable(result["variable"]["name"])
+                    else requested[_key(result)],
+                    reboot_required=result["attributeStatus"] == "RebootRequired",
+                    source=ACTION,
+                    updated_at=at,
+                )
+            },
+        )
+        for result in results
+        if result["attributeStatus"] in _TOOK_VALUE and _key(result) in requested
+    ]
+    dropped = await ctx.services.station_state.update_variables(ctx.station_id, updates)
+    if dropped:
+        ctx.log.warning("device_model_full", dropped=dropped)

@@ -1,0 +1,19 @@
+"""OCPP 2.0.1 GetLocalListVersion answer (D02): the version of the station's local list."""
+
+from __future__ import annotations
+
+from manager.common import notifications
+from manager.context import ResultContext, iso, utc_now
+from services.station_state import LocalListState
+
+ACTION = "GetLocalListVersion"
+
+
+async def handle_result(ctx: ResultContext) -> None:
+    """Store the reported ``versionNumber`` (0: the station holds no local list)."""
+    if notifications.result_failed(ctx) or ctx.payload is None:
+        return
+    version = ctx.payload["versionNumber"]
+    state = LocalListState(version=version, source=ACTION, updated_at=iso(utc_now()))
+    await ctx.services.station_state.set_local_list(ctx.station_id, state)
+    ctx.log.info("local_list_version", version=version)
