@@ -49,9 +49,14 @@ class ApiMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._included: list[CollectorRegistry] = []
+
+    def include(self, registry: CollectorRegistry) -> None:
+        """Serve ``registry`` too (the gateway's and manager's under ``csms run``)."""
+        self._included.append(registry)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return b"".join(generate_latest(r) for r in (self.registry, *self._included))
 
 
 class MetricsMiddleware:

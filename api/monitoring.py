@@ -1,4 +1,5 @@
-"""``GET /v1/metrics``: this API process's Prometheus metrics (:mod:`api.metrics`) in the text
+"""``GET /v1/metrics``: this API process's Prometheus metrics (:mod:`api.metrics`; under
+``csms run`` the gateway's and the manager's too) in the text
 exposition format. Like every route but health it needs a key (``read``): give the scraper
 one (Prometheus ``authorization: {credentials: <key>}``)."""
 

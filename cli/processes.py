@@ -19,7 +19,7 @@ import datetime as dt
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -227,13 +227,21 @@ def api_origin() -> str:
 
 @contextlib.asynccontextmanager
 async def api_role(
-    settings: Settings, services: Services, bus: Bus, *, admin_key: str | None = None
+    settings: Settings,
+    services: Services,
+    bus: Bus,
+    *,
+    admin_key: str | None = None,
+    also_exposes: Sequence[CollectorRegistry] = (),
 ) -> AsyncIterator[ApiServer]:
     """The operator API on ``bus`` (its own connection: the CallSender consumes it),
-    listening on ``api_host:api_port``."""
+    listening on ``api_host:api_port``. ``also_exposes``: metrics of other roles in this
+    process (``csms run``), served on the API's ``/v1/metrics`` with its own."""
     topics = Topics(prefix=settings.topic_prefix, group=settings.shared_group)
     async with CallSender(bus, topics, origin=api_origin()) as sender:
         app = create_app(settings, services, sender, bus=bus, admin_key=admin_key)
+        for registry in also_exposes:
+            app.state.context.metrics.include(registry)
         async with ApiServer(app, settings.api_host, settings.api_port) as server:
             yield server
 
@@ -289,7 +297,13 @@ async def embedded(settings: Settings, *, api: bool = True) -> AsyncIterator[Emb
                 admin_key = running.generated_admin_key = _first_try_admin_key()
             try:
                 running.api = await stack.enter_async_context(
-                    api_role(settings, services, api_bus, admin_key=admin_key)
+                    api_role(
+                        settings,
+                        services,
+                        api_bus,
+                        admin_key=admin_key,
+                        also_exposes=(gateway.metrics.registry, manager.metrics.registry),
+                    )
                 )
             except OSError as exc:
                 if (
