@@ -31,6 +31,7 @@ from api import ApiServer, create_app
 from csms.bus import Bus
 from csms.bus.memory import MemoryBroker
 from csms.bus.mqtt import MqttBus
+from csms.bus.mqtt5_bus import Mqtt5Bus
 from csms.config import Settings
 from csms.probes import Check, ProbeServer
 from csms.topics import Topics
@@ -45,8 +46,8 @@ from services.factory import open_services
 log = structlog.get_logger("csms")
 
 
-def _mqtt_bus(settings: Settings, role: str) -> MqttBus:
-    """The MQTT connection of one role.
+def _mqtt_bus(settings: Settings, role: str) -> MqttBus | Mqtt5Bus:
+    """The MQTT connection of one role, on the adapter ``bus_client`` names.
 
     A gateway's carries its last will (its stations go offline when the broker loses it). A
     manager's acknowledges messages once handled; with a ``manager_id`` it may keep its
@@ -62,7 +63,8 @@ def _mqtt_bus(settings: Settings, role: str) -> MqttBus:
         if settings.manager_id is not None:
             options["client_id"] = f"csms-manager-{settings.manager_id}"
             options["session_expiry"] = settings.manager_session_expiry
-    return MqttBus(
+    adapter = Mqtt5Bus if settings.bus_client == "mqtt5" else MqttBus
+    return adapter(
         settings.broker_url,
         client_id_prefix=f"csms-{role}",
         publish_timeout=settings.publish_timeout,
@@ -80,7 +82,7 @@ def gateway_id_for(settings: Settings) -> str:
 
 
 async def _wait_for_broker(bus: Bus, settings: Settings) -> None:
-    if isinstance(bus, MqttBus) and not await bus.wait_connected(10):
+    if isinstance(bus, MqttBus | Mqtt5Bus) and not await bus.wait_connected(10):
         log.warning(
             "broker not reachable yet; still retrying in the background",
             broker=settings.broker_url and _redact(settings.broker_url),

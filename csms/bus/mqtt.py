@@ -14,15 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
-import random
 import socket
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -31,6 +27,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from csms.bus import BusUnavailable, Message, NoSubscribers
+from csms.bus.common import (
+    AUTH_REFUSALS,
+    NO_MATCHING_SUBSCRIBERS,
+    BrokerAddress,
+    backoff_delay,
+    default_client_id,
+    log_connect_failure,
+    tls_context,
+)
 
 __all__ = [
     "NO_MATCHING_SUBSCRIBERS",
@@ -41,47 +46,12 @@ __all__ = [
 log = structlog.get_logger("csms.bus.mqtt")
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    """Where and how to reach the broker, parsed from ``mqtt://`` / ``mqtts://`` URLs."""
-
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(f"broker URL must start with mqtt:// or mqtts://, got {url!r}")
-        if not parts.hostname:
-            raise ValueError(f"broker URL {url!r} has no host")
-        tls = parts.scheme in ("mqtts", "ssl")
-        return cls(
-            host=parts.hostname,
-            port=parts.port or (8883 if tls else 1883),
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            tls=tls,
-        )
-
-
-_AUTH_REFUSALS = frozenset({4, 5, 134, 135})
-"""CONNACK codes for refused credentials: MQTT 3.1.1 (4, 5) and v5 (0x86, 0x87)."""
-
-
 def _refused_credentials(exc: aiomqtt.MqttError) -> bool:
     """True when the broker refused the connection for its user name or password."""
     if not isinstance(exc, aiomqtt.MqttCodeError):
         return False
     code = getattr(exc.rc, "value", exc.rc)
-    return isinstance(code, int) and code in _AUTH_REFUSALS
-
-
-NO_MATCHING_SUBSCRIBERS = 16
-"""MQTT v5 PUBACK reason code 0x10: the broker accepted the message and nobody receives it."""
+    return isinstance(code, int) and code in AUTH_REFUSALS
 
 
 class _Client(aiomqtt.Client):
@@ -158,9 +128,7 @@ class MqttBus:
         will: Callable[[str], tuple[str, bytes]] | None = None,
     ) -> None:
         self._address = BrokerAddress.parse(url)
-        self._client_id = client_id or (
-            f"{client_id_prefix}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        )
+        self._client_id = client_id or default_client_id(client_id_prefix)
         self._manual_ack = manual_ack
         self._session_expiry = session_expiry
         self._will = will
@@ -169,11 +137,9 @@ class MqttBus:
         self._max_backoff = max_backoff
         self._keepalive = keepalive
         self._max_inflight = max_inflight
-        self._tls_context: ssl.SSLContext | None = None
-        if self._address.tls:
-            self._tls_context = ssl.create_default_context(cafile=tls_ca_file)
-            if tls_cert_file:
-                self._tls_context.load_cert_chain(tls_cert_file, tls_key_file)
+        self._tls_context: ssl.SSLContext | None = tls_context(
+            self._address, tls_ca_file, tls_cert_file, tls_key_file
+        )
         self._filters: set[str] = set()
         self._client: _Client | None = None
         self._connected = asyncio.Event()
@@ -269,29 +235,15 @@ class MqttBus:
                 self._connected.clear()
                 self._client = None
                 attempt += 1
-                delay = min(self._max_backoff, 0.1 * 2 ** min(attempt, 10))
-                delay *= random.uniform(0.5, 1.0)
-                if _refused_credentials(exc):
-                    log.warning(
-                        "broker refused the credentials",
-                        error=str(exc),
-                        broker=self._address.host,
-                        port=self._address.port,
-                        user=self._address.username,
-                        hint="put the broker's user name and password in broker_url, "
-                        "mqtt://user:password@host:1883"
-                        if self._address.username is None
-                        else "check the user name and password in broker_url",
-                        retry_in=round(delay, 2),
-                        attempt=attempt,
-                    )
-                else:
-                    log.warning(
-                        "broker connection lost",
-                        error=str(exc),
-                        retry_in=round(delay, 2),
-                        attempt=attempt,
-                    )
+                delay = backoff_delay(attempt, self._max_backoff)
+                log_connect_failure(
+                    log,
+                    self._address,
+                    str(exc),
+                    refused_credentials=_refused_credentials(exc),
+                    delay=delay,
+                    attempt=attempt,
+                )
                 await asyncio.sleep(delay)
             finally:
                 self._connected.clear()

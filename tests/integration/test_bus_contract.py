@@ -1,10 +1,11 @@
-"""Behaviour every :class:`csms.bus.Bus` must have, run against both adapters.
+"""Behaviour every :class:`csms.bus.Bus` must have, run against every adapter.
 
-Each test runs twice through the ``bus_pair`` fixture: on the in-process bus
-(:class:`~csms.bus.memory.MemoryBus`) and on :class:`~csms.bus.mqtt.MqttBus` connected to the
-private Mosquitto (marked ``integration``). What the gateway and the managers rely on, the
-in-process bus must mimic: QoS 1 delivery, ``+``/``#`` filters, shared subscriptions,
-``NoSubscribers`` (MQTT v5 reason code 16), user properties, outages.
+Each test runs three times through the ``bus_pair`` fixture: on the in-process bus
+(:class:`~csms.bus.memory.MemoryBus`) and on both MQTT adapters connected to the private
+Mosquitto (marked ``integration``): :class:`~csms.bus.mqtt.MqttBus` (paho) and
+:class:`~csms.bus.mqtt5_bus.Mqtt5Bus` (the ``mqtt5`` codec). What the gateway and the
+managers rely on, the in-process bus must mimic: QoS 1 delivery, ``+``/``#`` filters,
+shared subscriptions, ``NoSubscribers`` (MQTT v5 reason code 16), user properties, outages.
 
 No test sleeps to show that something did not arrive: a subscriber that must not get a
 message gets a later marker message first (delivery keeps publish order per subscriber).
@@ -26,12 +27,16 @@ import pytest
 from csms.bus import Bus, BusUnavailable, Message, NoSubscribers, property_text
 from csms.bus.memory import MemoryBroker
 from csms.bus.mqtt import MqttBus
+from csms.bus.mqtt5_bus import Mqtt5Bus
 from tests.servers import ServerProcess
 from tests.timing import timeout
 
 CONNECT_TIMEOUT = 10.0
 RECEIVE_TIMEOUT = 5.0
 RECONNECT_TIMEOUT = 20.0
+
+MQTT_ADAPTERS: dict[str, type[MqttBus | Mqtt5Bus]] = {"mqtt": MqttBus, "mqtt5": Mqtt5Bus}
+"""``bus_client`` setting -> adapter class (``mqtt`` is the paho one)."""
 
 
 async def receive(bus: Bus, seconds: float = RECEIVE_TIMEOUT) -> Message:
@@ -81,7 +86,11 @@ class BusPair:
 
 
 @pytest.fixture(
-    params=["memory", pytest.param("mqtt", marks=pytest.mark.integration)],
+    params=[
+        "memory",
+        pytest.param("mqtt", marks=pytest.mark.integration),
+        pytest.param("mqtt5", marks=pytest.mark.integration),
+    ],
 )
 async def bus_pair(request: pytest.FixtureRequest) -> AsyncIterator[BusPair]:
     async with contextlib.AsyncExitStack() as stack:
@@ -104,12 +113,13 @@ async def bus_pair(request: pytest.FixtureRequest) -> AsyncIterator[BusPair]:
         mosquitto: ServerProcess = request.getfixturevalue("mosquitto")
         url: str = request.getfixturevalue("mqtt_url")
         stack.callback(lambda: None if mosquitto.running else mosquitto.start())
-        clients: list[MqttBus] = []
+        adapter = MQTT_ADAPTERS[request.param]
+        clients: list[MqttBus | Mqtt5Bus] = []
 
         async def open_mqtt(**options: Any) -> Bus:
             # A short backoff cap keeps reconnects after a broker restart quick.
             options.setdefault("max_backoff", 0.5)
-            bus = await stack.enter_async_context(MqttBus(url, **options))
+            bus: MqttBus | Mqtt5Bus = await stack.enter_async_context(adapter(url, **options))
             clients.append(bus)
             assert await bus.wait_connected(timeout(CONNECT_TIMEOUT)), "broker unreachable"
             return bus
@@ -124,7 +134,7 @@ async def bus_pair(request: pytest.FixtureRequest) -> AsyncIterator[BusPair]:
                 assert await client.wait_connected(timeout(RECONNECT_TIMEOUT)), "no reconnect"
 
         publisher = await open_mqtt()
-        yield BusPair("mqtt", publisher, open_mqtt, stop_mqtt, start_mqtt, True)
+        yield BusPair(request.param, publisher, open_mqtt, stop_mqtt, start_mqtt, True)
 
 
 async def test_qos1_delivery_keeps_payload_bytes_and_publish_order(bus_pair: BusPair) -> None:
@@ -273,17 +283,18 @@ async def test_reconnect_restores_subscriptions_and_reports_a_new_session(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("adapter", MQTT_ADAPTERS.values(), ids=MQTT_ADAPTERS.keys())
 async def test_mqtt_persistent_session_redelivers_only_unacked_messages(
-    mqtt_url: str,
+    mqtt_url: str, adapter: type[MqttBus | Mqtt5Bus]
 ) -> None:
     """What only a broker with sessions shows: a message acknowledged after handling is not
     delivered again when the same client comes back; one left unacknowledged is."""
     topic = f"contract/{uuid.uuid4().hex[:8]}/work"
     client_id = f"contract-{uuid.uuid4().hex[:8]}"
     options: dict[str, Any] = {"manual_ack": True, "session_expiry": 60, "client_id": client_id}
-    async with MqttBus(mqtt_url) as publisher:
+    async with adapter(mqtt_url) as publisher:
         assert await publisher.wait_connected(timeout(CONNECT_TIMEOUT))
-        async with MqttBus(mqtt_url, **options) as worker:
+        async with adapter(mqtt_url, **options) as worker:
             assert await worker.wait_connected(timeout(CONNECT_TIMEOUT))
             await worker.subscribe(topic)
             await publisher.publish(topic, b"handled")
@@ -296,7 +307,7 @@ async def test_mqtt_persistent_session_redelivers_only_unacked_messages(
             with pytest.raises(NoSubscribers):
                 await worker.publish(f"{topic}/sync", b"")
         # The worker is gone (its session kept by the broker); it comes back.
-        async with MqttBus(mqtt_url, **options) as worker:
+        async with adapter(mqtt_url, **options) as worker:
             assert await worker.wait_connected(timeout(CONNECT_TIMEOUT))
             again = await receive(worker)
             assert again.payload == b"interrupted"
@@ -304,5 +315,5 @@ async def test_mqtt_persistent_session_redelivers_only_unacked_messages(
             await publisher.publish(topic, b"marker")
             assert (await receive(worker)).payload == b"marker"  # nothing else came back
         # Leave no session behind on the shared broker.
-        async with MqttBus(mqtt_url, client_id=client_id):
+        async with adapter(mqtt_url, client_id=client_id):
             pass
