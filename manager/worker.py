@@ -44,12 +44,13 @@ from csms.envelope import (
 from csms.rpc import RpcError
 from csms.topics import Topics
 from csms.versions import OcppVersion, error_code
-from manager.context import iso
-from manager.idempotency import claim_owner, idempotency_key, replay
+from manager.context import CallHandler, iso
+from manager.idempotency import PlainCallUnit, claim_owner, idempotency_key, read_ahead, replay
 from manager.metrics import CallCells, ManagerMetrics, ManagerStats
 from manager.router import Deps, Router, default_routers, error_answer
 from operations.call_maker import CallMaker
 from services import Services, StoreUnavailable
+from services.interfaces import CallUnit, CallUnits
 
 __all__ = [
     "EVENT_RETRY_INTERVAL",
@@ -334,51 +335,103 @@ class Manager:
             message_id=envelope.message_id,
         )
         internal = router.code(RpcError.INTERNAL_ERROR)
-        idempotency = self.services.idempotency
         key = idempotency_key(envelope)
         owner = claim_owner(envelope, self.instance_id)
-        try:
-            claim = await idempotency.claim(key, owner, self._claim_ttl)
-        except Exception as exc:
-            self.metrics.store_error["idempotency"].inc()
-            if isinstance(exc, StoreUnavailable):
-                log.warning("idempotency store unavailable", error=str(exc))
-            else:
-                log.exception("idempotency claim failed")
-            unavailable = error_answer(envelope, internal, "storage temporarily unavailable")
-            await self._answer(unavailable, cells)
-            return
-        if claim is False:
-            # This very delivery attempt is being handled by this instance already (a
-            # redelivered copy); its answer goes to the station.
-            cells.dropped.inc()
-            log.debug("duplicate copy of a call in progress here, dropped")
-            return
-        if isinstance(claim, bytes):
+        # The claim, last-seen and what the handler reads, then the handler's writes with the
+        # answer: two Redis round trips (services.interfaces.CallUnit).
+        async with self._unit(envelope, key, owner, log) as unit:
             try:
-                stored = replay(claim, envelope)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                log.warning("stored answer unreadable, handling again", error=str(exc))
-            else:
-                log.debug("duplicate call answered from the idempotency store")
-                await self._answer(stored, cells, replayed=True)
-                await self._touch(envelope)
+                claim = await unit.claim()
+            except Exception as exc:
+                self.metrics.store_error["idempotency"].inc()
+                if isinstance(exc, StoreUnavailable):
+                    log.warning("idempotency store unavailable", error=str(exc))
+                else:
+                    log.exception("idempotency claim failed")
+                unavailable = error_answer(envelope, internal, "storage temporarily unavailable")
+                await self._answer(unavailable, cells)
                 return
+            if claim is False:
+                # This very delivery attempt is being handled by this instance already (a
+                # redelivered copy); its answer goes to the station.
+                cells.dropped.inc()
+                log.debug("duplicate copy of a call in progress here, dropped")
+                return
+            if isinstance(claim, bytes):
+                try:
+                    stored = replay(claim, envelope)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    log.warning("stored answer unreadable, handling again", error=str(exc))
+                else:
+                    log.debug("duplicate call answered from the idempotency store")
+                    await self._answer(stored, cells, replayed=True)
+                    return
+            handled = await self._handle(envelope, router, handler, unit, cells, log)
+        if handled is None:
+            # Something the handler's writes were decided from changed before they were
+            # stored (nothing was): handle the Call again, each write checked on its own.
+            log.debug("call handled again: what it read changed meanwhile")
+            plain = self._plain_unit(envelope, key, owner, log)
+            handled = await self._handle(envelope, router, handler, plain, cells, log)
+            assert handled is not None  # a plain unit stores whatever it is given
+        await self._publish(*handled, cells)
+
+    def _unit(self, envelope: Envelope, key: str, owner: str, log: Any) -> CallUnit:
+        """The Call's unit: the idempotency store's own (Redis), else a plain one."""
+        idempotency = self.services.idempotency
+        if isinstance(idempotency, CallUnits):
+            ahead = read_ahead(envelope)
+            return idempotency.unit(
+                key, owner, self._claim_ttl, ahead=ahead, seen_at=_iso_at(envelope.at)
+            )
+        return self._plain_unit(envelope, key, owner, log)
+
+    def _plain_unit(self, envelope: Envelope, key: str, owner: str, log: Any) -> PlainCallUnit:
+        return PlainCallUnit(
+            self.services.idempotency,
+            key,
+            owner,
+            self._claim_ttl,
+            touch=lambda: self._touch(envelope),
+            bookkeeping=lambda step, failure: self._store(step, log, failure),
+        )
+
+    async def _handle(
+        self,
+        envelope: Envelope,
+        router: Router,
+        handler: CallHandler,
+        unit: CallUnit,
+        cells: CallCells,
+        log: Any,
+    ) -> tuple[Envelope, bytes] | None:
+        """Run the handler, then store its writes with its answer (before the answer is
+        published: a station never gets an answer the store does not hold). Returns the
+        answer to publish and its encoding; None when ``unit`` stored nothing because what
+        the writes were decided from changed meanwhile."""
+        internal = router.code(RpcError.INTERNAL_ERROR)
         started = time.perf_counter()
         answer = await router.call_handler(envelope, handler, self.deps)
         cells.latency.observe(time.perf_counter() - started)
-        encoded = await self._answer(answer, cells)
+        answer, encoded, stored = self._encode(answer)
         log.debug("call handled", outcome=str(answer.kind), error_code=answer.error_code)
-        if encoded is None or (answer.kind is Kind.ERROR and answer.error_code == internal):
+        if stored is None or (answer.kind is Kind.ERROR and answer.error_code == internal):
             # Transient (store outage, bug): let a retry of the station do the work again.
-            await self._store(idempotency.release(key, owner), log, "idempotency release failed")
-        else:
-            await self._store(
-                idempotency.complete(key, encoded, float(self.settings.idempotency_ttl)),
-                log,
-                "idempotency complete failed",
-            )
-        await self._touch(envelope)
+            await self._store(unit.release(), log, "idempotency release failed")
+            return answer, encoded
+        try:
+            if not await unit.complete(stored, float(self.settings.idempotency_ttl)):
+                return None
+        except Exception as exc:
+            self.metrics.store_error["idempotency"].inc()
+            if isinstance(exc, StoreUnavailable):
+                log.warning("call not stored: store unavailable", error=str(exc))
+            else:
+                log.exception("call not stored")
+            await self._store(unit.release(), log, "idempotency release failed")
+            failed = error_answer(envelope, internal, "storage temporarily unavailable")
+            answer, encoded, _ = self._encode(failed)
+        return answer, encoded
 
     async def _answer(
         self, answer: Envelope, cells: CallCells, *, replayed: bool = False
@@ -387,6 +440,13 @@ class Manager:
         ``cells`` (``duplicate`` when ``replayed`` from the idempotency store); returns the
         encoded answer (None when it could not be encoded). Bus failures are logged: the
         gateway times the station's call out with an InternalError of its own."""
+        answer, encoded, stored = self._encode(answer)
+        await self._publish(answer, encoded, cells, replayed=replayed)
+        return stored
+
+    def _encode(self, answer: Envelope) -> tuple[Envelope, bytes, bytes | None]:
+        """``answer`` (an InternalError when it cannot be encoded), its encoding, and what
+        the idempotency store may keep of it (None for that InternalError)."""
         try:
             encoded = encode(answer)
         except (msgspec.EncodeError, TypeError, ValueError, OverflowError) as exc:
@@ -400,10 +460,13 @@ class Manager:
             answer = error_answer(
                 answer, error_code(answer.version, RpcError.INTERNAL_ERROR), "internal error"
             )
-            encoded = encode(answer)
-            stored: bytes | None = None
-        else:
-            stored = encoded
+            return answer, encode(answer), None
+        return answer, encoded, encoded
+
+    async def _publish(
+        self, answer: Envelope, encoded: bytes, cells: CallCells, *, replayed: bool = False
+    ) -> None:
+        """Publish an encoded answer and count its outcome (see :meth:`_answer`)."""
         if replayed:
             cells.duplicate.inc()
         elif answer.kind is Kind.RESULT:
@@ -432,7 +495,6 @@ class Manager:
             self._log.exception(
                 "answer not published", station=answer.station, message_id=answer.message_id
             )
-        return stored
 
     async def _store(self, operation: Awaitable[None], log: Any, failure: str) -> None:
         """Await an idempotency bookkeeping step; its failure must not affect the answer."""

@@ -17,6 +17,7 @@ unreadable time bound (the API answers 400).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from csms.errors import Unavailable
@@ -331,4 +332,62 @@ class IdempotencyStore(Protocol):
 
     async def release(self, key: str, owner: str) -> None:
         """Drop an unfinished claim so a retry can do the work."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAhead:
+    """What a station Call's handler is about to read, so a :class:`CallUnit` can fetch it
+    with the claim instead of in a round trip of its own. A hint only: whatever the handler
+    reads that is not named here is read when it asks."""
+
+    station_id: str
+    """The station record (every handler checks the registration)."""
+    tokens: tuple[str, ...] = ()
+    """idTokens whose records are read (authorization)."""
+    transactions: tuple[str, ...] = ()
+    """The station's transactions whose records are read."""
+    seq_no: tuple[str, int] | None = None
+    """A transaction of the station and a seqNo: whether it was applied."""
+    active: bool = False
+    """The station's active transactions."""
+    token_transactions: tuple[str, ...] = ()
+    """idTokens whose active transactions are read (ConcurrentTx)."""
+    new_transaction_id: bool = False
+    """A 1.6 transactionId is taken (spent even if the handler then answers with another)."""
+
+
+@runtime_checkable
+class CallUnit(Protocol):
+    """One station Call as one unit of work: ``async with`` it around the claim and the
+    handler; the handler's store writes made meanwhile are held until :meth:`complete`."""
+
+    async def __aenter__(self) -> CallUnit: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    async def claim(self) -> bytes | bool:
+        """:meth:`IdempotencyStore.claim`; the station's last-seen time is recorded and its
+        :class:`ReadAhead` fetched with it."""
+        ...
+
+    async def complete(self, answer: bytes, ttl: float) -> bool:
+        """Store the handler's writes and the answer, atomically. False when something they
+        were decided from changed meanwhile: nothing is stored and the claim stays; the Call
+        is to be handled again outside the unit (where each write is checked on its own)."""
+        ...
+
+    async def release(self) -> None:
+        """Drop the handler's writes and the claim (a retry does the work)."""
+        ...
+
+
+@runtime_checkable
+class CallUnits(Protocol):
+    """An :class:`IdempotencyStore` that runs station Calls as :class:`CallUnit` s (the
+    Redis one: a Call then costs two round trips whatever its handler reads and writes)."""
+
+    def unit(self, key: str, owner: str, ttl: float, *, ahead: ReadAhead, seen_at: str) -> CallUnit:
+        """The unit of the Call with idempotency ``key``, claimed for ``owner`` for ``ttl``
+        seconds, from a station last seen at ``seen_at``."""
         ...

@@ -1,11 +1,22 @@
 """Redis stores: the shared state of a manager fleet.
 
 Every record is one key holding msgspec JSON. Writes that depend on what is stored (a boot,
-a connect, a disconnect, a transaction update) are optimistic transactions: WATCH the key,
-read it, decide with the same pure rules as the in-memory stores (:mod:`services.rules`),
-then MULTI/EXEC; a concurrent writer makes EXEC fail and the attempt is redone on fresh data,
-so two managers never lose each other's update. Counters and the idempotency claims are
-single Lua scripts.
+a connect, a disconnect, a transaction update) are optimistic: read what the decision needs
+(one pipelined round trip), decide with the same pure rules as the in-memory stores
+(:mod:`services.rules`), then one checked write, the :data:`~services.redis_scripts.APPLY`
+script, which writes only if everything the decision read is unchanged (the SHA-1 of each
+value, the seqNo looked up, the length of the readings list) and otherwise writes nothing;
+the decision is then redone on fresh reads, so two managers never lose each other's update.
+Counters and the idempotency claims are single Lua scripts (all in
+:mod:`services.redis_scripts`).
+
+A station Call runs as one unit of work (:class:`RedisCallUnit`, driven by the manager): its
+first round trip is the :data:`~services.redis_scripts.BEGIN` script (the idempotency claim,
+the records its handler is about to read, the last-seen write), the handler's decisions are
+made on those reads and its writes held, and the second round trip is one checked write of
+all of them with the stored answer. When something read changed meanwhile nothing is
+written and the manager handles the Call again, each write then checked on its own. A read
+the unit did not fetch ahead costs one more round trip, never a wrong answer.
 
 Key layout (``{p}`` is the prefix, ids are percent-encoded so ``:`` in a station id cannot
 make two keys collide)::
@@ -47,16 +58,16 @@ key ranges; other filters are checked on the records, at most :data:`LIST_SCAN_L
 call (a short page with a cursor when that runs out). Active transactions of a station or
 token come from ``tx-active`` / ``tx-token``, which hold only a few.
 
-Every index is changed in the same MULTI/EXEC as the record it describes, from the record
-read under WATCH, so concurrent managers keep them exactly consistent; an update that
+Every index is changed in the same checked write as the record it describes, decided from
+the record as read, so concurrent managers keep them exactly consistent; an update that
 changes none of the indexed facts (a reading, a charging state) queues nothing more.
 :func:`rebuild_indexes` builds them for records written before they existed.
 
 A transaction update costs the same whatever the length of the session: the record carries
 the running aggregate of its readings (:class:`~services.models.MeterSummary`), new readings
 are RPUSHed to ``tx-readings`` and the event's seqNo SADDed to ``tx-seqnos`` in the same
-MULTI/EXEC as the record (both are only written with it, so WATCHing the record covers
-them). ``tx-seqnos`` is read (SISMEMBER) only for a seqNo not above the record's
+checked write as the record (both are only written with it; a decision that read them is
+checked on them too). ``tx-seqnos`` is read (SISMEMBER) only for a seqNo not above the record's
 ``last_seq_no``, ``tx-readings`` (LRANGE) only for a reading not later than every stored one,
 which rebuilds the aggregate, and for :meth:`RedisTransactionStore.readings`. Records
 written by earlier versions kept readings and seqNos inside: they are read as before and
@@ -70,19 +81,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
+import hashlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, WatchError
 
-from services import energy, rules
-from services.interfaces import StoreUnavailable
+from services import energy, redis_scripts, rules
+from services.interfaces import ReadAhead, StoreUnavailable
 from services.models import (
     MAX_PAGE_SIZE,
     Authorization,
@@ -106,6 +120,7 @@ __all__ = [
     "LIST_SCAN_LIMIT",
     "MAX_ATTEMPTS",
     "IndexRebuild",
+    "RedisCallUnit",
     "RedisIdempotencyStore",
     "RedisStationRegistry",
     "RedisTokenStore",
@@ -202,17 +217,346 @@ def _key_range(query: rules.TransactionQuery) -> tuple[bytes, bytes]:
     return high, low
 
 
+# --- units of work: reads, held writes and the checks between them ---------------------------
+
+_Read = tuple[str, str, str]
+"""A read a decision needs: ``("get", key, "")``, ``("is", set key, member)``, ``("list",
+key, "")`` (LRANGE of the whole list) or ``("members", set key, "")``."""
+_Arg = bytes | str | int | float
+_Op = tuple[str, str, tuple[_Arg, ...]]
+"""One write: the command (or APPLY's ``max``), its key and its other arguments."""
+
+_CHUNK = 512
+"""Arguments per queued command (Lua's ``unpack`` bounds how many one call takes)."""
+
+_CURRENT: contextvars.ContextVar[_Unit | None] = contextvars.ContextVar(
+    "csms_redis_unit", default=None
+)
+"""The unit of the station Call this task is handling (see :class:`RedisCallUnit`)."""
+
+
+def _arg_bytes(arg: _Arg) -> bytes:
+    """A command argument as Redis stores it."""
+    return arg if isinstance(arg, bytes) else str(arg).encode()
+
+
+def _sha(raw: bytes | None) -> str:
+    """What APPLY's ``v`` check compares: the value's SHA-1, ``''`` for no value."""
+    return hashlib.sha1(raw).hexdigest() if raw is not None else ""
+
+
+class _Missing(Exception):
+    """A decision asked for something its unit has not read yet: read it, decide again."""
+
+    def __init__(self, read: _Read) -> None:
+        super().__init__(read)
+        self.read = read
+
+
+class _Batch:
+    """The writes one decision queues. The method names are redis-py's pipeline's, so the
+    index helpers write to either."""
+
+    __slots__ = ("ops",)
+
+    def __init__(self) -> None:
+        self.ops: list[_Op] = []
+
+    def set(self, key: str, value: bytes, *, px: int | None = None) -> None:
+        self.ops.append(("SET", key, (value,) if px is None else (value, "PX", px)))
+
+    def set_max(self, key: str, value: str) -> None:
+        """Set ``value`` unless the stored one sorts after it."""
+        self.ops.append(("max", key, (value,)))
+
+    def delete(self, *keys: str) -> None:
+        self.ops.extend(("DEL", key, ()) for key in keys)
+
+    def _many(
+        self, command: str, key: str, items: tuple[_Arg, ...], head: tuple[_Arg, ...] = ()
+    ) -> None:
+        for start in range(0, len(items), _CHUNK):
+            self.ops.append((command, key, (*head, *items[start : start + _CHUNK])))
+
+    def rpush(self, key: str, *values: bytes) -> None:
+        self._many("RPUSH", key, values)
+
+    def sadd(self, key: str, *members: _Arg) -> None:
+        self._many("SADD", key, members)
+
+    def srem(self, key: str, *members: _Arg) -> None:
+        self._many("SREM", key, members)
+
+    def zrem(self, key: str, *members: _Arg) -> None:
+        self._many("ZREM", key, members)
+
+    def zadd(self, key: str, mapping: Mapping[Any, float], nx: bool = False) -> None:
+        pairs = tuple(item for member, score in mapping.items() for item in (score, member))
+        self._many("ZADD", key, pairs, ("NX",) if nx else ())
+
+    def hset(self, key: str, field: str, value: bytes) -> None:
+        self.ops.append(("HSET", key, (field, value)))
+
+
+class _View:
+    """What one decision reads, through its unit: what the unit wrote as written (its own
+    checks cover it), the rest as read from Redis, each noted as a check of the write."""
+
+    __slots__ = ("_unit", "checks")
+
+    def __init__(self, unit: _Unit) -> None:
+        self._unit = unit
+        self.checks: dict[tuple[str, str, str], str] = {}
+
+    def value(self, key: str) -> bytes | None:
+        unit = self._unit
+        if key in unit.written:
+            return unit.written[key]
+        if key not in unit.read:
+            raise _Missing(("get", key, ""))
+        raw = unit.read[key]
+        self.checks[("v", key, "")] = _sha(raw)
+        return raw
+
+    def is_member(self, key: str, member: str) -> bool:
+        unit = self._unit
+        changed = unit.changes.get(key, {}).get(member)
+        if changed is not None:
+            return changed
+        if key in unit.cleared:
+            return False
+        if (key, member) in unit.membership:
+            found = unit.membership[(key, member)]
+        elif key in unit.sets:
+            found = member in unit.sets[key]
+        else:
+            raise _Missing(("is", key, member))
+        self.checks[("m" if found else "n", key, member)] = member
+        return found
+
+    def items(self, key: str) -> list[bytes]:
+        unit = self._unit
+        appended = unit.appended.get(key, [])
+        if key in unit.cleared:
+            return list(appended)
+        if key not in unit.lists:
+            raise _Missing(("list", key, ""))
+        stored = unit.lists[key]
+        self.checks[("l", key, "")] = str(len(stored))
+        return [*stored, *appended]
+
+
+class _Unit:
+    """A unit of work on one Redis: what it read (as read), what it wrote (held back) and
+    the checks its writes depend on. Store operations decide on it (:meth:`decide`);
+    :meth:`commit` writes everything in one APPLY, or nothing when a check fails. A single
+    store operation outside a station Call is a unit of its own."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, apply: AsyncScript) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.open = True
+        """False once committed or dropped: store operations then write at once."""
+        self._apply = apply
+        self.read: dict[str, bytes | None] = {}
+        self.membership: dict[tuple[str, str], bool] = {}
+        self.sets: dict[str, frozenset[str]] = {}
+        self.lists: dict[str, list[bytes]] = {}
+        self.written: dict[str, bytes | None] = {}
+        self.changes: dict[str, dict[str, bool]] = {}
+        """Set members added (True) or removed (False) here."""
+        self.appended: dict[str, list[bytes]] = {}
+        self.cleared: set[str] = set()
+        """Keys deleted here (lists and sets then hold only what was added since)."""
+        self.fields: dict[str, dict[str, bytes]] = {}
+        """Hash fields written here."""
+        self.new_ids: list[int] = []
+        """1.6 transaction ids taken ahead (BEGIN), handed out by next_transaction_id."""
+        self._checks: dict[tuple[str, str, str], str] = {}
+        self._ops: list[_Op] = []
+
+    def _knows(self, read: _Read) -> bool:
+        kind, key, member = read
+        if kind == "get":
+            return key in self.read
+        if kind == "is":
+            return (key, member) in self.membership or key in self.sets
+        if kind == "list":
+            return key in self.lists
+        return key in self.sets
+
+    def _keep(self, read: _Read, result: Any) -> None:
+        kind, key, member = read
+        if kind == "get":
+            self.read[key] = _as_bytes(result)
+        elif kind == "is":
+            self.membership[(key, member)] = bool(result)
+        elif kind == "list":
+            self.lists[key] = [_as_bytes(item) or b"" for item in result]
+        else:
+            self.sets[key] = frozenset(_text(item) for item in result)
+
+    async def fetch(self, reads: Iterable[_Read]) -> None:
+        """Read what is not known yet, in one pipelined round trip (none when all is)."""
+        wanted = [read for read in dict.fromkeys(reads) if not self._knows(read)]
+        if not wanted:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for kind, key, member in wanted:
+                if kind == "get":
+                    pipe.get(key)
+                elif kind == "is":
+                    pipe.sismember(key, member)
+                elif kind == "list":
+                    pipe.lrange(key, 0, -1)
+                else:
+                    pipe.smembers(key)
+            results = await pipe.execute()
+        for read, result in zip(wanted, results, strict=True):
+            self._keep(read, result)
+
+    async def decide(
+        self, decide: Callable[[_View, _Batch], _R], reads: Iterable[_Read] = ()
+    ) -> _R:
+        """Run ``decide`` (pure: it may run again) on what the unit knows, reading what it
+        asks for, and hold its writes with the checks of what it read."""
+        await self.fetch(reads)
+        while True:
+            view, batch = _View(self), _Batch()
+            try:
+                result = decide(view, batch)
+            except _Missing as missing:
+                await self.fetch([missing.read])
+                continue
+            if batch.ops:
+                self._checks.update(view.checks)
+                self._hold(batch.ops)
+            return result
+
+    def _hold(self, ops: list[_Op]) -> None:
+        """Queue ``ops`` and keep what they make the keys hold, for later reads here."""
+        for command, key, args in ops:
+            if command == "SET":
+                self.written[key] = _arg_bytes(args[0])
+            elif command == "DEL":
+                self.written[key] = None
+                self.cleared.add(key)
+                for held in (self.appended, self.changes, self.fields):
+                    held.pop(key, None)
+            elif command == "RPUSH":
+                self.appended.setdefault(key, []).extend(_arg_bytes(arg) for arg in args)
+            elif command in ("SADD", "SREM"):
+                changes = self.changes.setdefault(key, {})
+                changes.update(
+                    dict.fromkeys((_arg_bytes(a).decode() for a in args), command == "SADD")
+                )
+            elif command == "HSET":
+                self.fields.setdefault(key, {})[_arg_bytes(args[0]).decode()] = _arg_bytes(args[1])
+        self._ops.extend(ops)
+
+    async def values(self, keys: list[str]) -> list[bytes | None]:
+        """The current values of ``keys`` (as written here, else as read)."""
+        await self.fetch(("get", key, "") for key in keys if key not in self.written)
+        return [self.written[key] if key in self.written else self.read[key] for key in keys]
+
+    async def members(self, key: str) -> set[str]:
+        """The current members of the set ``key``."""
+        found: set[str] = set()
+        if key not in self.cleared:
+            await self.fetch([("members", key, "")])
+            found = set(self.sets[key])
+        for member, present in self.changes.get(key, {}).items():
+            if present:
+                found.add(member)
+            else:
+                found.discard(member)
+        return found
+
+    def load(self, reads: list[_Read], results: list[Any]) -> None:
+        """Keep what BEGIN read ahead (``reads`` as :meth:`RedisCallUnit.claim` asked)."""
+        for (kind, key, arg), result in zip(reads, results, strict=True):
+            if kind in ("get", "is"):
+                self._keep((kind, key, arg), result)
+            elif kind in ("ids", "refs"):
+                members, records = result
+                names = [_text(member) for member in members]
+                self.sets[key] = frozenset(names)
+                for name, record in zip(names, records, strict=True):
+                    record_key = arg + (encode_id(name) if kind == "ids" else name)
+                    self.read[record_key] = _as_bytes(record)
+            elif kind == "id":
+                value, record = result
+                self.new_ids.append(int(value))
+                self.read[f"{arg}{int(value)}"] = _as_bytes(record)
+
+    async def commit(self, last: _Batch | None = None) -> bool:
+        """Write everything held (and ``last``) in one APPLY; False when a check failed
+        (nothing written). Closes the unit."""
+        self.open = False
+        ops = self._ops if last is None else [*self._ops, *last.ops]
+        if not ops:
+            return True
+        positions: dict[str, int] = {}
+        args: list[_Arg] = [len(self._checks)]
+        for (kind, key, _), arg in self._checks.items():
+            args += [kind, positions.setdefault(key, len(positions) + 1), arg]
+        for command, key, values in ops:
+            args += [command, positions.setdefault(key, len(positions) + 1), len(values), *values]
+        written = await self._apply(keys=list(positions), args=args)
+        return bool(written == 1)
+
+
 class _RedisStore:
-    """Common plumbing: the client, the prefix, the optimistic write loop."""
+    """Common plumbing: the client, the prefix, the optimistic write loops."""
 
     def __init__(self, client: aioredis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
         if client.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("Redis stores need a client with decode_responses=False")
         self.client = client
         self.prefix = prefix
+        self._apply_script = client.register_script(redis_scripts.APPLY)
 
     def _guard(self, what: str) -> contextlib.AbstractContextManager[None]:
         return _guard(self.client, what)
+
+    def _unit(self) -> _Unit | None:
+        """The open unit of the station Call being handled, if it is on this Redis."""
+        unit = _CURRENT.get()
+        if unit is None or not unit.open or unit.client is not self.client:
+            return None
+        return unit
+
+    async def _run(
+        self, decide: Callable[[_View, _Batch], _R], reads: Iterable[_Read], what: str
+    ) -> _R:
+        """Decide and write atomically. In a station Call's unit the writes are held and
+        stored with its answer; otherwise read (``reads`` first, in one round trip), decide,
+        APPLY, and on a failed check decide again on fresh reads, with a short jittered
+        pause after the first attempts."""
+        with self._guard(what):
+            unit = self._unit()
+            if unit is not None:
+                return await unit.decide(decide, reads)
+            for attempt_no in range(MAX_ATTEMPTS):
+                unit = _Unit(self.client, self.prefix, self._apply_script)
+                result = await unit.decide(decide, reads)
+                if await unit.commit():
+                    return result
+                if attempt_no >= 2:
+                    await asyncio.sleep(random.uniform(0, 0.001 * min(attempt_no, 20)))
+        raise StoreUnavailable(
+            f"{describe(self.client)}: {what} gave up after {MAX_ATTEMPTS} conflicting writes"
+        )
+
+    async def _values(self, keys: list[str], what: str) -> list[bytes | None]:
+        """The values of ``keys``: from the Call's unit when there is one, else one read."""
+        with self._guard(what):
+            unit = self._unit()
+            if unit is not None:
+                return await unit.values(keys)
+            if len(keys) == 1:
+                return [_as_bytes(await self.client.get(keys[0]))]
+            return [_as_bytes(raw) for raw in await self.client.mget(keys)]
 
     async def _optimistic(
         self,
@@ -222,7 +566,9 @@ class _RedisStore:
     ) -> _R:
         """WATCH ``key``, read it, let ``attempt`` decide (result, writes or None), MULTI/EXEC.
 
-        Retried on a concurrent change of ``key`` with a short jittered pause.
+        Retried on a concurrent change of ``key`` with a short jittered pause. For the
+        writes no station Call makes (see :meth:`_run` for the others); a WATCH also sees
+        the keys APPLY writes, and APPLY's checks see what MULTI/EXEC wrote.
         """
         with self._guard(what):
             for attempt_no in range(MAX_ATTEMPTS):
@@ -245,18 +591,6 @@ class _RedisStore:
         )
 
 
-# Move a station's last-seen time forward only (fixed-width UTC ISO strings compare in time
-# order as text). One round trip, no WATCH: this runs once for every message a station sends.
-_TOUCH = """
-local old = redis.call('GET', KEYS[1])
-if (not old) or ARGV[1] > old then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return 1
-end
-return 0
-"""
-
-
 def _fixed_width_utc(at: str) -> str | None:
     """``at`` as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (so text order is time order), None if unparsable."""
     moment = rules.parse_time(at)
@@ -265,23 +599,56 @@ def _fixed_width_utc(at: str) -> str | None:
     return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# Key names several stores (and a station Call's unit) use; see the layout above.
+
+
+def _station_key(prefix: str, station_id: str) -> str:
+    return f"{prefix}station:{encode_id(station_id)}"
+
+
+def _seen_key(prefix: str, station_id: str) -> str:
+    return f"{prefix}seen:{encode_id(station_id)}"
+
+
+def _token_key(prefix: str, id_token: str) -> str:
+    return f"{prefix}token:{encode_id(id_token)}"
+
+
+def _tx_prefix(prefix: str, station_id: str) -> str:
+    """The station's transaction record keys up to the (percent-encoded) transaction id."""
+    return f"{prefix}tx:{encode_id(station_id)}:"
+
+
+def _tx_key(prefix: str, station_id: str, transaction_id: str) -> str:
+    return _tx_prefix(prefix, station_id) + encode_id(transaction_id)
+
+
+def _seq_nos_key(prefix: str, station_id: str, transaction_id: str) -> str:
+    return f"{prefix}tx-seqnos:{encode_id(station_id)}:{encode_id(transaction_id)}"
+
+
+def _active_key(prefix: str, station_id: str) -> str:
+    return f"{prefix}tx-active:{encode_id(station_id)}"
+
+
+def _token_transactions_key(prefix: str, id_token: str) -> str:
+    return f"{prefix}tx-token:{encode_id(id_token)}"
+
+
 class RedisStationRegistry(_RedisStore):
     """:class:`~services.interfaces.StationRegistry` in Redis.
 
     The record lives in ``station:{id}``; the last-seen time, written on every station message,
     in its own ``seen:{id}`` key so that write is one command instead of a read-modify-write of
-    the whole record. :meth:`get` merges the two.
+    the whole record (a station Call's unit makes it with its claim). :meth:`get` merges the
+    two.
     """
 
-    def __init__(self, client: aioredis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
-        super().__init__(client, prefix)
-        self._touch = client.register_script(_TOUCH)
-
     def _key(self, station_id: str) -> str:
-        return f"{self.prefix}station:{encode_id(station_id)}"
+        return _station_key(self.prefix, station_id)
 
     def _seen_key(self, station_id: str) -> str:
-        return f"{self.prefix}seen:{encode_id(station_id)}"
+        return _seen_key(self.prefix, station_id)
 
     def _connectors_key(self, station_id: str) -> str:
         return f"{self.prefix}connectors:{encode_id(station_id)}"
@@ -301,8 +668,10 @@ class RedisStationRegistry(_RedisStore):
         online, registration = bucket
         return f"{self.prefix}stations-{'online' if online else 'offline'}:{registration.value}"
 
-    def _index(self, pipe: Pipeline, old: StationRecord | None, new: StationRecord) -> None:
-        """Queue the index changes of ``old`` (as read under WATCH) becoming ``new``."""
+    def _index(
+        self, pipe: Pipeline | _Batch, old: StationRecord | None, new: StationRecord
+    ) -> None:
+        """Queue the index changes of ``old`` (as the decision read it) becoming ``new``."""
         member = new.station_id.encode()
         bucket = rules.station_bucket(new)
         if old is None:
@@ -313,7 +682,7 @@ class RedisStationRegistry(_RedisStore):
             pipe.zrem(self._bucket_key(rules.station_bucket(old)), member)
         pipe.zadd(self._bucket_key(bucket), {member: 0})
 
-    def _index_unread(self, pipe: Pipeline, record: StationRecord) -> None:
+    def _index_unread(self, pipe: Pipeline | _Batch, record: StationRecord) -> None:
         """Queue the index entries of ``record``, whatever was stored before (not read)."""
         member = record.station_id.encode()
         bucket = rules.station_bucket(record)
@@ -331,8 +700,8 @@ class RedisStationRegistry(_RedisStore):
         return record
 
     async def get(self, station_id: str) -> StationRecord | None:
-        with self._guard("get station"):
-            raw, seen = await self.client.mget(self._key(station_id), self._seen_key(station_id))
+        keys = [self._key(station_id), self._seen_key(station_id)]
+        raw, seen = await self._values(keys, "get station")
         return self._merge(raw, seen) if raw is not None else None
 
     async def put(self, record: StationRecord) -> None:
@@ -396,20 +765,16 @@ class RedisStationRegistry(_RedisStore):
         """Apply ``rule`` atomically; returns the stored record, or None when it declined."""
         key = self._key(station_id)
 
-        def attempt(raw: bytes | None) -> tuple[StationRecord | None, _Write | None]:
+        def decide(view: _View, batch: _Batch) -> StationRecord | None:
+            raw = view.value(key)
             old = _station_decoder.decode(raw) if raw is not None else None
             new = rule(old)
-            if new is None:
-                return None, None
-            data = _encoder.encode(new)
+            if new is not None:
+                batch.set(key, _encoder.encode(new))
+                self._index(batch, old, new)
+            return new
 
-            def write(pipe: Pipeline) -> None:
-                pipe.set(key, data)
-                self._index(pipe, old, new)
-
-            return new, write
-
-        return await self._optimistic(key, attempt, what)
+        return await self._run(decide, [("get", key, "")], what)
 
     async def provision(self, station_id: str, registration: RegistrationStatus) -> None:
         """Declare the station known with ``registration``, keeping its other state (every
@@ -496,45 +861,37 @@ class RedisStationRegistry(_RedisStore):
         member = station_id.encode()
         first_lease = time.time() + (lease or rules.FIRST_LEASE)
 
-        def attempt(raw: bytes | None) -> tuple[None, _Write | None]:
+        def decide(view: _View, batch: _Batch) -> None:
+            raw = view.value(key)
             old = _station_decoder.decode(raw) if raw is not None else None
             new = rules.with_connection(old, station_id, version, gateway, connection, at, session)
             if new is None:
-                return None, None
-            data = _encoder.encode(new)
+                return
+            batch.set(key, _encoder.encode(new))
+            self._index(batch, old, new)
+            if old is not None and old.gateway is not None and old.gateway != gateway:
+                batch.srem(self._held_key(old.gateway), member)
+            batch.sadd(self._held_key(gateway), member)
+            batch.zadd(self._leases_key, {gateway: first_lease}, nx=True)
 
-            def write(pipe: Pipeline) -> None:
-                pipe.set(key, data)
-                self._index(pipe, old, new)
-                if old is not None and old.gateway is not None and old.gateway != gateway:
-                    pipe.srem(self._held_key(old.gateway), member)
-                pipe.sadd(self._held_key(gateway), member)
-                pipe.zadd(self._leases_key, {gateway: first_lease}, nx=True)
-
-            return None, write
-
-        await self._optimistic(key, attempt, "mark connected")
+        await self._run(decide, [("get", key, "")], "mark connected")
 
     async def mark_disconnected(self, station_id: str, connection: str, at: str) -> bool:
         key = self._key(station_id)
 
-        def attempt(raw: bytes | None) -> tuple[bool, _Write | None]:
+        def decide(view: _View, batch: _Batch) -> bool:
+            raw = view.value(key)
             old = _station_decoder.decode(raw) if raw is not None else None
             new = rules.without_connection(old, connection, at)
             if new is None or old is None:
-                return False, None
-            data = _encoder.encode(new)
-            previous_gateway = old.gateway
+                return False
+            batch.set(key, _encoder.encode(new))
+            self._index(batch, old, new)
+            if old.gateway is not None:
+                batch.srem(self._held_key(old.gateway), station_id.encode())
+            return True
 
-            def write(pipe: Pipeline) -> None:
-                pipe.set(key, data)
-                self._index(pipe, old, new)
-                if previous_gateway is not None:
-                    pipe.srem(self._held_key(previous_gateway), station_id.encode())
-
-            return True, write
-
-        return await self._optimistic(key, attempt, "mark disconnected")
+        return await self._run(decide, [("get", key, "")], "mark disconnected")
 
     async def gateway_alive(self, gateway: str, until: float) -> None:
         with self._guard("gateway lease"):
@@ -576,17 +933,31 @@ class RedisStationRegistry(_RedisStore):
         normalized = _fixed_width_utc(at)
         if normalized is None:
             return
-        with self._guard("touch station"):
-            await self._touch(keys=[self._seen_key(station_id)], args=[normalized])
+        seen_key = self._seen_key(station_id)
+
+        def decide(view: _View, batch: _Batch) -> None:
+            batch.set_max(seen_key, normalized)
+
+        await self._run(decide, (), "touch station")
 
     async def set_connector_status(self, station_id: str, status: ConnectorStatus) -> None:
-        field = f"{status.evse_id}:{status.connector_id}"
-        with self._guard("set connector status"):
-            await self.client.hset(self._connectors_key(station_id), field, _encoder.encode(status))
+        key, field = self._connectors_key(station_id), f"{status.evse_id}:{status.connector_id}"
+        data = _encoder.encode(status)
+
+        def decide(view: _View, batch: _Batch) -> None:
+            batch.hset(key, field, data)
+
+        await self._run(decide, (), "set connector status")
 
     async def connector_statuses(self, station_id: str) -> list[ConnectorStatus]:
+        key = self._connectors_key(station_id)
         with self._guard("connector statuses"):
-            fields = await self.client.hgetall(self._connectors_key(station_id))
+            fields = {
+                _text(name): value for name, value in (await self.client.hgetall(key)).items()
+            }
+        unit = self._unit()
+        if unit is not None:
+            fields.update(unit.fields.get(key, {}))
         statuses = [_connector_decoder.decode(value) for value in fields.values()]
         return sorted(statuses, key=lambda status: (status.evse_id, status.connector_id))
 
@@ -631,12 +1002,11 @@ class RedisTokenStore(_RedisStore):
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
 
     def _key(self, id_token: str) -> str:
-        return f"{self.prefix}token:{encode_id(id_token)}"
+        return _token_key(self.prefix, id_token)
 
     async def get(self, id_token: str) -> TokenRecord | None:
         """The stored record (not part of the protocol; for tools and tests)."""
-        with self._guard("get token"):
-            raw = await self.client.get(self._key(id_token))
+        [raw] = await self._values([self._key(id_token)], "get token")
         return _token_decoder.decode(raw) if raw is not None else None
 
     async def authorize(
@@ -688,35 +1058,25 @@ class RedisTokenStore(_RedisStore):
         )
 
 
-_NEXT_ID = """
-local value = redis.call('INCR', KEYS[1])
-if value > tonumber(ARGV[1]) or value < 1 then
-    redis.call('SET', KEYS[1], 1)
-    value = 1
-end
-return value
-"""
-
-
 class RedisTransactionStore(_RedisStore):
     """:class:`~services.interfaces.TransactionStore` in Redis, with per-station and
-    per-token sets of active transactions kept in the same MULTI as the record."""
+    per-token sets of active transactions kept in the same checked write as the record."""
 
     def __init__(self, client: aioredis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
         super().__init__(client, prefix)
-        self._next_id = client.register_script(_NEXT_ID)
+        self._next_id = client.register_script(redis_scripts.NEXT_ID)
 
     def _ref(self, station_id: str, transaction_id: str) -> str:
         return f"{encode_id(station_id)}:{encode_id(transaction_id)}"
 
     def _key(self, station_id: str, transaction_id: str) -> str:
-        return f"{self.prefix}tx:{self._ref(station_id, transaction_id)}"
+        return _tx_key(self.prefix, station_id, transaction_id)
 
     def _active_key(self, station_id: str) -> str:
-        return f"{self.prefix}tx-active:{encode_id(station_id)}"
+        return _active_key(self.prefix, station_id)
 
     def _token_key(self, id_token: str) -> str:
-        return f"{self.prefix}tx-token:{encode_id(id_token)}"
+        return _token_transactions_key(self.prefix, id_token)
 
     def _index_key(self, index: rules.TransactionIndex) -> str:
         kind, value = index
@@ -729,20 +1089,22 @@ class RedisTransactionStore(_RedisStore):
         return f"{self.prefix}tx:{rules.transaction_ref(sort_key)}"
 
     async def next_transaction_id(self) -> int:
+        unit = self._unit()
+        if unit is not None and unit.new_ids:
+            return unit.new_ids.pop(0)  # taken with the Call's claim
         with self._guard("next transaction id"):
             value = await self._next_id(keys=[f"{self.prefix}tx-seq"], args=[rules.INT32_MAX])
         return int(value)
 
     async def get(self, station_id: str, transaction_id: str) -> Transaction | None:
-        with self._guard("get transaction"):
-            raw = await self.client.get(self._key(station_id, transaction_id))
+        [raw] = await self._values([self._key(station_id, transaction_id)], "get transaction")
         return _tx_decoder.decode(raw) if raw is not None else None
 
     def _readings_key(self, station_id: str, transaction_id: str) -> str:
         return f"{self.prefix}tx-readings:{self._ref(station_id, transaction_id)}"
 
     def _seq_nos_key(self, station_id: str, transaction_id: str) -> str:
-        return f"{self.prefix}tx-seqnos:{self._ref(station_id, transaction_id)}"
+        return _seq_nos_key(self.prefix, station_id, transaction_id)
 
     async def update(
         self,
@@ -797,129 +1159,117 @@ class RedisTransactionStore(_RedisStore):
         change: Callable[[Transaction | None], Transaction | TransactionChange],
         seq_no: int | None,
     ) -> EventUpdate:
-        """WATCH the record, read it (and, only when needed, whether ``seq_no`` is applied
-        and the stored readings), decide, then MULTI/EXEC the record, the readings and seqNo
-        added and the index changes; redone on a concurrent change of the record. Readings
-        and seqNos are only ever written together with the record, so watching it suffices.
-        """
+        """Read the record (and, only when needed, whether ``seq_no`` is applied and the
+        stored readings), decide, then write the record, the readings and seqNo added and the
+        index changes in one checked write (held in a station Call's unit); decided again when
+        the record, that seqNo or the readings changed meanwhile."""
         key = self._key(station_id, transaction_id)
-        with self._guard("update transaction"):
-            for attempt_no in range(MAX_ATTEMPTS):
-                async with self.client.pipeline(transaction=True) as pipe:
-                    try:
-                        await pipe.watch(key)
-                        raw = _as_bytes(await pipe.get(key))
-                        return await self._attempt(
-                            pipe, station_id, transaction_id, raw, change, seq_no
-                        )
-                    except WatchError:
-                        pass
-                if attempt_no >= 2:
-                    await asyncio.sleep(random.uniform(0, 0.001 * min(attempt_no, 20)))
-        raise StoreUnavailable(
-            f"{describe(self.client)}: update transaction gave up after {MAX_ATTEMPTS} "
-            "conflicting writes"
-        )
-
-    async def _attempt(
-        self,
-        pipe: Pipeline,
-        station_id: str,
-        transaction_id: str,
-        raw: bytes | None,
-        change: Callable[[Transaction | None], Transaction | TransactionChange],
-        seq_no: int | None,
-    ) -> EventUpdate:
         readings_key = self._readings_key(station_id, transaction_id)
         seq_key = self._seq_nos_key(station_id, transaction_id)
-        old = _tx_decoder.decode(raw) if raw is not None else None
-        in_record = _in_record(raw) if raw is not None else None
-        stored: list[EnergyReading] | None = None
-        if old is not None and in_record is not None:
-            # Written by an earlier version: its readings and seqNos move to their own keys.
-            listed = await self._listed(pipe, readings_key)
-            moved = energy.rebuild(in_record.readings, old, listed, None)
-            stored = [*in_record.readings, *moved.added]
-            old = msgspec.structs.replace(
-                energy.derived(old, moved.summary),
-                last_seq_no=max(in_record.seq_nos, default=None),
-            )
-        if old is not None and seq_no is not None:
-            if in_record is not None:
-                seen = seq_no in in_record.seq_nos
-            elif old.last_seq_no is not None and seq_no <= old.last_seq_no:
-                seen = bool(await pipe.sismember(seq_key, str(seq_no)))
-            else:
-                seen = False
-            if seen:
-                return EventUpdate(old, old, False)
-        new, readings = rules.changed_transaction(station_id, transaction_id, change(old))
-        previous = old.meter if old is not None else None
-        plan = energy.advance(previous, new, readings)
-        if plan is None:
-            if stored is None:
-                stored = await self._listed(pipe, readings_key) if old is not None else []
-            plan = energy.rebuild(stored, new, readings, previous)
-        new = msgspec.structs.replace(
-            energy.derived(new, plan.summary), last_seq_no=rules.last_seq_no(old, seq_no)
-        )
-        removed, added = rules.transaction_index_changes(old, new)
-        ref = self._ref(station_id, transaction_id)
-        _multi(pipe)
-        pipe.set(self._key(station_id, transaction_id), _encoder.encode(new))
-        if old is None:
-            pipe.delete(readings_key, seq_key)  # nothing is left of an earlier record
-        if in_record is not None:
-            pipe.delete(readings_key)
-            if stored:
-                pipe.rpush(readings_key, *[_encoder.encode(item) for item in stored])
-            if in_record.seq_nos:
-                pipe.sadd(seq_key, *[str(item) for item in in_record.seq_nos])
-        if plan.added:
-            pipe.rpush(readings_key, *[_encoder.encode(item) for item in plan.added])
-        if seq_no is not None:
-            pipe.sadd(seq_key, str(seq_no))
-        for index, sort_key in removed:
-            pipe.zrem(self._index_key(index), sort_key)
-        for index, sort_key in added:
-            pipe.zadd(self._index_key(index), {sort_key: 0})
-        if old is not None and old.id_token is not None:
-            pipe.srem(self._token_key(old.id_token), ref)
-        if rules.is_active(new):
-            pipe.sadd(self._active_key(station_id), transaction_id)
-            if new.id_token is not None:
-                pipe.sadd(self._token_key(new.id_token), ref)
-        else:
-            pipe.srem(self._active_key(station_id), transaction_id)
-        await pipe.execute()
-        return EventUpdate(old, new, True)
 
-    @staticmethod
-    async def _listed(pipe: Pipeline, readings_key: str) -> list[EnergyReading]:
-        """The readings stored in ``readings_key`` (read under the pipeline's WATCH)."""
-        items = await pipe.lrange(readings_key, 0, -1)
-        return [_reading_decoder.decode(item) for item in items]
+        def readings(view: _View) -> list[EnergyReading]:
+            return [_reading_decoder.decode(item) for item in view.items(readings_key)]
+
+        def decide(view: _View, batch: _Batch) -> EventUpdate:
+            raw = view.value(key)
+            old = _tx_decoder.decode(raw) if raw is not None else None
+            in_record = _in_record(raw) if raw is not None else None
+            stored: list[EnergyReading] | None = None
+            if old is not None and in_record is not None:
+                # Written by an earlier version: its readings and seqNos move to their own keys.
+                moved = energy.rebuild(in_record.readings, old, readings(view), None)
+                stored = [*in_record.readings, *moved.added]
+                old = msgspec.structs.replace(
+                    energy.derived(old, moved.summary),
+                    last_seq_no=max(in_record.seq_nos, default=None),
+                )
+            if old is not None and seq_no is not None:
+                if in_record is not None:
+                    seen = seq_no in in_record.seq_nos
+                elif old.last_seq_no is not None and seq_no <= old.last_seq_no:
+                    seen = view.is_member(seq_key, str(seq_no))
+                else:
+                    seen = False
+                if seen:
+                    return EventUpdate(old, old, False)
+            new, added_readings = rules.changed_transaction(station_id, transaction_id, change(old))
+            previous = old.meter if old is not None else None
+            plan = energy.advance(previous, new, added_readings)
+            if plan is None:
+                if stored is None:
+                    stored = readings(view) if old is not None else []
+                plan = energy.rebuild(stored, new, added_readings, previous)
+            new = msgspec.structs.replace(
+                energy.derived(new, plan.summary), last_seq_no=rules.last_seq_no(old, seq_no)
+            )
+            self._write(batch, station_id, transaction_id, old, new, seq_no)
+            if old is None:
+                batch.delete(readings_key, seq_key)  # nothing is left of an earlier record
+            if in_record is not None:
+                batch.delete(readings_key)
+                if stored:
+                    batch.rpush(readings_key, *[_encoder.encode(item) for item in stored])
+                if in_record.seq_nos:
+                    batch.sadd(seq_key, *[str(item) for item in in_record.seq_nos])
+            if plan.added:
+                batch.rpush(readings_key, *[_encoder.encode(item) for item in plan.added])
+            if seq_no is not None:
+                batch.sadd(seq_key, str(seq_no))
+            return EventUpdate(old, new, True)
+
+        return await self._run(decide, [("get", key, "")], "update transaction")
+
+    def _write(
+        self,
+        batch: _Batch,
+        station_id: str,
+        transaction_id: str,
+        old: Transaction | None,
+        new: Transaction,
+        seq_no: int | None,
+    ) -> None:
+        """Queue the record ``new`` replacing ``old`` and the index and set changes."""
+        ref = self._ref(station_id, transaction_id)
+        batch.set(self._key(station_id, transaction_id), _encoder.encode(new))
+        removed, added = rules.transaction_index_changes(old, new)
+        for index, sort_key in removed:
+            batch.zrem(self._index_key(index), sort_key)
+        for index, sort_key in added:
+            batch.zadd(self._index_key(index), {sort_key: 0})
+        if old is not None and old.id_token is not None:
+            batch.srem(self._token_key(old.id_token), ref)
+        if rules.is_active(new):
+            batch.sadd(self._active_key(station_id), transaction_id)
+            if new.id_token is not None:
+                batch.sadd(self._token_key(new.id_token), ref)
+        else:
+            batch.srem(self._active_key(station_id), transaction_id)
+
+    async def _members(self, key: str, what: str) -> list[str]:
+        """The members of the set ``key``, sorted (from the Call's unit when there is one)."""
+        with self._guard(what):
+            unit = self._unit()
+            if unit is not None:
+                return sorted(await unit.members(key))
+            return sorted(_text(member) for member in await self.client.smembers(key))
 
     async def _load(self, keys: list[str], what: str) -> list[Transaction]:
         if not keys:
             return []
-        with self._guard(what):
-            raws = await self.client.mget(keys)
+        raws = await self._values(keys, what)
         found = [_tx_decoder.decode(raw) for raw in raws if raw is not None]
         return [tx for tx in found if rules.is_active(tx)]
 
     async def active(self, station_id: str) -> list[Transaction]:
-        with self._guard("active transactions"):
-            members = await self.client.smembers(self._active_key(station_id))
-        ids = sorted(_text(member) for member in members)
+        ids = await self._members(self._active_key(station_id), "active transactions")
         keys = [self._key(station_id, tx_id) for tx_id in ids]
         return await self._load(keys, "active transactions")
 
     async def find_by_token(self, id_token: str) -> list[Transaction]:
-        with self._guard("find transactions by token"):
-            members = await self.client.smembers(self._token_key(id_token))
-        keys = [f"{self.prefix}tx:{_text(member)}" for member in sorted(members, key=_text)]
-        found = await self._load(keys, "find transactions by token")
+        refs = await self._members(self._token_key(id_token), "find transactions by token")
+        found = await self._load(
+            [f"{self.prefix}tx:{ref}" for ref in refs], "find transactions by token"
+        )
         return [tx for tx in found if tx.id_token == id_token]
 
     async def list_transactions(
@@ -1029,44 +1379,33 @@ def _text(value: bytes | str) -> str:
 
 _PENDING = b"P"
 _ANSWER = b"A"
-
-# A claim is "P<owner>"; an answer "A<answer>". A claim of another owner is taken over (see
-# IdempotencyStore.claim): only the same owner's claim makes a copy wait.
-_CLAIM = """
-local value = redis.call('GET', KEYS[1])
-if value then
-    if string.sub(value, 1, 1) == 'A' then
-        return value
-    end
-    if value == ARGV[1] then
-        return 0
-    end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+"""A claim is ``P<owner>``; an answer ``A<answer>``. A claim of another owner is taken over
+(see IdempotencyStore.claim): only the same owner's claim makes a copy wait."""
 
 
 def _ttl_ms(ttl: float) -> int:
     return max(1, round(ttl * 1000))
 
 
+def _claimed(result: Any) -> bytes | bool:
+    """What CLAIM (or BEGIN) answered, as ``IdempotencyStore.claim`` returns it."""
+    if isinstance(result, int):
+        return result == 1
+    value = _as_bytes(result) or b""
+    return value[len(_ANSWER) :]
+
+
 class RedisIdempotencyStore(_RedisStore):
     """:class:`~services.interfaces.IdempotencyStore` in Redis: a claim is one script that
     sets the owner's marker unless an answer (or the same owner's claim) is there; the answer
-    replaces it with the same kind of expiry."""
+    replaces it with the same kind of expiry. Also a
+    :class:`~services.interfaces.CallUnits`: see :class:`RedisCallUnit`."""
 
     def __init__(self, client: aioredis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
         super().__init__(client, prefix)
-        self._claim = client.register_script(_CLAIM)
-        self._release = client.register_script(_RELEASE)
+        self._claim = client.register_script(redis_scripts.CLAIM)
+        self._release = client.register_script(redis_scripts.RELEASE)
+        self._begin = client.register_script(redis_scripts.BEGIN)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}idem:{key}"
@@ -1075,10 +1414,7 @@ class RedisIdempotencyStore(_RedisStore):
         marker = _PENDING + owner.encode()
         with self._guard("claim"):
             result: Any = await self._claim(keys=[self._key(key)], args=[marker, _ttl_ms(ttl)])
-        if isinstance(result, int):
-            return result == 1
-        value = _as_bytes(result) or b""
-        return value[len(_ANSWER) :]
+        return _claimed(result)
 
     async def complete(self, key: str, answer: bytes, ttl: float) -> None:
         with self._guard("complete"):
@@ -1087,6 +1423,97 @@ class RedisIdempotencyStore(_RedisStore):
     async def release(self, key: str, owner: str) -> None:
         with self._guard("release"):
             await self._release(keys=[self._key(key)], args=[_PENDING + owner.encode()])
+
+    def unit(
+        self, key: str, owner: str, ttl: float, *, ahead: ReadAhead, seen_at: str
+    ) -> RedisCallUnit:
+        """The Call's unit. It reads and writes the other stores' keys under this store's
+        prefix, as :func:`services.factory.open_services` builds them (one client, one
+        prefix): last-seen goes to the :class:`RedisStationRegistry`'s ``seen:`` key."""
+        return RedisCallUnit(self, key, owner, ttl, ahead=ahead, seen_at=seen_at)
+
+
+class RedisCallUnit:
+    """:class:`~services.interfaces.CallUnit` on Redis: a station Call in two round trips.
+
+    :meth:`claim` is one BEGIN script: the claim, then (when taken) the reads ``ahead``
+    names, then the last-seen write. While the unit is entered, the Redis stores on the same
+    client answer reads from what it read and hold their writes, each decided as it would be
+    alone; :meth:`complete` stores them all with the answer in one APPLY, checked against
+    what their decisions read. Reads it did not fetch ahead are made when asked for (one
+    round trip each), so the hint is never a matter of correctness.
+    """
+
+    def __init__(
+        self,
+        store: RedisIdempotencyStore,
+        key: str,
+        owner: str,
+        ttl: float,
+        *,
+        ahead: ReadAhead,
+        seen_at: str,
+    ) -> None:
+        self._store = store
+        self._key = store._key(key)
+        self._marker = _PENDING + owner.encode()
+        self._ttl = ttl
+        self._ahead = ahead
+        self._seen = _fixed_width_utc(seen_at) or ""
+        self._unit = _Unit(store.client, store.prefix, store._apply_script)
+        self._entered: contextvars.Token[_Unit | None] | None = None
+
+    async def __aenter__(self) -> RedisCallUnit:
+        self._entered = _CURRENT.set(self._unit)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._unit.open = False
+        if self._entered is not None:
+            _CURRENT.reset(self._entered)
+            self._entered = None
+
+    def _reads(self) -> list[tuple[str, str, str]]:
+        """BEGIN's reads for ``ahead``: (kind, key, argument), see redis_scripts.BEGIN."""
+        p, ahead = self._store.prefix, self._ahead
+        station = ahead.station_id
+        reads = [("get", _station_key(p, station), ""), ("get", _seen_key(p, station), "")]
+        reads += [("get", _token_key(p, token), "") for token in ahead.tokens]
+        reads += [("get", _tx_key(p, station, tx), "") for tx in ahead.transactions]
+        if ahead.seq_no is not None:
+            tx, seq_no = ahead.seq_no
+            reads.append(("is", _seq_nos_key(p, station, tx), str(seq_no)))
+        if ahead.active:
+            reads.append(("ids", _active_key(p, station), _tx_prefix(p, station)))
+        for token in ahead.token_transactions:
+            reads.append(("refs", _token_transactions_key(p, token), f"{p}tx:"))
+        if ahead.new_transaction_id:
+            reads.append(("id", f"{p}tx-seq", _tx_prefix(p, station)))
+        return reads
+
+    async def claim(self) -> bytes | bool:
+        reads = self._reads()
+        positions = {self._key: 1, _seen_key(self._store.prefix, self._ahead.station_id): 2}
+        args: list[_Arg] = [self._marker, _ttl_ms(self._ttl), self._seen]
+        for kind, key, arg in reads:
+            args += [kind, positions.setdefault(key, len(positions) + 1), arg]
+        with self._store._guard("claim"):
+            found: list[Any] = await self._store._begin(keys=list(positions), args=args)
+        claim = _claimed(found[0])
+        if claim is True:
+            self._unit.load(reads, found[1:])
+        return claim
+
+    async def complete(self, answer: bytes, ttl: float) -> bool:
+        last = _Batch()
+        last.set(self._key, _ANSWER + answer, px=_ttl_ms(ttl))
+        with self._store._guard("complete"):
+            return await self._unit.commit(last)
+
+    async def release(self) -> None:
+        self._unit.open = False
+        with self._store._guard("release"):
+            await self._store._release(keys=[self._key], args=[self._marker])
 
 
 # --- rebuilding the read-side indexes ------------------------------------------------------------

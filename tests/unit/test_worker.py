@@ -30,10 +30,11 @@ from csms.rpc import RpcError
 from csms.topics import Topics
 from csms.versions import OcppVersion, supported
 from manager.context import CallContext, CallHandler, OcppError, ResultContext, ResultHandler
-from manager.idempotency import claim_owner, idempotency_key
+from manager.idempotency import claim_owner, idempotency_key, read_ahead
 from manager.router import Router
 from manager.worker import Manager
 from services import Services, StoreUnavailable
+from services.interfaces import ReadAhead
 from services.memory import (
     MemoryIdempotencyStore,
     MemoryStationRegistry,
@@ -308,6 +309,62 @@ async def test_duplicate_call_gets_the_same_answer_without_rerunning(
         first.message_id,
     )
     assert second.connection == "conn-2"
+
+
+async def test_the_answer_is_stored_before_the_station_gets_it(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    """A station that has its answer finds it stored (a retry on any instance replays it)
+    and its last-seen time recorded, however long that bookkeeping takes."""
+
+    class SlowStore(MemoryIdempotencyStore):
+        async def complete(self, key: str, answer: bytes, ttl: float) -> None:
+            for _ in range(20):
+                await asyncio.sleep(0)
+            await super().complete(key, answer, ttl)
+
+    services = make_services(SlowStore())
+    await services.stations.put(StationRecord(station_id="CP1"))
+    call = heartbeat_call()
+    async with running(broker, services, handlers={"Heartbeat": CountingHeartbeat()}):
+        await station.send(call)
+        _, answer = await station.receive()
+        stored = await services.idempotency.claim(idempotency_key(call), "another attempt", 10)
+        record = await services.stations.get("CP1")
+    assert isinstance(stored, bytes) and decode_envelope(stored).payload == answer.payload
+    assert record is not None and record.last_seen is not None
+
+
+def test_read_ahead_names_what_the_hot_path_handlers_read() -> None:
+    token = {"idToken": "TAG1", "type": "ISO14443"}
+    started = {
+        "eventType": "Started",
+        "seqNo": 0,
+        "transactionInfo": {"transactionId": "T1"},
+        "idToken": token,
+    }
+
+    def ahead(action: str, payload: dict[str, Any]) -> ReadAhead:
+        return read_ahead(heartbeat_call(action=action, payload=payload))
+
+    assert ahead("Heartbeat", {}) == ReadAhead("CP1")
+    assert ahead("Authorize", {"idToken": token}) == ReadAhead("CP1", tokens=("TAG1",))
+    assert ahead("TransactionEvent", started) == ReadAhead(
+        "CP1",
+        tokens=("TAG1",),
+        transactions=("T1",),
+        seq_no=("T1", 0),
+        active=True,
+        token_transactions=("TAG1",),
+    )
+    # Queued while offline: no ConcurrentTx check, so the token's transactions are not read.
+    offline = ahead("TransactionEvent", {**started, "offline": True, "eventType": "Started"})
+    assert offline.active and offline.token_transactions == ()
+    assert ahead("StartTransaction", {"idTag": "T", "connectorId": 1}) == ReadAhead(
+        "CP1", tokens=("T",), active=True, token_transactions=("T",), new_transaction_id=True
+    )
+    assert ahead("MeterValues", {"transactionId": 7}).transactions == ("7",)
+    assert ahead("StopTransaction", {"transactionId": -1}).transactions == ()
 
 
 async def test_same_message_id_with_other_payload_is_not_a_duplicate(
