@@ -170,6 +170,8 @@ async def delete_station(
 ) -> None:
     try:
         record = await registry.delete(ctx.services.stations, station_id, force=force)
+        # What it reported about itself goes with it (its transactions stay, for billing).
+        await ctx.services.station_state.forget(station_id)
     except StationNotFound:
         raise station_not_found(station_id) from None
     except StationOnline as exc:

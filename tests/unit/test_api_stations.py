@@ -34,6 +34,7 @@ from services.models import (
     StationRecord,
     Transaction,
 )
+from services.station_state import ConfigurationEntry
 from tests.unit.test_api import ADMIN, V16, V201, Api, assert_error, online
 
 GOOD = "Good-password-0123"  # suits 1.6 (18 octets) and 2.0.1 (allowed characters)
@@ -406,8 +407,13 @@ async def test_delete_forgets_the_station_but_keeps_its_transactions(api: Api) -
         "TX-1",
         lambda _: Transaction(station_id="CS1", transaction_id="TX-1", version=V201, started_at=T0),
     )
+    entry = ConfigurationEntry(
+        key="HeartbeatInterval", readonly=False, value="60", source="get", updated_at=T0
+    )
+    await api.services.station_state.update_configuration("CS1", [entry])
     deleted = await api.client.delete("/v1/stations/CS1", headers=api.auth())
     assert deleted.status_code == 204 and deleted.content == b""
+    assert await api.services.station_state.configuration("CS1") == []
     assert_error(
         await api.client.get("/v1/stations/CS1", headers=api.auth()), 404, "station_not_found"
     )
