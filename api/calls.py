@@ -13,25 +13,37 @@ gateway could not send it       409 ``call_undelivered`` (queue full, connection
 station silent past timeout     504 with the outcome (``timeout``)
 nothing back before our wait    504 with the outcome (``no_outcome``: unknown)
 ==============================  =====================================================
+
+``?wait=false`` validates the same way, sends, and answers 202 at once with the outcome
+``pending`` and ``Location: /v1/calls/{message_id}``. Every call sent here is recorded
+(:mod:`services.call_records`) before it is published, and the managers record its outcome
+from the shared ``in`` topic, so ``GET /v1/calls/{message_id}`` reads it on any replica, and
+``GET /v1/stations/{id}/calls`` lists a station's recent calls.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Annotated, Any
+from urllib.parse import quote
 
+import msgspec
 import structlog
 from fastapi import APIRouter, Body, Path, Query
 from fastapi.responses import JSONResponse
 
 from api.actions import ActionKind, classify
-from api.auth import Operator
+from api.auth import Operator, Reader
 from api.context import API_PREFIX, ApiContext, Context
 from api.errors import ApiError, ErrorBody
-from api.models import CallOutcomeOut
+from api.models import CallOutcomeOut, CallPage
+from api.paging import Cursor, Limit, listing
 from api.stations import station_not_found
+from csms.bus import NoSubscribers
 from csms.versions import OcppVersion
-from operations.calls import CallOutcome, InvalidCall, Outcome
+from operations.calls import CallOutcome, InvalidCall, Outcome, check_call
+from services.call_records import CallRecord, CallState, redact
 from services.models import RegistrationStatus
 
 __all__ = ["MAX_CALL_WAIT", "callable_station", "outcome_response", "router"]
@@ -70,11 +82,15 @@ async def callable_station(ctx: ApiContext, station_id: str) -> OcppVersion:
     return version
 
 
+_ACTION = r"^[A-Za-z][A-Za-z0-9]{0,63}$"
+
+
 @router.post(
     "/stations/{station_id:path}/calls/{action}",
     response_model=CallOutcomeOut,
-    summary="Send a CSMS-initiated OCPP call and wait for its outcome",
+    summary="Send a CSMS-initiated OCPP call and wait for its outcome (or not: ?wait=false)",
     responses={
+        202: {"model": CallOutcomeOut, "description": "wait=false: sent, outcome pending"},
         403: {"model": ErrorBody, "description": "key scope, or the station is Rejected"},
         404: {"model": ErrorBody, "description": "unknown station or action"},
         409: {"model": ErrorBody, "description": "station offline, or call undelivered"},
@@ -86,17 +102,22 @@ async def send_call(
     ctx: Context,
     principal: Operator,
     station_id: str,
-    action: Annotated[
-        str,
-        Path(pattern=r"^[A-Za-z][A-Za-z0-9]{0,63}$", description="OCPP action, e.g. Reset"),
-    ],
+    action: Annotated[str, Path(pattern=_ACTION, description="OCPP action, e.g. Reset")],
     payload: Annotated[
         dict[str, Any] | None, Body(description="the OCPP request payload (JSON object)")
     ] = None,
     timeout: Annotated[  # noqa: ASYNC109 (the caller's own deadline, bounded)
         float | None,
-        Query(gt=0, le=MAX_CALL_WAIT, description="seconds to wait for the outcome"),
+        Query(
+            gt=0,
+            le=MAX_CALL_WAIT,
+            description="seconds to wait for the outcome (wait=false: after which a pending "
+            "call reads as no_outcome)",
+        ),
     ] = None,
+    wait: Annotated[
+        bool, Query(description="false: answer 202 at once, read the outcome at Location")
+    ] = True,
 ) -> JSONResponse:
     version = await callable_station(ctx, station_id)
     kind = classify(version, action)
@@ -114,16 +135,9 @@ async def send_call(
             f"{action} is sent by stations, not by the CSMS ({version.value})",
             {"field": "action", "in": "path", "version": version.value},
         )
-    started = time.perf_counter()
+    body = payload if payload is not None else {}
     try:
-        outcome = await ctx.sender.send(
-            station_id,
-            version.value,
-            action,
-            payload if payload is not None else {},
-            timeout=timeout or ctx.call_wait,
-            meta={"api_key": principal.key_id},
-        )
+        check_call(version.value, action, body)
     except InvalidCall as invalid:
         raise ApiError(
             422,
@@ -131,18 +145,147 @@ async def send_call(
             str(invalid),
             {"field": invalid.field, "in": "body", "rule": invalid.rule},
         ) from None
-    ctx.metrics.calls.labels(version.value, action, outcome.outcome.value).inc()
-    ctx.metrics.call_seconds.labels(outcome.outcome.value).observe(time.perf_counter() - started)
-    _log.info(
-        "api call",
-        station=station_id,
+    deadline = timeout or ctx.call_wait
+    requested_at = time.time()
+    record = CallRecord(
+        message_id=str(uuid.uuid4()),
+        station_id=station_id,
         version=version.value,
         action=action,
-        outcome=outcome.outcome.value,
-        message_id=outcome.message_id,
-        key=principal.key_id,
+        request=redact(action, body),
+        requested_at=requested_at,
+        deadline=requested_at + deadline,
     )
+    # Before publishing: an outcome recorded by a manager always comes after "pending".
+    await ctx.services.call_records.begin(record)
+    meta = {"api_key": principal.key_id}
+    started = time.perf_counter()
+    if wait:
+        outcome = await ctx.sender.send(
+            station_id,
+            version.value,
+            action,
+            body,
+            timeout=deadline,
+            meta=meta,
+            message_id=record.message_id,
+        )
+    else:
+        try:
+            await ctx.sender.submit(
+                station_id, version.value, action, body, meta=meta, message_id=record.message_id
+            )
+        except NoSubscribers:
+            outcome = CallOutcome(
+                Outcome.OFFLINE,
+                station_id,
+                version.value,
+                action,
+                None,
+                error_description="no gateway holds the station",
+                finished_at=time.time(),
+            )
+        else:
+            _observe(ctx, record, CallState.PENDING, principal.key_id)
+            return JSONResponse(
+                CallOutcomeOut.of_record(record).model_dump(mode="json"),
+                status_code=202,
+                headers={"Location": f"{API_PREFIX}/calls/{quote(record.message_id, safe='')}"},
+            )
+    await _record_outcome(ctx, record, outcome)
+    ctx.metrics.call_seconds.labels(outcome.outcome.value).observe(time.perf_counter() - started)
+    _observe(ctx, record, CallState(outcome.outcome.value), principal.key_id)
     return outcome_response(station_id, outcome)
+
+
+def _observe(ctx: ApiContext, record: CallRecord, state: CallState, key_id: str) -> None:
+    ctx.metrics.calls.labels(record.version, record.action, state.value).inc()
+    _log.info(
+        "api call",
+        station=record.station_id,
+        version=record.version,
+        action=record.action,
+        outcome=state.value,
+        message_id=record.message_id,
+        key=key_id,
+    )
+
+
+async def _record_outcome(ctx: ApiContext, record: CallRecord, outcome: CallOutcome) -> None:
+    """Store what this replica learnt (the managers store the gateway's outcomes too): so
+    the answer is readable the moment the caller has it. ``no_outcome`` is no fact to
+    store; a store failure only costs that head start."""
+    if outcome.outcome is Outcome.NO_OUTCOME:
+        return
+    final = msgspec.structs.replace(
+        record,
+        outcome=CallState(outcome.outcome.value),
+        payload=outcome.payload,
+        error_code=outcome.error_code,
+        error_description=outcome.error_description,
+        error_details=outcome.error_details,
+        sent_at=outcome.sent_at,
+        finished_at=outcome.finished_at,
+    )
+    try:
+        await ctx.services.call_records.finish(final)
+    except Exception as exc:
+        _log.warning(
+            "call outcome not recorded",
+            station=record.station_id,
+            message_id=record.message_id,
+            error=str(exc),
+        )
+
+
+@router.get(
+    "/calls/{message_id}",
+    response_model=CallOutcomeOut,
+    summary="A CSMS call's outcome, pending or final (calls sent through any replica)",
+    responses={404: {"model": ErrorBody, "description": "unknown call, or expired"}},
+)
+async def get_call(
+    ctx: Context,
+    _: Reader,
+    message_id: Annotated[str, Path(min_length=1, max_length=128, description="its message id")],
+) -> CallOutcomeOut:
+    record = await ctx.services.call_records.get(message_id)
+    if record is None:
+        raise ApiError(
+            404,
+            "call_not_found",
+            f"no call {message_id!r} is recorded (unknown, or older than call_record_ttl)",
+            {"field": "message_id", "in": "path"},
+        )
+    return CallOutcomeOut.of_record(record)
+
+
+@router.get(
+    "/stations/{station_id:path}/calls",
+    response_model=CallPage,
+    summary="A station's recent CSMS calls, newest first",
+    responses={404: {"model": ErrorBody, "description": "unknown station"}},
+)
+async def list_calls(
+    ctx: Context,
+    _: Reader,
+    station_id: str,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+    action: Annotated[str | None, Query(pattern=_ACTION, description="only this action")] = None,
+    outcome: Annotated[CallState | None, Query(description="only calls with this outcome")] = None,
+) -> CallPage:
+    if await ctx.services.stations.get(station_id) is None:
+        raise station_not_found(station_id)
+    page = await listing(
+        ctx.services.call_records.list_calls(
+            station_id, cursor=cursor, limit=limit, action=action, outcome=outcome
+        )
+    )
+    return CallPage(
+        items=[CallOutcomeOut.of_record(record) for record in page.items],
+        next_cursor=page.next_cursor,
+    )
 
 
 def outcome_response(station_id: str, outcome: CallOutcome) -> JSONResponse:

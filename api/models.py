@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from operations.calls import CallOutcome, Outcome
+from operations.calls import CallOutcome
 from services.api_keys import ApiKeyRecord, Scope
+from services.call_records import CallRecord, CallState
 from services.models import (
     BootInfo,
     ConnectorStatus,
@@ -459,9 +460,12 @@ class ApiKeyPage(BaseModel):
 class CallOutcomeOut(BaseModel):
     """What became of a CSMS call: the station's answer, its CallError, or why there is
     none (timeout: the station did not answer in time; no_outcome: nothing came back before
-    the API's deadline, the outcome is unknown)."""
+    the API's deadline, the outcome is unknown), or ``pending`` for a call sent without
+    waiting whose outcome is not known yet."""
 
-    outcome: Outcome
+    outcome: CallState = Field(
+        description="the values of a waited call's outcome, plus pending (read back only)"
+    )
     station_id: str
     version: str
     action: str
@@ -473,12 +477,20 @@ class CallOutcomeOut(BaseModel):
     sent_at: float | None = Field(
         default=None, description="Unix time the gateway wrote the call to the station"
     )
-    finished_at: float
+    finished_at: float | None = Field(
+        default=None, description="Unix time of the outcome; null while pending"
+    )
+    request: dict[str, Any] | None = Field(
+        default=None, description="the request payload sent, passwords redacted (call records)"
+    )
+    requested_at: float | None = Field(
+        default=None, description="Unix time the call was recorded (read back only)"
+    )
 
     @classmethod
     def of(cls, outcome: CallOutcome) -> CallOutcomeOut:
         return cls(
-            outcome=outcome.outcome,
+            outcome=CallState(outcome.outcome.value),
             station_id=outcome.station_id,
             version=outcome.version,
             action=outcome.action,
@@ -490,6 +502,30 @@ class CallOutcomeOut(BaseModel):
             sent_at=outcome.sent_at,
             finished_at=outcome.finished_at,
         )
+
+    @classmethod
+    def of_record(cls, record: CallRecord) -> CallOutcomeOut:
+        """A recorded call, pending or final."""
+        return cls(
+            outcome=record.outcome,
+            station_id=record.station_id,
+            version=record.version,
+            action=record.action,
+            message_id=record.message_id,
+            payload=record.payload,
+            error_code=record.error_code,
+            error_description=record.error_description,
+            error_details=record.error_details,
+            sent_at=record.sent_at,
+            finished_at=record.finished_at,
+            request=record.request,
+            requested_at=record.requested_at,
+        )
+
+
+class CallPage(BaseModel):
+    items: list[CallOutcomeOut]
+    next_cursor: str | None
 
 
 # --- health --------------------------------------------------------------------------------

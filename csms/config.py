@@ -441,6 +441,11 @@ class Settings(BaseSettings):
         "messages for a disconnected session: keep it short (see docs/operations.md)",
     )
     idempotency_ttl: int = Field(default=3600, ge=1)
+    call_record_ttl: int = Field(
+        default=86_400,
+        ge=1,
+        description="seconds a CSMS call and its outcome stay readable (GET /v1/calls/{id})",
+    )
     unknown_tokens: Literal["reject", "accept"] = Field(
         default="reject", description="accept = first-try mode: every unknown idToken is Accepted"
     )

@@ -50,6 +50,7 @@ from manager.metrics import CallCells, ManagerMetrics, ManagerStats
 from manager.router import Deps, Router, default_routers, error_answer
 from operations.call_maker import CallMaker
 from services import Services, StoreUnavailable
+from services.call_records import outcome_record
 from services.interfaces import CallUnit, CallUnits
 
 __all__ = [
@@ -520,6 +521,18 @@ class Manager:
     async def _on_result(self, envelope: Envelope, router: Router) -> None:
         if envelope.kind in (Kind.RESULT, Kind.ERROR):
             await self._touch(envelope)
+        record = outcome_record(envelope)
+        if record is not None:
+            # Readable later by callers that did not wait (GET /v1/calls/{id}), whoever sent it.
+            try:
+                await self.services.call_records.finish(record)
+            except Exception as exc:
+                self._log.warning(
+                    "call outcome not recorded",
+                    station=envelope.station,
+                    message_id=record.message_id,
+                    error=str(exc),
+                )
         await router.handle_result(envelope, self.deps)
 
     # -- connection events ------------------------------------------------------------------

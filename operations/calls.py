@@ -19,7 +19,9 @@ Every wait ends with an outcome, the originator never hangs:
   the station died, or the call waits behind others): what became of it is unknown.
 
 A call that breaks its request schema raises :class:`InvalidCall` before anything is sent; a
-bus that is down raises :class:`~csms.bus.BusUnavailable`.
+bus that is down raises :class:`~csms.bus.BusUnavailable`. :meth:`CallSender.submit` sends
+without waiting: the outcome is then read back from the call records
+(:mod:`services.call_records`), which the managers fill in.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import contextlib
 import enum
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -40,10 +43,10 @@ from csms.bus import Bus, NoSubscribers
 from csms.envelope import Envelope, Kind, decode_envelope
 from csms.errors import InvalidRequest
 from csms.topics import Topics
-from ocpp_schemas import SchemaViolation
+from ocpp_schemas import Direction, SchemaViolation, validate
 from operations.call_maker import CallMaker
 
-__all__ = ["CallOutcome", "CallSender", "InvalidCall", "Outcome"]
+__all__ = ["CallOutcome", "CallSender", "InvalidCall", "Outcome", "check_call"]
 
 _log = structlog.get_logger("operations.calls")
 
@@ -82,6 +85,24 @@ class InvalidCall(InvalidRequest):
         super().__init__(message)
         self.field = field
         self.rule = rule
+
+
+@contextlib.contextmanager
+def _invalid_calls(version: str, action: str) -> Iterator[None]:
+    """Turn the CallMaker's refusals of a call (schema, unknown action) into InvalidCall."""
+    try:
+        yield
+    except SchemaViolation as violation:
+        raise InvalidCall(violation.message, field=violation.field, rule=violation.rule) from None
+    except KeyError:
+        raise InvalidCall(f"{action!r} is not a CSMS-initiated action of {version}") from None
+
+
+def check_call(version: str, action: str, payload: dict[str, Any]) -> None:
+    """Raise :class:`InvalidCall` for a call that would be refused before sending, so a
+    caller can record the call before publishing it and never record one that cannot go."""
+    with _invalid_calls(version, action):
+        validate(version, action, Direction.REQUEST, payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,37 +185,32 @@ class CallSender:
         *,
         timeout: float | None = None,  # noqa: ASYNC109 (the caller's deadline is the point)
         meta: dict[str, str] | None = None,
+        message_id: str | None = None,
     ) -> CallOutcome:
         """Send ``action`` to the station and return its outcome (see the module docstring).
 
         ``timeout`` is the caller's own deadline (default ``default_timeout``): it should
         exceed the gateway's ``call_timeout``, or answers that come are reported as
-        :attr:`Outcome.NO_OUTCOME`.
+        :attr:`Outcome.NO_OUTCOME`. ``message_id`` (default: a new UUID) lets the caller
+        record the call under its id before it is sent.
         """
         if self._reader is None:
             raise RuntimeError("use 'async with CallSender(...)' before send()")
-        message_id = str(uuid.uuid4())
+        message_id = message_id or str(uuid.uuid4())
         future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
         self._waiting[message_id] = future
         try:
             try:
-                await self._calls.call(
-                    station_id,
-                    version,
-                    action,
-                    payload,
-                    meta=meta,
-                    reply_to=self._reply_topic,
-                    message_id=message_id,
-                )
-            except SchemaViolation as violation:
-                raise InvalidCall(
-                    violation.message, field=violation.field, rule=violation.rule
-                ) from None
-            except KeyError:
-                raise InvalidCall(
-                    f"{action!r} is not a CSMS-initiated action of {version}"
-                ) from None
+                with _invalid_calls(version, action):
+                    await self._calls.call(
+                        station_id,
+                        version,
+                        action,
+                        payload,
+                        meta=meta,
+                        reply_to=self._reply_topic,
+                        message_id=message_id,
+                    )
             except NoSubscribers:
                 return CallOutcome(
                     Outcome.OFFLINE,
@@ -221,6 +237,27 @@ class CallSender:
         finally:
             self._waiting.pop(message_id, None)
         return _outcome_of(envelope, station_id, version, action, message_id)
+
+    async def submit(
+        self,
+        station_id: str,
+        version: str,
+        action: str,
+        payload: dict[str, Any],
+        *,
+        meta: dict[str, str] | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """Send ``action`` without waiting; returns the message id once the call is published.
+
+        The outcome goes only to the shared ``in`` topic, where the managers handle (and
+        record) it. Raises :class:`InvalidCall`, :class:`~csms.bus.NoSubscribers` (no gateway
+        holds the station: nothing was sent) or :class:`~csms.bus.BusUnavailable`.
+        """
+        with _invalid_calls(version, action):
+            return await self._calls.call(
+                station_id, version, action, payload, meta=meta, message_id=message_id
+            )
 
     async def _read(self) -> None:
         async for message in self._bus.messages():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.api_keys import ApiKeyStore, MemoryApiKeyStore
+from services.call_records import CallRecordStore, MemoryCallRecordStore
 from services.interfaces import (
     IdempotencyStore,
     StationRegistry,
@@ -34,10 +35,13 @@ class Services:
     station_state: StationStateStore = field(default_factory=MemoryStationStateStore)
     """What stations reported about themselves: device model, configuration, local list
     version, certificates (the managers write it, the API reads it)."""
+    call_records: CallRecordStore = field(default_factory=MemoryCallRecordStore)
+    """CSMS calls and their outcomes (the API begins them, the managers finish them)."""
 
 
 __all__ = [
     "ApiKeyStore",
+    "CallRecordStore",
     "IdempotencyStore",
     "Services",
     "StationRegistry",

@@ -22,6 +22,7 @@ from redis.exceptions import AuthenticationError, RedisError
 
 from csms.config import Settings, StationSettings
 from services import Services
+from services.call_records import MemoryCallRecordStore
 from services.interfaces import StationRegistry, StoreUnavailable, TariffService, TokenStore
 from services.loader import instantiate
 from services.memory import (
@@ -38,6 +39,7 @@ from services.models import (
     TokenRecord,
 )
 from services.redis_api_keys import RedisApiKeyStore
+from services.redis_call_records import RedisCallRecordStore
 from services.redis_station_state import RedisStationStateStore
 from services.redis_store import (
     RedisIdempotencyStore,
@@ -230,6 +232,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             transactions=MemoryTransactionStore(),
             tariff=await _tariff(settings),
             idempotency=MemoryIdempotencyStore(),
+            call_records=MemoryCallRecordStore(ttl=settings.call_record_ttl),
         )
         return
 
@@ -248,6 +251,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             idempotency=RedisIdempotencyStore(client, prefix),
             api_keys=RedisApiKeyStore(client, prefix),
             station_state=RedisStationStateStore(client, prefix),
+            call_records=RedisCallRecordStore(client, prefix, ttl=settings.call_record_ttl),
         )
     finally:
         await client.aclose()

@@ -164,3 +164,74 @@ async def test_offline_stations_and_stored_keys(
         assert (await reader.get("/v1/stations")).status_code == 401
     ready = await client.get("/v1/ready")
     assert ready.json() == {"status": "ready", "checks": {"bus": True, "store": True}}
+
+
+class SlowStation201(ChargePoint201):
+    """Answers a Reset only once the test lets it."""
+
+    release: asyncio.Event
+
+    @on("Reset")
+    async def on_reset(self, type: str, **_: Any) -> result201.Reset:
+        await self.release.wait()
+        return result201.Reset(status="Scheduled")
+
+
+def api_replica(fleet: Fleet, tmp_path: Path, name: str) -> tuple[CsmsProcess, str]:
+    """One more ``csms api`` process on the fleet, started and ready."""
+    port = free_port()
+    env = fleet._env() | {"CSMS_API_PORT": str(port), "CSMS_API_ADMIN_KEY": ADMIN}
+    process = CsmsProcess(name, [sys.executable, "-m", "cli", "api"], tmp_path / f"{name}.log", env)
+    fleet.processes.append(process)
+    process.start()
+    wait_for_port(port, 30)
+    process.wait_for_log("api ready")
+    return process, f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.slow
+async def test_an_outcome_sent_without_waiting_is_read_on_another_replica(
+    fleet: tuple[Fleet, str], client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    fleet_, _ = fleet
+    name = f"APINW-{uuid.uuid4().hex[:6]}"
+    ws = await websockets.connect(fleet_.url(name), subprotocols=["ocpp2.0.1"])  # type: ignore[list-item]
+    station = SlowStation201(name, ws, response_timeout=10)
+    station.release = asyncio.Event()
+    task = asyncio.create_task(station.start())
+    try:
+        await until_online(client, name)
+        for _ in range(50):
+            sent = await client.post(
+                f"/v1/stations/{name}/calls/Reset?wait=false", json={"type": "OnIdle"}
+            )
+            if sent.status_code != 409:
+                break
+            await asyncio.sleep(0.1)
+        assert sent.status_code == 202, sent.text
+        message_id = sent.json()["message_id"]
+        location = sent.headers["location"]
+        assert location == f"/v1/calls/{message_id}"
+
+        # The replica that sent the call goes away before the station answers.
+        first = next(p for p in fleet_.processes if p.role == "api")
+        _, other = api_replica(fleet_, tmp_path, "api2")
+        first.stop()
+        async with httpx.AsyncClient(
+            base_url=other, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=scaled(30)
+        ) as replica:
+            assert (await replica.get(location)).json()["outcome"] == "pending"
+            station.release.set()
+            deadline = asyncio.get_running_loop().time() + scaled(20)
+            while (body := (await replica.get(location)).json())["outcome"] == "pending":
+                assert asyncio.get_running_loop().time() < deadline, "outcome never recorded"
+                await asyncio.sleep(0.1)
+            assert body["outcome"] == "result" and body["payload"] == {"status": "Scheduled"}
+            assert body["request"] == {"type": "OnIdle"} and body["station_id"] == name
+            listed = await replica.get(
+                f"/v1/stations/{name}/calls", params={"action": "Reset", "outcome": "result"}
+            )
+            assert [item["message_id"] for item in listed.json()["items"]] == [message_id]
+    finally:
+        task.cancel()
+        await ws.close()
