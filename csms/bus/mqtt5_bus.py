@@ -148,8 +148,8 @@ class _Protocol(asyncio.Protocol):
         self._next_id = 0
         self._timer: asyncio.TimerHandle | None = None
         self._last_ping = 0.0
+        self._ping_every = keepalive * 0.75
         self._ping_outstanding = False
-        self._paused = False
 
     # --- asyncio.Protocol --------------------------------------------------------------
 
@@ -179,12 +179,6 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._close(str(exc) if exc else "connection closed by the broker")
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
 
     # --- framing -----------------------------------------------------------------------
 
@@ -256,6 +250,7 @@ class _Protocol(asyncio.Protocol):
         self._max_inflight = max(1, min(self._max_inflight, packet.receive_max))
         if packet.server_keep_alive is not None:
             self.keepalive = packet.server_keep_alive
+        self._ping_every = self.keepalive * 0.75
         self.state = State.OPEN
         self.connack.set_result(packet)
 
@@ -350,9 +345,15 @@ class _Protocol(asyncio.Protocol):
         now = self._loop.time()
         if self.state is State.CLOSED:
             return
-        if self.state is State.OPEN and self.keepalive and now - self._last_ping >= self.keepalive:
+        # A PINGREQ every 3/4 keepalive keeps the broker's 1.5x window satisfied whatever
+        # else is sent; one still unanswered at the next is a dead broker.
+        if (
+            self.state is State.OPEN
+            and self.keepalive
+            and now - self._last_ping >= self._ping_every
+        ):
             if self._ping_outstanding:
-                self.abort(f"keepalive timeout: no PINGRESP within {self.keepalive}s")
+                self.abort(f"keepalive timeout: no PINGRESP within {self._ping_every:g}s")
                 return
             self._ping_outstanding = True
             self._last_ping = now
