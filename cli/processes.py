@@ -46,7 +46,7 @@ from services.factory import open_services
 log = structlog.get_logger("csms")
 
 
-def _mqtt_bus(settings: Settings, role: str) -> MqttBus | Mqtt5Bus:
+def mqtt_bus(settings: Settings, role: str) -> MqttBus | Mqtt5Bus:
     """The MQTT connection of one role, on the adapter ``bus_client`` names.
 
     A gateway's carries its last will (its stations go offline when the broker loses it). A
@@ -268,9 +268,9 @@ async def embedded(settings: Settings, *, api: bool = True) -> AsyncIterator[Emb
         services = await stack.enter_async_context(open_services(settings))
         broker: MemoryBroker | None = None
         if settings.broker_url:
-            gateway_bus: Bus = _mqtt_bus(settings, "gateway")
-            manager_bus: Bus = _mqtt_bus(settings, "manager")
-            api_bus: Bus | None = _mqtt_bus(settings, "api") if api else None
+            gateway_bus: Bus = mqtt_bus(settings, "gateway")
+            manager_bus: Bus = mqtt_bus(settings, "manager")
+            api_bus: Bus | None = mqtt_bus(settings, "api") if api else None
         else:
             broker = MemoryBroker()
             gateway_bus, manager_bus = broker.client(), broker.client()
@@ -372,7 +372,7 @@ async def run_gateway(settings: Settings) -> None:
     async with (
         _stop_on_signals() as stop,
         open_services(settings) as services,
-        _mqtt_bus(settings, "gateway") as bus,
+        mqtt_bus(settings, "gateway") as bus,
     ):
         await _wait_for_broker(bus, settings)
         gateway = Gateway(
@@ -438,7 +438,7 @@ async def run_manager(settings: Settings) -> None:
     async with (
         _stop_on_signals() as stop,
         open_services(settings) as services,
-        _mqtt_bus(settings, "manager") as bus,
+        mqtt_bus(settings, "manager") as bus,
     ):
         await _wait_for_broker(bus, settings)
         async with (
@@ -470,7 +470,7 @@ async def run_api(settings: Settings) -> None:
     async with (
         _stop_on_signals() as stop,
         open_services(settings) as services,
-        _mqtt_bus(settings, "api") as bus,
+        mqtt_bus(settings, "api") as bus,
     ):
         await _wait_for_broker(bus, settings)
         async with api_role(settings, services, bus) as server:

@@ -150,7 +150,7 @@ async def _station_add(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _rotate_password(settings: Settings, station_id: str, wait: float) -> int:
     """``csms station rotate-password``: see the command's description for exit statuses."""
-    from csms.bus.mqtt import MqttBus
+    from cli.processes import mqtt_bus
     from csms.topics import Topics
     from operations.calls import CallSender
     from operations.password import RotationRefused, RotationStatus, rotate_and_confirm
@@ -165,14 +165,7 @@ async def _rotate_password(settings: Settings, station_id: str, wait: float) -> 
     if wait <= 0:
         raise CommandError("--wait must be a positive number of seconds")
     topics = Topics(prefix=settings.topic_prefix, group=settings.shared_group)
-    bus = MqttBus(
-        settings.broker_url,
-        client_id_prefix="csms-cli",
-        publish_timeout=settings.publish_timeout,
-        tls_ca_file=settings.broker_ca_file,
-        tls_cert_file=settings.broker_cert_file,
-        tls_key_file=settings.broker_key_file,
-    )
+    bus = mqtt_bus(settings, "cli")
     async with open_services(settings) as services, bus:
         connect_wait = max(1.0, min(10.0, wait))
         if not await bus.wait_connected(connect_wait):

@@ -1,8 +1,10 @@
 """The transport between gateways and managers.
 
-:class:`Bus` is the one interface both sides use. Two adapters implement it:
+:class:`Bus` is the one interface both sides use. Three adapters implement it:
 
-- :mod:`csms.bus.mqtt`: MQTT v5 over aiomqtt (production; Mosquitto, EMQX, ...).
+- :mod:`csms.bus.mqtt5_bus`: MQTT v5 as a thin asyncio protocol over the ``mqtt5`` codec
+  (the default for a broker; Mosquitto, EMQX, ...).
+- :mod:`csms.bus.mqtt`: MQTT v5 over aiomqtt / paho (``bus_client = "paho"``).
 - :mod:`csms.bus.memory`: an in-process broker with the same semantics, shared
   subscriptions included (embedded default and unit tests).
 """
