@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import io
 import json
 import os
@@ -25,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 import cli.api_client
 from cli import processes
 from cli.main import main
+from cli.tx import CsvRows
 from csms.config import Settings
 from tests.timing import timeout as scaled
 
@@ -54,14 +56,17 @@ def _event(kind: str, seq: int, tx: str, at: str, wh: float, **extra: Any) -> di
 
 class Station:
     """A 2.0.1 station on a raw socket: answers CSMS calls Accepted, with a CallError for
-    the actions in ``refuse``, and not at all for those in ``ignore``."""
+    the actions in ``refuse``, not at all for those in ``ignore``, and for those in
+    ``hold`` once :attr:`release` is set."""
 
     refuse = {"ClearCache"}
     ignore = {"UnlockConnector"}
+    hold = {"ChangeAvailability"}
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.received: list[tuple[str, Any]] = []
+        self.release = asyncio.Event()
         self._answers: dict[str, asyncio.Future[Any]] = {}
         self._reader = asyncio.create_task(self._read())
 
@@ -77,6 +82,8 @@ class Station:
             frame = json.loads(raw)
             if frame[0] == 2:
                 self.received.append((frame[2], frame[3]))
+                if frame[2] in self.hold:
+                    await self.release.wait()
                 if frame[2] in self.refuse:
                     answer = [4, frame[1], "NotSupported", "not on this model", {}]
                     await self.ws.send(json.dumps(answer))
@@ -144,8 +151,10 @@ def in_process(capsys: pytest.CaptureFixture[str]) -> Callable[..., Any]:
     return run
 
 
-@pytest.fixture
-async def csms(capsys: pytest.CaptureFixture[str]) -> AsyncIterator[Csms]:
+@contextlib.asynccontextmanager
+async def running_csms(
+    capsys: pytest.CaptureFixture[str], call_timeout: float
+) -> AsyncIterator[Csms]:
     """``csms run`` with station CS001 booted (one ended and one running transaction,
     connector 1 Occupied) and two never-connected stations, CS-OFF and depot/A1."""
     settings = Settings.model_validate(
@@ -155,7 +164,7 @@ async def csms(capsys: pytest.CaptureFixture[str]) -> AsyncIterator[Csms]:
             "ping_interval": None,
             "ping_timeout": None,
             "api_admin_key": ADMIN,
-            "call_timeout": 0.5,
+            "call_timeout": call_timeout,
             "unknown_tokens": "accept",
             "stations": [
                 {"station_id": "CS-OFF", "registration": "Pending"},
@@ -191,7 +200,15 @@ async def csms(capsys: pytest.CaptureFixture[str]) -> AsyncIterator[Csms]:
 
             yield Csms(api_url, cs, with_api)
         finally:
+            cs.release.set()
             await cs.close()
+
+
+@pytest.fixture
+async def csms(capsys: pytest.CaptureFixture[str]) -> AsyncIterator[Csms]:
+    """The CSMS with a short call timeout: a station's silence is a timeout at once."""
+    async with running_csms(capsys, call_timeout=0.5) as running:
+        yield running
 
 
 # --- stations ------------------------------------------------------------------------------
@@ -323,6 +340,40 @@ async def test_call_errors_timeouts_and_offline_stations_exit_3(csms: Csms) -> N
     assert offline_json.code == 3 and offline_json.json()["code"] == "station_offline"
 
 
+async def test_no_wait_prints_the_call_id_and_call_status_reads_its_outcome(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with running_csms(capsys, call_timeout=30) as csms:
+        availability = '{"operationalStatus": "Inoperative"}'
+        sent = await csms.run("call", "CS001", "ChangeAvailability", availability, "--no-wait")
+        assert sent.code == 0, sent.err
+        (call_id,) = sent.out.split()
+        assert f"csms call-status {call_id}" in sent.err
+
+        pending = await csms.run("call-status", call_id)
+        assert pending.code == 4, pending.err
+        assert "ChangeAvailability to CS001 is still waiting" in pending.out
+        assert (await csms.run("call-status", call_id, "--json")).json()["outcome"] == "pending"
+
+        csms.station.release.set()
+        answered = await csms.run("call-status", call_id, "--wait", str(scaled(10)))
+        assert answered.code == 0, answered.err
+        first, *payload = answered.out.splitlines()
+        assert first == f"CS001 answered ChangeAvailability (ocpp2.0.1, message {call_id}):"
+        assert json.loads("\n".join(payload)) == {"status": "Accepted"}
+        assert ("ChangeAvailability", {"operationalStatus": "Inoperative"}) in csms.station.received
+
+        as_json = await csms.run(
+            "call", "CS001", "Reset", '{"type": "Immediate"}', "--no-wait", "--json"
+        )
+        assert as_json.code == 0 and as_json.json()["outcome"] == "pending"
+        offline = await csms.run("call", "CS-OFF", "Reset", '{"type": "Immediate"}', "--no-wait")
+        assert offline.code == 3 and "409 station_offline" in offline.err
+        unknown = await csms.run("call-status", "no-such-call")
+        assert unknown.code == 2 and "404 call_not_found" in unknown.err
+        assert "'no-such-call'" in unknown.err
+
+
 async def test_call_refusals_exit_2_with_the_api_message(csms: Csms) -> None:
     unknown = await csms.run("call", "NOPE-7", "Reset", '{"type": "Immediate"}')
     assert unknown.code == 2 and "no station 'NOPE-7'" in unknown.err
@@ -441,6 +492,44 @@ async def test_tx_show_has_the_readings(csms: Csms) -> None:
     assert detail["energy_wh"] == 7500 and len(detail["readings"]) == 2
     unknown = await csms.run("tx", "show", "CS001", "TX-9")
     assert unknown.code == 2 and "'TX-9'" in unknown.err
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+async def test_tx_export_streams_the_csv_to_a_file_or_stdout(csms: Csms, tmp_path: Path) -> None:
+    target = tmp_path / "billing.csv"
+    exported = await csms.run("tx", "export", "-o", str(target))
+    assert exported.code == 0, exported.err
+    assert exported.out == ""
+    assert exported.err.splitlines()[-1] == f"exported 2 transactions to {target}"
+    rows = list(csv.reader(io.StringIO(target.read_text(), newline="")))
+    assert rows[0][:2] == ["station_id", "transaction_id"]
+    assert [row[1] for row in rows[1:]] == ["TX-2", "TX-1"]
+    assert files_in(tmp_path) == ["billing.csv"]  # no partial left
+
+    active = await csms.run("tx", "export", "--active", "--station", "CS001")
+    assert active.code == 0, active.err
+    rows = list(csv.reader(io.StringIO(active.out, newline="")))
+    assert [row[1] for row in rows[1:]] == ["TX-2"]
+    assert active.err.splitlines()[-1] == "exported 1 transaction"
+
+    refused = await csms.run("tx", "export", "--since", "soon", "-o", str(tmp_path / "x.csv"))
+    assert refused.code == 2 and "started_after" in refused.err
+    assert files_in(tmp_path) == ["billing.csv"]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
+def test_export_rows_are_counted_across_chunks_and_quoted_line_ends(size: int) -> None:
+    text = b'a,b\r\n"x\r\ny",1\r\n"say ""hi""\n",2\r\nlast,3'
+    counter = CsvRows()
+    for start in range(0, len(text), size):
+        counter.feed(text[start : start + size])
+    assert counter.done() == 3
+    header_only = CsvRows()
+    header_only.feed(b"a,b\r\n")
+    assert header_only.done() == 0
 
 
 # --- as real processes ---------------------------------------------------------------------
