@@ -446,6 +446,12 @@ class Settings(BaseSettings):
         ge=1,
         description="seconds a CSMS call and its outcome stay readable (GET /v1/calls/{id})",
     )
+    action_rules_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="seconds each process (manager, api) keeps a station's action rules: a "
+        "change applies within this time everywhere (0 = read the store for every call)",
+    )
     unknown_tokens: Literal["reject", "accept"] = Field(
         default="reject", description="accept = first-try mode: every unknown idToken is Accepted"
     )

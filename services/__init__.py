@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.action_rules import ActionRuleStore, MemoryActionRuleStore
 from services.api_keys import ApiKeyStore, MemoryApiKeyStore
 from services.call_records import CallRecordStore, MemoryCallRecordStore
 from services.interfaces import (
@@ -37,9 +38,13 @@ class Services:
     version, certificates (the managers write it, the API reads it)."""
     call_records: CallRecordStore = field(default_factory=MemoryCallRecordStore)
     """CSMS calls and their outcomes (the API begins them, the managers finish them)."""
+    action_rules: ActionRuleStore = field(default_factory=MemoryActionRuleStore)
+    """Which actions each station may send and be sent (the API writes them, the managers
+    and the operations layer enforce them; the factory hands out a per-process cache)."""
 
 
 __all__ = [
+    "ActionRuleStore",
     "ApiKeyStore",
     "CallRecordStore",
     "IdempotencyStore",

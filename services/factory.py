@@ -22,6 +22,7 @@ from redis.exceptions import AuthenticationError, RedisError
 
 from csms.config import Settings, StationSettings
 from services import Services
+from services.action_rules import CachedActionRules, MemoryActionRuleStore
 from services.call_records import MemoryCallRecordStore
 from services.interfaces import StationRegistry, StoreUnavailable, TariffService, TokenStore
 from services.loader import instantiate
@@ -38,6 +39,7 @@ from services.models import (
     StationRecord,
     TokenRecord,
 )
+from services.redis_action_rules import RedisActionRuleStore
 from services.redis_api_keys import RedisApiKeyStore
 from services.redis_call_records import RedisCallRecordStore
 from services.redis_station_state import RedisStationStateStore
@@ -233,6 +235,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             tariff=await _tariff(settings),
             idempotency=MemoryIdempotencyStore(),
             call_records=MemoryCallRecordStore(ttl=settings.call_record_ttl),
+            action_rules=CachedActionRules(
+                MemoryActionRuleStore(), settings.action_rules_cache_seconds
+            ),
         )
         return
 
@@ -252,6 +257,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             api_keys=RedisApiKeyStore(client, prefix),
             station_state=RedisStationStateStore(client, prefix),
             call_records=RedisCallRecordStore(client, prefix, ttl=settings.call_record_ttl),
+            action_rules=CachedActionRules(
+                RedisActionRuleStore(client, prefix), settings.action_rules_cache_seconds
+            ),
         )
     finally:
         await client.aclose()
