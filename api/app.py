@@ -19,6 +19,7 @@ from api import (
     health,
     keys,
     monitoring,
+    rules,
     station_state,
     stations,
     tokens,
@@ -92,6 +93,7 @@ def create_app(
         lifespan=lifespan,
     )
     install(app)
+    rules.install(app)
     api_metrics = ApiMetrics()
     app.add_middleware(BodyLimit, limit=settings.max_frame_bytes)
     app.add_middleware(MetricsMiddleware, metrics=api_metrics)
@@ -107,7 +109,7 @@ def create_app(
     )
     app.include_router(health.router)
     app.include_router(station_state.router, responses=_COMMON_ERRORS)
-    # Calls and charging first: the station detail route's id matches any rest of the path.
-    for module in (calls, charging, stations, transactions, tokens, keys, monitoring):
+    # Calls, charging, rules first: the station detail route's id matches any rest of the path.
+    for module in (calls, charging, rules, stations, transactions, tokens, keys, monitoring):
         app.include_router(module.router, responses=_COMMON_ERRORS)
     return app

@@ -8,6 +8,7 @@ through the operations layer's CallSender, which waits for the gateway's outcome
 station answered (CallResult)   200 ``{"outcome": "result", "payload": ...}``
 station answered (CallError)    200 ``{"outcome": "error", "error_code": ...}``
 station Rejected                403 ``station_rejected``, nothing sent
+action rules deny the call      403 ``action_denied``, nothing sent
 no gateway holds the station    409 ``station_offline``, at once
 gateway could not send it       409 ``call_undelivered`` (queue full, connection gone)
 station silent past timeout     504 with the outcome (``timeout``)
@@ -91,7 +92,11 @@ _ACTION = r"^[A-Za-z][A-Za-z0-9]{0,63}$"
     summary="Send a CSMS-initiated OCPP call and wait for its outcome (or not: ?wait=false)",
     responses={
         202: {"model": CallOutcomeOut, "description": "wait=false: sent, outcome pending"},
-        403: {"model": ErrorBody, "description": "key scope, or the station is Rejected"},
+        403: {
+            "model": ErrorBody,
+            "description": "key scope, the station is Rejected, or its action rules deny the "
+            "call (action_denied)",
+        },
         404: {"model": ErrorBody, "description": "unknown station or action"},
         409: {"model": ErrorBody, "description": "station offline, or call undelivered"},
         422: {"model": ErrorBody, "description": "payload refused by the schema"},
@@ -145,6 +150,8 @@ async def send_call(
             str(invalid),
             {"field": invalid.field, "in": "body", "rule": invalid.rule},
         ) from None
+    # Before recording: a denied call (403 action_denied) is never sent, so never recorded.
+    await ctx.sender.check_allowed(station_id, version.value, action)
     deadline = timeout or ctx.call_wait
     requested_at = time.time()
     record = CallRecord(

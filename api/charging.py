@@ -37,6 +37,13 @@ __all__ = [
 
 router = APIRouter(prefix=API_PREFIX, tags=["charging"])
 
+_DENIED: dict[int | str, dict[str, Any]] = {
+    403: {
+        "model": ErrorBody,
+        "description": "key scope, or the station's action rules deny the call (action_denied)",
+    },
+}
+
 
 class RemoteStartIn(BaseModel):
     id_token: str = Field(min_length=1, max_length=36, description="the idToken / 1.6 idTag")
@@ -67,6 +74,7 @@ class RemoteStartOut(BaseModel):
     response_model=RemoteStartOut,
     summary="Start a transaction remotely and wait for its transaction id",
     responses={
+        **_DENIED,
         404: {"model": ErrorBody, "description": "no such station"},
         409: {"model": ErrorBody, "description": "station offline, or call undelivered"},
         422: {"model": ErrorBody, "description": "payload refused by the schema"},
@@ -118,6 +126,7 @@ async def start(
     response_model=CallOutcomeOut,
     summary="Ask the station to stop one of its active transactions",
     responses={
+        **_DENIED,
         404: {"model": ErrorBody, "description": "no such active transaction"},
         409: {"model": ErrorBody, "description": "station offline, or call undelivered"},
         504: {"model": CallOutcomeOut, "description": "no answer from the station in time"},
@@ -170,6 +179,7 @@ class TriggerIn(BaseModel):
 
 
 _TASK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_DENIED,
     404: {"model": ErrorBody, "description": "no such station"},
     409: {"model": ErrorBody, "description": "station offline, or call undelivered"},
     422: {"model": ErrorBody, "description": "payload refused by the schema"},

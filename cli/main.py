@@ -11,6 +11,9 @@
     csms station rotate-password ID [--wait SECONDS]
     csms station list [--online|--offline] [--registration R] [--prefix P] [--limit N] [--json]
     csms station show ID [--json]
+    csms station rules ID [--allow-station-call A] [--deny-station-call A] [--allow-csms-call A]
+                          [--deny-csms-call A] [--clear] [--json]
+    csms rules defaults VERSION [the same flags]
     csms call STATION ACTION ['{json}' | @file.json | -] [--timeout S] [--no-wait] [--json]
     csms call-status CALL_ID [--wait S] [--json]
     csms tx list [--station S] [--token T] [--active|--ended] [--since ISO] [--until ISO]
@@ -41,7 +44,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from cli import api_client, api_key, call, password, serve, simulate, station, token, tx
+from cli import api_client, api_key, call, password, rules, serve, simulate, station, token, tx
 from cli.common import CommandError, describe, settings_from
 from csms.logs import configure_logging
 from services.interfaces import StoreUnavailable
@@ -59,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     api_key.add_commands(commands)
     call.add_commands(commands)
     tx.add_commands(commands)
+    rules.add_commands(commands)
     simulate.add_commands(commands)
     return parser
 

@@ -240,7 +240,8 @@ async def api_role(
     listening on ``api_host:api_port``. ``also_exposes``: metrics of other roles in this
     process (``csms run``), served on the API's ``/v1/metrics`` with its own."""
     topics = Topics(prefix=settings.topic_prefix, group=settings.shared_group)
-    async with CallSender(bus, topics, origin=api_origin()) as sender:
+    rules = services.action_rules  # every call the API sends is checked against them
+    async with CallSender(bus, topics, origin=api_origin(), rules=rules) as sender:
         app = create_app(settings, services, sender, bus=bus, admin_key=admin_key)
         for registry in also_exposes:
             app.state.context.metrics.include(registry)

@@ -8,6 +8,7 @@ import asyncio
 import sys
 from typing import Any
 
+from cli import rules
 from cli.api_client import ApiClient, Progress, add_api_flags, cell, print_json, segment, table
 from cli.common import (
     CommandError,
@@ -72,6 +73,7 @@ def add_commands(commands: Any) -> None:
     )
     add_setting_flags(rotate)
     _add_api_commands(station_commands)
+    rules.add_station_command(station_commands)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -154,6 +156,7 @@ async def _rotate_password(settings: Settings, station_id: str, wait: float) -> 
     from csms.topics import Topics
     from operations.calls import CallSender
     from operations.password import RotationRefused, RotationStatus, rotate_and_confirm
+    from services.action_rules import ActionDenied
     from services.factory import open_services
 
     if not settings.broker_url or not settings.redis_url:
@@ -173,13 +176,13 @@ async def _rotate_password(settings: Settings, station_id: str, wait: float) -> 
                 f"not connected to the MQTT broker within {connect_wait:g} s "
                 "(the log above says why)"
             )
-        async with CallSender(bus, topics, origin="cli") as sender:
+        async with CallSender(bus, topics, origin="cli", rules=services.action_rules) as sender:
             ticker = asyncio.create_task(_tick(wait))
             try:
                 result = await rotate_and_confirm(
                     sender, services.stations, station_id, wait=wait, progress=progress
                 )
-            except RotationRefused as exc:
+            except (RotationRefused, ActionDenied) as exc:
                 raise CommandError(str(exc)) from None
             finally:
                 ticker.cancel()

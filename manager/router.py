@@ -32,6 +32,7 @@ from manager.context import (
 from ocpp_schemas import Direction, SchemaViolation
 from operations.call_maker import CallMaker
 from services import Services, StoreUnavailable
+from services.action_rules import Side, describe_refusal
 
 __all__ = [
     "BOOT_NOTIFICATION",
@@ -194,7 +195,9 @@ class Router:
         violation): a Pending or Rejected station learns nothing about what the CSMS would
         accept from it (B02.FR.09, B03.FR.07). Handlers check the registration themselves
         for the Calls that reach them, so valid Calls cost no extra read here. None too when
-        the registry cannot be read: the refusal then stands as it is.
+        the registry cannot be read: the refusal then stands as it is. A station that is
+        Accepted gets the SecurityError of its action rules instead when they deny the
+        action (:meth:`action_denial`).
         """
         action = envelope.action or ""
         if action == BOOT_NOTIFICATION:
@@ -206,9 +209,42 @@ class Router:
             _log.debug("registration not checked", station=envelope.station, error=str(exc))
             return None
         refusal = registration.registration_refusal(held, action)
-        if refusal is None:
+        if refusal is not None:
+            return error_answer(envelope, self.code(refusal.error), refusal.description)
+        try:
+            return await self.action_denial(envelope, deps)
+        except Exception as exc:
+            _log.debug("action rules not checked", station=envelope.station, error=str(exc))
             return None
-        return error_answer(envelope, self.code(refusal.error), refusal.description)
+
+    async def action_denial(self, envelope: Envelope, deps: Deps) -> Envelope | None:
+        """The SecurityError for a Call the station's action rules refuse, or None.
+
+        Read through the process's rule cache (no store round trip for a cached station);
+        raises StoreUnavailable when the rules cannot be read. Checked before any handler
+        runs, also for Calls refused otherwise (so a denied action is always SecurityError).
+        """
+        action = envelope.action or ""
+        rules = await deps.services.action_rules.effective(envelope.station, self.version)
+        rule = rules.refusal(Side.STATION_CALLS, action)
+        if rule is None:
+            return None
+        _, source = rules.side(Side.STATION_CALLS)
+        _log.info(
+            "call refused by action rules",
+            station=envelope.station,
+            version=self.version,
+            action=action,
+            message_id=envelope.message_id,
+            rule=rule,
+            source=source.value,
+        )
+        return error_answer(
+            envelope,
+            self.code(RpcError.SECURITY_ERROR),
+            describe_refusal(action, rule),
+            {"rule": rule, "source": source.value},
+        )
 
     async def handle_call(self, envelope: Envelope, deps: Deps) -> Envelope:
         """Answer a station Call; never raises (faults become CallErrors)."""
@@ -219,7 +255,11 @@ class Router:
         return await self.call_handler(envelope, handler, deps)
 
     async def call_handler(self, envelope: Envelope, handler: CallHandler, deps: Deps) -> Envelope:
-        """Run ``handler`` for a Call that passed :meth:`check_call`; never raises."""
+        """Run ``handler`` for a Call that passed :meth:`check_call`; never raises.
+
+        A Call the station's action rules deny is answered SecurityError without running the
+        handler; the worker stores that answer for idempotency like any other, so a repeat
+        of the Call gets the same answer even if the rules change meanwhile."""
         action = envelope.action or ""
         log = _log.bind(
             station=envelope.station,
@@ -227,6 +267,18 @@ class Router:
             action=action,
             message_id=envelope.message_id,
         )
+        try:
+            denial = await self.action_denial(envelope, deps)
+        except StoreUnavailable as exc:
+            log.warning("action rules unavailable", error=str(exc))
+            return error_answer(
+                envelope, self.code(RpcError.INTERNAL_ERROR), "storage temporarily unavailable"
+            )
+        except Exception:
+            log.exception("action rules check failed")
+            return error_answer(envelope, self.code(RpcError.INTERNAL_ERROR), "internal error")
+        if denial is not None:
+            return denial
         ctx = self._context(envelope, deps, log)
         try:
             response = await handler(ctx, envelope.payload)

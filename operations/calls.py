@@ -21,7 +21,9 @@ Every wait ends with an outcome, the originator never hangs:
 A call that breaks its request schema raises :class:`InvalidCall` before anything is sent; a
 bus that is down raises :class:`~csms.bus.BusUnavailable`. :meth:`CallSender.submit` sends
 without waiting: the outcome is then read back from the call records
-(:mod:`services.call_records`), which the managers fill in.
+(:mod:`services.call_records`), which the managers fill in. A call the station's action rules
+deny (a sender made with ``rules``) raises :class:`~services.action_rules.ActionDenied`,
+before anything is sent.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from csms.errors import InvalidRequest
 from csms.topics import Topics
 from ocpp_schemas import Direction, SchemaViolation, validate
 from operations.call_maker import CallMaker
+from services.action_rules import ActionRuleReader, check_csms_call
 
 __all__ = ["CallOutcome", "CallSender", "InvalidCall", "Outcome", "check_call"]
 
@@ -140,6 +143,7 @@ class CallSender:
         *,
         origin: str,
         default_timeout: float = 65.0,
+        rules: ActionRuleReader | None = None,
     ) -> None:
         self._bus = bus
         self._topics = topics
@@ -147,6 +151,7 @@ class CallSender:
         self._reply_topic = topics.reply(f"{origin}-{uuid.uuid4().hex[:8]}")
         self._calls = CallMaker(bus, topics, origin=origin)
         self._default_timeout = default_timeout
+        self._rules = rules
         self._waiting: dict[str, asyncio.Future[Envelope]] = {}
         self._reader: asyncio.Task[None] | None = None
 
@@ -176,6 +181,14 @@ class CallSender:
             future.cancel()
         self._waiting.clear()
 
+    async def check_allowed(self, station_id: str, version: str, action: str) -> None:
+        """Raise :class:`~services.action_rules.ActionDenied` when the station's action rules
+        refuse this call (``send`` and ``submit`` check it too, before publishing; a caller
+        that records calls checks it first). Every originator sending through a sender made
+        with ``rules`` is covered: API calls, task routes, remote start and stop, rotations."""
+        if self._rules is not None:
+            await check_csms_call(self._rules, station_id, version, action)
+
     async def send(
         self,
         station_id: str,
@@ -196,6 +209,7 @@ class CallSender:
         """
         if self._reader is None:
             raise RuntimeError("use 'async with CallSender(...)' before send()")
+        await self.check_allowed(station_id, version, action)
         message_id = message_id or str(uuid.uuid4())
         future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
         self._waiting[message_id] = future
@@ -254,6 +268,7 @@ class CallSender:
         record) it. Raises :class:`InvalidCall`, :class:`~csms.bus.NoSubscribers` (no gateway
         holds the station: nothing was sent) or :class:`~csms.bus.BusUnavailable`.
         """
+        await self.check_allowed(station_id, version, action)
         with _invalid_calls(version, action):
             return await self._calls.call(
                 station_id, version, action, payload, meta=meta, message_id=message_id
