@@ -11,6 +11,7 @@ COPY operations operations
 COPY services services
 COPY ocpp_schemas ocpp_schemas
 COPY simulator simulator
+COPY webhooks webhooks
 RUN pip install --no-cache-dir .
 USER nobody
 ENTRYPOINT ["csms"]

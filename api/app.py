@@ -112,4 +112,5 @@ def create_app(
     # Calls, charging, rules first: the station detail route's id matches any rest of the path.
     for module in (calls, charging, rules, stations, transactions, tokens, keys, monitoring):
         app.include_router(module.router, responses=_COMMON_ERRORS)
+    app.include_router(webhooks.router, responses=_COMMON_ERRORS)
     return app

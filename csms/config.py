@@ -514,6 +514,35 @@ class Settings(BaseSettings):
         "kid, i.e. a rotated key, triggers one)",
     )
 
+    # Webhooks (see docs/events.md): csms webhooks, or background tasks of csms run
+    webhook_workers: int = Field(
+        default=8, ge=1, le=1000, description="deliveries a webhooks process sends at once"
+    )
+    webhook_max_attempts: int = Field(
+        default=10, ge=1, le=100, description="tries of a delivery before it is dead-lettered"
+    )
+    webhook_retry_schedule: list[float] = Field(
+        default=[10, 30, 120, 600, 1800, 3600],
+        min_length=1,
+        description="seconds before the 1st, 2nd, ... retry (the last repeats), each drawn "
+        "uniformly from 0 to this (full jitter)",
+    )
+    webhook_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="seconds one delivery may take, all in all"
+    )
+    webhook_lease: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds a claimed delivery stays with its worker; a worker that dies "
+        "leaves it to be retried after this (keep it above webhook_timeout)",
+    )
+    webhook_poll_interval: float = Field(
+        default=1.0, gt=0, le=60, description="seconds between looks for due deliveries"
+    )
+    webhook_history: int = Field(
+        default=100, ge=1, le=10_000, description="finished deliveries kept per subscription"
+    )
+
     # Operations
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -20,6 +20,7 @@ from services.interfaces import (
     TransactionStore,
 )
 from services.station_state import MemoryStationStateStore, StationStateStore
+from services.webhooks import MemoryWebhookStore, WebhookStore
 
 
 @dataclass(slots=True)
@@ -41,6 +42,9 @@ class Services:
     action_rules: ActionRuleStore = field(default_factory=MemoryActionRuleStore)
     """Which actions each station may send and be sent (the API writes them, the managers
     and the operations layer enforce them; the factory hands out a per-process cache)."""
+    webhooks: WebhookStore = field(default_factory=MemoryWebhookStore)
+    """Webhook subscriptions and the outbox of their deliveries (the API writes
+    subscriptions, the dispatcher and the delivery workers the outbox)."""
 
 
 __all__ = [
@@ -55,4 +59,5 @@ __all__ = [
     "TariffService",
     "TokenStore",
     "TransactionStore",
+    "WebhookStore",
 ]

@@ -49,7 +49,9 @@ from services.redis_store import (
     RedisTokenStore,
     RedisTransactionStore,
 )
+from services.redis_webhooks import RedisWebhookStore
 from services.tariff import ConfiguredTariff
+from services.webhooks import MemoryWebhookStore
 
 log = structlog.get_logger(__name__)
 
@@ -238,6 +240,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             action_rules=CachedActionRules(
                 MemoryActionRuleStore(), settings.action_rules_cache_seconds
             ),
+            webhooks=MemoryWebhookStore(max_history=settings.webhook_history),
         )
         return
 
@@ -260,6 +263,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             action_rules=CachedActionRules(
                 RedisActionRuleStore(client, prefix), settings.action_rules_cache_seconds
             ),
+            webhooks=RedisWebhookStore(client, prefix, max_history=settings.webhook_history),
         )
     finally:
         await client.aclose()
