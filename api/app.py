@@ -24,6 +24,7 @@ from api import (
     stations,
     tokens,
     transactions,
+    webhooks,
 )
 from api.context import ApiContext
 from api.errors import ErrorBody, install
