@@ -4,6 +4,7 @@
                     broker/Redis; the API on api_host:api_port, see docs/api.md)
     csms gateway    one gateway instance (needs --broker-url)
     csms manager    one manager instance (needs --broker-url; --redis-url for shared state)
+    csms webhooks   webhook dispatcher and delivery workers (needs --redis-url)
     csms api        one operator API instance (needs --broker-url; --redis-url for shared state)
     csms station add ID [--registration Accepted|Pending|Rejected] [--profile 0-3]
                         [--password P | --password - | --generate-password]
@@ -20,6 +21,8 @@
                  [--limit N] [--json]
     csms tx show STATION TX [--json]
     csms tx export [filters as tx list] [-o FILE]
+    csms webhook add URL --secret S [--events a,b] [--station X] / list / show ID / rm ID /
+                 test ID / deliveries ID [--json]
     csms password generate [--version ocpp1.6|ocpp2.0.1] [--length N]
     csms password hash [--version ...] [--authorization-key]   (password on stdin)
     csms api-key create NAME [--scope read|operate|admin]   (prints the key once)
@@ -44,7 +47,19 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from cli import api_client, api_key, call, password, rules, serve, simulate, station, token, tx
+from cli import (
+    api_client,
+    api_key,
+    call,
+    password,
+    rules,
+    serve,
+    simulate,
+    station,
+    token,
+    tx,
+    webhook,
+)
 from cli.common import CommandError, describe, settings_from
 from csms.logs import configure_logging
 from services.interfaces import StoreUnavailable
@@ -62,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     api_key.add_commands(commands)
     call.add_commands(commands)
     tx.add_commands(commands)
+    webhook.add_commands(commands)
     rules.add_commands(commands)
     simulate.add_commands(commands)
     return parser

@@ -5,6 +5,8 @@
 - :func:`run_gateway`: a gateway instance (``csms gateway``), MQTT required.
 - :func:`run_manager`: a manager instance (``csms manager``), MQTT required.
 - :func:`run_api`: an operator API instance (``csms api``), MQTT required.
+- :func:`run_webhooks`: the webhook dispatcher and delivery workers (``csms webhooks``),
+  Redis required; ``csms run`` runs them as background tasks.
 
 ``csms run`` also mounts the operator API (:func:`embedded`). Each MQTT-speaking role holds
 exactly one MQTT connection, so an all-in-one process on a real broker opens three (one per
@@ -41,7 +43,9 @@ from manager.worker import Manager
 from operations.calls import CallSender
 from services import Services
 from services.api_keys import Scope, issue_key
+from services.events import EventLog
 from services.factory import open_services
+from webhooks import WebhookConfig, WebhookRunner
 
 log = structlog.get_logger("csms")
 
@@ -293,6 +297,11 @@ async def embedded(settings: Settings, *, api: bool = True) -> AsyncIterator[Emb
             )
         )
         running = Embedded(gateway, manager, services, broker)
+        events = event_log(services)
+        if events is not None:  # off the message path: tasks reading the log afterwards
+            await stack.enter_async_context(
+                WebhookRunner(events, services.webhooks, WebhookConfig.from_settings(settings))
+            )
         if api_bus is not None:
             await stack.enter_async_context(api_bus)
             admin_key = None
@@ -476,4 +485,27 @@ async def run_api(settings: Settings) -> None:
         await _wait_for_broker(bus, settings)
         async with api_role(settings, services, bus) as server:
             log.info("api ready", url=server.url + "/v1", docs=server.url + "/docs")
+            await stop.wait()
+
+
+def event_log(services: Services) -> EventLog | None:
+    """The services' event log, which webhooks read (None when the services have none)."""
+    found = getattr(services, "events", None)
+    return found if isinstance(found, EventLog) else None
+
+
+async def run_webhooks(settings: Settings) -> None:
+    """``csms webhooks``: the dispatcher and the delivery workers on the shared stores."""
+    if not settings.redis_url:
+        raise SystemExit(
+            "csms webhooks needs the shared stores: set --redis-url or CSMS_REDIS_URL "
+            "(csms run delivers webhooks itself)"
+        )
+    async with _stop_on_signals() as stop, open_services(settings) as services:
+        events = event_log(services)
+        if events is None:
+            raise SystemExit("csms webhooks: the configured services have no event log")
+        config = WebhookConfig.from_settings(settings)
+        async with WebhookRunner(events, services.webhooks, config):
+            log.info("webhooks ready", workers=config.workers, mode=describe_mode(settings))
             await stop.wait()

@@ -1,4 +1,5 @@
-"""``csms run``, ``csms gateway``, ``csms manager``, ``csms api``: the long-running processes."""
+"""``csms run``, ``csms gateway``, ``csms manager``, ``csms api``, ``csms webhooks``: the
+long-running processes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ COMMANDS = {
     "gateway": "a gateway instance (WebSocket ⇄ MQTT)",
     "manager": "a manager instance (MQTT shared subscription)",
     "api": "an operator HTTP API instance (needs a broker; Redis for shared state)",
+    "webhooks": "webhook dispatcher and delivery workers (needs Redis)",
 }
 
 
@@ -32,6 +34,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         asyncio.run(processes.run_gateway(settings))
     elif args.command == "api":
         asyncio.run(processes.run_api(settings))
+    elif args.command == "webhooks":
+        asyncio.run(processes.run_webhooks(settings))
     else:
         asyncio.run(processes.run_manager(settings))
     return 0
