@@ -152,10 +152,19 @@ class EffectiveRules(msgspec.Struct, frozen=True):
 
         BootNotification is never refused to a station, even by a stored rule that
         :func:`check_rules` would not have let in."""
-        if side is Side.STATION_CALLS and action == BOOT_NOTIFICATION:
-            return None
-        rule, _ = self.side(side)
-        return rule.refusal(action)
+        if side is Side.STATION_CALLS:
+            if action == BOOT_NOTIFICATION:
+                return None
+            rule = self.station_calls
+        else:
+            rule = self.csms_calls
+        # ActionList.refusal inlined: this runs for every station Call.
+        if action in rule.deny:
+            return "deny"
+        allow = rule.allow
+        if allow is not None and action not in allow:
+            return "allow"
+        return None
 
 
 def effective(own: ActionRules, default: ActionRules) -> EffectiveRules:
