@@ -111,13 +111,15 @@ class Csms:
 
 @pytest.fixture
 async def csms() -> AsyncIterator[Csms]:
-    settings = Settings(
-        listen_port=0,
-        api_port=0,
-        ping_interval=None,
-        ping_timeout=None,
-        api_admin_key=ADMIN,
-        call_timeout=2,
+    settings = Settings.model_validate(
+        {
+            "listen_port": 0,
+            "api_port": 0,
+            "ping_interval": None,
+            "ping_timeout": None,
+            "api_admin_key": ADMIN,
+            "call_timeout": 2,
+        }
     )
     async with processes.embedded(settings) as running:
         assert running.api is not None
