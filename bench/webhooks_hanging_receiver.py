@@ -116,7 +116,7 @@ async def main(args: argparse.Namespace) -> None:
     receiver = Hanging(args.hang)
     async with (
         embedded(settings) as running,
-        ApiServer(receiver.app, "127.0.0.1", 0) as hook_server,  # type: ignore[arg-type]
+        ApiServer(receiver.app, "127.0.0.1", 0) as hook_server,
     ):
         url = f"ws://127.0.0.1:{port}/ocpp"
         print(f"{args.stations} stations, {args.duration:g} s per run, receiver hangs "
