@@ -441,6 +441,17 @@ class Settings(BaseSettings):
         "messages for a disconnected session: keep it short (see docs/operations.md)",
     )
     idempotency_ttl: int = Field(default=3600, ge=1)
+    event_retention: int = Field(
+        default=100_000,
+        ge=1,
+        description="state-change events the event log keeps (GET /v1/events, webhooks); "
+        "the oldest go first",
+    )
+    events_to_mqtt: bool = Field(
+        default=False,
+        description="also publish each state-change event on {topic_prefix}/state/{kind}/"
+        "{station} for MQTT consumers",
+    )
     call_record_ttl: int = Field(
         default=86_400,
         ge=1,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from services.action_rules import ActionRuleStore, MemoryActionRuleStore
 from services.api_keys import ApiKeyStore, MemoryApiKeyStore
 from services.call_records import CallRecordStore, MemoryCallRecordStore
+from services.events import EventLog, MemoryEventLog
 from services.interfaces import (
     IdempotencyStore,
     StationRegistry,
@@ -45,12 +46,16 @@ class Services:
     webhooks: WebhookStore = field(default_factory=MemoryWebhookStore)
     """Webhook subscriptions and the outbox of their deliveries (the API writes
     subscriptions, the dispatcher and the delivery workers the outbox)."""
+    events: EventLog = field(default_factory=MemoryEventLog)
+    """State-change events in order (the managers append them, the live stream and the
+    webhook dispatcher read them)."""
 
 
 __all__ = [
     "ActionRuleStore",
     "ApiKeyStore",
     "CallRecordStore",
+    "EventLog",
     "IdempotencyStore",
     "Services",
     "StationRegistry",

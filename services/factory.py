@@ -24,6 +24,7 @@ from csms.config import Settings, StationSettings
 from services import Services
 from services.action_rules import CachedActionRules, MemoryActionRuleStore
 from services.call_records import MemoryCallRecordStore
+from services.events import MemoryEventLog
 from services.interfaces import StationRegistry, StoreUnavailable, TariffService, TokenStore
 from services.loader import instantiate
 from services.memory import (
@@ -42,6 +43,7 @@ from services.models import (
 from services.redis_action_rules import RedisActionRuleStore
 from services.redis_api_keys import RedisApiKeyStore
 from services.redis_call_records import RedisCallRecordStore
+from services.redis_events import RedisEventLog
 from services.redis_station_state import RedisStationStateStore
 from services.redis_store import (
     RedisIdempotencyStore,
@@ -241,10 +243,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 MemoryActionRuleStore(), settings.action_rules_cache_seconds
             ),
             webhooks=MemoryWebhookStore(max_history=settings.webhook_history),
+            events=MemoryEventLog(max_events=settings.event_retention),
         )
         return
 
     client = settings_redis_client(settings)
+    events = RedisEventLog(client, settings.redis_key_prefix, max_events=settings.event_retention)
     try:
         await ping(client, settings.redis_url)
         prefix = settings.redis_key_prefix
@@ -264,6 +268,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 RedisActionRuleStore(client, prefix), settings.action_rules_cache_seconds
             ),
             webhooks=RedisWebhookStore(client, prefix, max_history=settings.webhook_history),
+            events=events,
         )
     finally:
+        await events.aclose()  # its poller, before the client it reads with
         await client.aclose()
