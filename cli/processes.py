@@ -43,7 +43,6 @@ from manager.worker import Manager
 from operations.calls import CallSender
 from services import Services
 from services.api_keys import Scope, issue_key
-from services.events import EventLog
 from services.factory import open_services
 from webhooks import WebhookConfig, WebhookRunner
 
@@ -297,11 +296,9 @@ async def embedded(settings: Settings, *, api: bool = True) -> AsyncIterator[Emb
             )
         )
         running = Embedded(gateway, manager, services, broker)
-        events = event_log(services)
-        if events is not None:  # off the message path: tasks reading the log afterwards
-            await stack.enter_async_context(
-                WebhookRunner(events, services.webhooks, WebhookConfig.from_settings(settings))
-            )
+        # Off the message path: tasks that read the event log after the managers append.
+        hooks = WebhookConfig.from_settings(settings)
+        await stack.enter_async_context(WebhookRunner(services.events, services.webhooks, hooks))
         if api_bus is not None:
             await stack.enter_async_context(api_bus)
             admin_key = None
@@ -488,12 +485,6 @@ async def run_api(settings: Settings) -> None:
             await stop.wait()
 
 
-def event_log(services: Services) -> EventLog | None:
-    """The services' event log, which webhooks read (None when the services have none)."""
-    found = getattr(services, "events", None)
-    return found if isinstance(found, EventLog) else None
-
-
 async def run_webhooks(settings: Settings) -> None:
     """``csms webhooks``: the dispatcher and the delivery workers on the shared stores."""
     if not settings.redis_url:
@@ -502,10 +493,7 @@ async def run_webhooks(settings: Settings) -> None:
             "(csms run delivers webhooks itself)"
         )
     async with _stop_on_signals() as stop, open_services(settings) as services:
-        events = event_log(services)
-        if events is None:
-            raise SystemExit("csms webhooks: the configured services have no event log")
         config = WebhookConfig.from_settings(settings)
-        async with WebhookRunner(events, services.webhooks, config):
+        async with WebhookRunner(services.events, services.webhooks, config):
             log.info("webhooks ready", workers=config.workers, mode=describe_mode(settings))
             await stop.wait()
