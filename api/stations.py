@@ -170,8 +170,10 @@ async def delete_station(
 ) -> None:
     try:
         record = await registry.delete(ctx.services.stations, station_id, force=force)
-        # What it reported about itself goes with it (its transactions stay, for billing).
+        # What it reported about itself and its action rules go with it (its transactions
+        # stay, for billing); a station registered again under this id starts afresh.
         await ctx.services.station_state.forget(station_id)
+        await ctx.services.action_rules.delete(station_id)
     except StationNotFound:
         raise station_not_found(station_id) from None
     except StationOnline as exc:

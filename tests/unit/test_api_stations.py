@@ -26,6 +26,7 @@ from manager.worker import Manager
 from operations import stations as ops
 from operations.calls import CallSender
 from operations.stations import Refusal, StationChange, StationRefused
+from services.action_rules import ActionList, ActionRules
 from services.factory import open_services
 from services.memory import MemoryStationRegistry
 from services.models import (
@@ -411,9 +412,13 @@ async def test_delete_forgets_the_station_but_keeps_its_transactions(api: Api) -
         key="HeartbeatInterval", readonly=False, value="60", source="get", updated_at=T0
     )
     await api.services.station_state.update_configuration("CS1", [entry])
+    await api.services.action_rules.put(
+        "CS1", ActionRules(station_calls=ActionList(deny=("DataTransfer",)))
+    )
     deleted = await api.client.delete("/v1/stations/CS1", headers=api.auth())
     assert deleted.status_code == 204 and deleted.content == b""
     assert await api.services.station_state.configuration("CS1") == []
+    assert await api.services.action_rules.get("CS1") == ActionRules()
     assert_error(
         await api.client.get("/v1/stations/CS1", headers=api.auth()), 404, "station_not_found"
     )
