@@ -186,7 +186,10 @@ def simulate(
         "--version", args.version, "--meter-values", str(meter_values),
         "--id-prefix", prefix, "--json", str(out), "--duration", "600",
     ]  # fmt: skip
-    subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, check=False)
+    out.unlink(missing_ok=True)
+    done = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, check=False)
+    if not out.exists():
+        raise RuntimeError(f"csms simulate failed:\n{done.stderr.decode(errors='replace')[-3000:]}")
     summary: dict[str, Any] = json.loads(out.read_text())
     return summary
 
