@@ -6,6 +6,7 @@
 ``{prefix}/ctl/{station}``               gateway-to-gateway control (duplicate-connection takeover)
 ``{prefix}/gateways/{gateway}``          gateway presence: lease heartbeats and last will
 ``{prefix}/reply/{originator}``          outcomes of CSMS calls for an originator that waits
+``{prefix}/state/{kind}/{station}``      state-change events, when ``events_to_mqtt`` is on
 
 Station ids may contain characters that MQTT gives meaning to (``/``, ``+``, ``#``), the NUL
 character, or may be empty-looking once split; each station id is therefore percent-encoded
@@ -71,6 +72,11 @@ class Topics:
     def reply(self, originator: str) -> str:
         """Where the gateway publishes the outcomes of an originator's calls (``reply_to``)."""
         return f"{self.prefix}/reply/{encode_station(originator)}"
+
+    def state(self, kind: str, station: str) -> str:
+        """Where a station's state-change event of ``kind`` (``station.booted``, ...) is
+        published for MQTT consumers."""
+        return f"{self.prefix}/state/{kind}/{encode_station(station)}"
 
     def gateway_presence(self, gateway: str) -> str:
         return f"{self.prefix}/gateways/{encode_station(gateway)}"

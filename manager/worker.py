@@ -44,6 +44,7 @@ from csms.envelope import (
 from csms.rpc import RpcError
 from csms.topics import Topics
 from csms.versions import OcppVersion, error_code
+from manager.common import events as state_events
 from manager.context import CallHandler, iso
 from manager.idempotency import PlainCallUnit, claim_owner, idempotency_key, read_ahead, replay
 from manager.metrics import CallCells, ManagerMetrics, ManagerStats
@@ -533,6 +534,7 @@ class Manager:
                     message_id=record.message_id,
                     error=str(exc),
                 )
+        await state_events.call_outcome(self.deps, envelope)
         await router.handle_result(envelope, self.deps)
 
     # -- connection events ------------------------------------------------------------------
@@ -575,6 +577,7 @@ class Manager:
                     )
             else:
                 owned = await stations.mark_disconnected(event.station, event.connection, at)
+            await state_events.connection(self.deps, event, at, current=owned)
         except Exception as exc:
             self.metrics.store_error["connection_event"].inc()
             self._log.warning(

@@ -33,6 +33,11 @@ class CallMaker:
         self._topics = topics
         self._origin = origin
 
+    @property
+    def bus(self) -> Bus:
+        """The bus the calls go out on (the managers publish state-change events on it)."""
+        return self._bus
+
     async def call(
         self,
         station_id: str,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager.common import authorization, registration
+from manager.common import authorization, events, registration
 from manager.context import CallContext
 
 ACTION = "Authorize"
@@ -19,4 +19,5 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     await registration.require_accepted(ctx)
     decision = await authorization.authorize(ctx, payload["idTag"])
     ctx.log.info("authorize", id_tag=payload["idTag"], status=decision.status.value)
+    await events.authorization_refused(ctx, decision, payload["idTag"])
     return {"idTagInfo": authorization.id_tag_info(decision)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager.common import registration, transactions
+from manager.common import events, registration, transactions
 from manager.context import CallContext
 from services import energy
 from services.models import Transaction, TransactionChange, TransactionState
@@ -55,6 +55,7 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     tx = await ctx.services.transactions.update(ctx.station_id, tx_key, merge)
     if tx.state is TransactionState.ENDED:  # it ended while the readings were merged
         _ended(ctx, tx_key, len(readings))
+    await events.transaction_updated(ctx, existing, tx)
     return {}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager.common import authorization, registration, transactions
+from manager.common import authorization, events, registration, transactions
 from manager.context import CallContext
 from services.models import EnergyReading, Transaction, TransactionChange
 
@@ -76,8 +76,10 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         begin = EnergyReading(at=started_at, wh=meter_start, context="Transaction.Begin")
         return transactions.with_readings(tx, [begin])
 
-    await ctx.services.transactions.update(ctx.station_id, tx_key, create)
+    started = await ctx.services.transactions.update(ctx.station_id, tx_key, create)
     await transactions.supersede(ctx, evse_id=connector_id, by=tx_key, at=started_at)
+    await events.transaction_started(ctx, started)
+    await events.authorization_refused(ctx, decision, id_tag, transaction_id=tx_key)
     ctx.log.info(
         "transaction_started",
         transaction_id=transaction_id,

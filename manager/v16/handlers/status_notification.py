@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager.common import notifications
+from manager.common import events, notifications
 from manager.context import CallContext
 from services.models import ConnectorStatus
 
@@ -24,4 +24,6 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         info=payload.get("info"),
         vendor_error_code=payload.get("vendorErrorCode"),
     )
-    return await notifications.connector_status(ctx, status)
+    answer = await notifications.connector_status(ctx, status)
+    await events.connector_status(ctx, status)
+    return answer

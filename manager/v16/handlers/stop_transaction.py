@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager.common import authorization, pricing, registration, transactions
+from manager.common import authorization, events, pricing, registration, transactions
 from manager.context import CallContext
 from services import energy
 from services.models import EnergyReading, Transaction, TransactionChange, TransactionState
@@ -65,6 +65,8 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         ctx.log.warning("stop_of_unknown_transaction", transaction_id=tx_key)
     changed = pricing.pricing_basis(seen["before"]) != pricing.pricing_basis(tx)
     tx = await pricing.settle(ctx, tx, reprice=changed)
+    if not seen["replay"]:
+        await events.transaction_ended(ctx, tx)
     ctx.log.info(
         "transaction_stopped",
         transaction_id=tx_key,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager.common import authorization, registration
+from manager.common import authorization, events, registration
 from manager.context import CallContext
 
 ACTION = "Authorize"
@@ -25,4 +25,5 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         token_type=token["type"],
         status=decision.status.value,
     )
+    await events.authorization_refused(ctx, decision, token["idToken"], token["type"])
     return {"idTokenInfo": authorization.id_token_info(decision)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager.common import registration
+from manager.common import events, registration
 from manager.context import CallContext
 from services.models import BootInfo
 
@@ -25,4 +25,6 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         imsi=modem.get("imsi"),
         reason=payload["reason"],
     )
-    return await registration.boot(ctx, info)
+    answer = await registration.boot(ctx, info)
+    await events.station_booted(ctx, info, answer)
+    return answer

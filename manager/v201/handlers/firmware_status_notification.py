@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager.common import notifications
+from manager.common import events, notifications
 from manager.context import CallContext
 
 ACTION = "FirmwareStatusNotification"
 
 
 async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """Log and acknowledge; the response is empty."""
-    return await notifications.acknowledge(
+    """Log, acknowledge (the response is empty) and append the event."""
+    answer = await notifications.acknowledge(
         ctx,
         "firmware_status_notification",
         status=payload["status"],
         request_id=payload.get("requestId"),
     )
+    await events.firmware_status(ctx, payload)
+    return answer

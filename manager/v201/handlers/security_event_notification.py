@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager.common import notifications
+from manager.common import events, notifications
 from manager.context import CallContext
 
 ACTION = "SecurityEventNotification"
 
 
 async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """Log and acknowledge; the response is empty."""
-    return await notifications.acknowledge(
+    """Log, acknowledge (the response is empty) and append the event."""
+    answer = await notifications.acknowledge(
         ctx,
         "security_event_notification",
         type=payload["type"],
         timestamp=payload["timestamp"],
         tech_info=payload.get("techInfo"),
     )
+    await events.security_event(ctx, payload)
+    return answer

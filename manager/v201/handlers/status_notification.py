@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager.common import notifications
+from manager.common import events, notifications
 from manager.context import CallContext
 from services.models import ConnectorStatus
 
@@ -20,4 +20,6 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         status=payload["connectorStatus"],
         at=payload["timestamp"],
     )
-    return await notifications.connector_status(ctx, status)
+    answer = await notifications.connector_status(ctx, status)
+    await events.connector_status(ctx, status)
+    return answer

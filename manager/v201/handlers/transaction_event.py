@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from manager.common import authorization, pricing, registration, transactions
+from manager.common import authorization, events, pricing, registration, transactions
 from manager.context import CallContext
 from services import energy
 from services.models import (
@@ -79,6 +79,8 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         state=tx.state.value,
         energy_wh=tx.energy_wh,
     )
+    if applied and before is None:
+        await events.transaction_started(ctx, tx)
     if applied and event_type == _STARTED and tx.evse_id is not None:
         await transactions.supersede(
             ctx, evse_id=tx.evse_id, by=tx_key, at=payload["timestamp"], only_earlier=offline
@@ -86,6 +88,8 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     if tx.state is TransactionState.ENDED:
         changed = pricing.pricing_basis(before) != pricing.pricing_basis(tx)
         tx = await pricing.settle(ctx, tx, reprice=applied and changed)
+        if before is None or before.state is not TransactionState.ENDED:
+            await events.transaction_ended(ctx, tx)
     elif (
         applied
         and event_type == _UPDATED
@@ -95,6 +99,12 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         and pricing.running_cost_due(before, tx, ctx.settings.running_cost_interval)
     ):
         await pricing.send_running_cost(ctx, tx)
+        await events.transaction_updated(ctx, before, tx)
+    if applied:
+        token = payload.get("idToken") or {}
+        await events.authorization_refused(
+            ctx, decision, token.get("idToken"), token.get("type"), transaction_id=tx_key
+        )
     response: dict[str, Any] = {}
     if decision is not None:
         response["idTokenInfo"] = authorization.id_token_info(decision)
