@@ -72,6 +72,7 @@ async def main() -> None:
             "CSMS_LISTEN_PORT": str(port),
             "CSMS_LOG_LEVEL": "warning",
             "CSMS_MAX_CONNECTIONS_PER_ADDRESS": str(args.stations + 10),
+            "CSMS_MAX_CONNECTIONS": str(max(15_000, args.stations + 10)),
         }
     )
     child = subprocess.Popen(  # noqa: ASYNC220 (start-up only)
