@@ -49,6 +49,9 @@ def add_commands(commands: Any) -> None:
     )
     sim.add_argument("--heartbeat-interval", type=float, default=30.0)
     sim.add_argument("--rounds", type=int, default=1, help="reconnect rounds (storm)")
+    sim.add_argument(
+        "--storm-pause", type=float, default=1.0, help="seconds between rounds (storm)"
+    )
     sim.add_argument("--ramp", type=float, default=0.0, help="connections per second (0: at once)")
     sim.add_argument("--id-prefix", default="SIM", help="station ids are PREFIX00001, ...")
     sim.add_argument("--first-index", type=int, default=1)
@@ -75,6 +78,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         meter_interval=args.meter_interval,
         heartbeat_interval=args.heartbeat_interval,
         rounds=args.rounds,
+        storm_pause=args.storm_pause,
         ramp=args.ramp,
         id_prefix=args.id_prefix,
         first_index=args.first_index,
