@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from api import (
     calls,
     charging,
+    events,
     health,
     keys,
     monitoring,
@@ -114,4 +115,5 @@ def create_app(
     for module in (calls, charging, rules, stations, transactions, tokens, keys, monitoring):
         app.include_router(module.router, responses=_COMMON_ERRORS)
     app.include_router(webhooks.router, responses=_COMMON_ERRORS)
+    app.include_router(events.router, responses=_COMMON_ERRORS)
     return app

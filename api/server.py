@@ -18,12 +18,21 @@ import structlog
 import uvicorn
 from fastapi import FastAPI
 
-__all__ = ["ApiServer"]
+__all__ = ["ApiServer", "stopping"]
 
 _log = structlog.get_logger("api")
 
 SHUTDOWN_GRACE = 5.0
 """Seconds requests in progress may take to finish when the server stops."""
+
+
+def stopping(app: FastAPI) -> asyncio.Event:
+    """Set when the server serving ``app`` begins to stop. Responses that last (the live
+    event stream) end on it: uvicorn would otherwise wait for them until its grace ran out."""
+    event = getattr(app.state, "stopping", None)
+    if not isinstance(event, asyncio.Event):
+        event = app.state.stopping = asyncio.Event()
+    return event
 
 
 class _Server(uvicorn.Server):
@@ -73,6 +82,7 @@ class ApiServer:
             raise
         sock.setblocking(False)
         self._socket = sock
+        stopping(self._app).clear()
         config = uvicorn.Config(
             self._app,
             log_config=None,
@@ -97,6 +107,7 @@ class ApiServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        stopping(self._app).set()
         if self._server is not None:
             self._server.should_exit = True
         if self._task is not None:
