@@ -29,6 +29,7 @@ from services.station_state import (
     ConfigurationEntry,
     DeviceVariable,
     InstalledCertificate,
+    IssuedCertificate,
     LocalListState,
     VariableAttribute,
     VariableCharacteristics,
@@ -245,6 +246,33 @@ class CertificateInstallOut(BaseModel):
         return cls(certificate_type=found.certificate_type, installed_at=found.installed_at)
 
 
+class IssuedCertificateOut(BaseModel):
+    """A certificate the CSMS signed for the station (SignCertificate) and sent in
+    CertificateSigned: the latest of each type, with the station's answer."""
+
+    certificate_type: str
+    serial_number: str = Field(description="hex, lower case")
+    not_after: str
+    fingerprint_sha256: str = Field(description="hex SHA-256 of the DER certificate")
+    status: str = Field(description="the station's answer (Accepted, Rejected) or outcome")
+    issued_at: str
+    renewal_requested_at: str | None = Field(
+        default=None, description="when the station was asked to renew it (TriggerMessage)"
+    )
+
+    @classmethod
+    def of(cls, found: IssuedCertificate) -> IssuedCertificateOut:
+        return cls(
+            certificate_type=found.certificate_type,
+            serial_number=found.serial_number,
+            not_after=found.not_after,
+            fingerprint_sha256=found.fingerprint_sha256,
+            status=found.status,
+            issued_at=found.issued_at,
+            renewal_requested_at=found.renewal_requested_at,
+        )
+
+
 class CertificatesOut(BaseModel):
     station_id: str
     items: list[InstalledCertificateOut] = Field(
@@ -252,6 +280,9 @@ class CertificatesOut(BaseModel):
     )
     installs: list[CertificateInstallOut] = Field(
         description="accepted installs, which the next GetInstalledCertificateIds lists"
+    )
+    issued: list[IssuedCertificateOut] = Field(
+        default=[], description="certificates the CSMS signed for the station, latest per type"
     )
 
 
@@ -329,4 +360,5 @@ async def get_certificates(ctx: Context, _: Reader, station_id: str) -> Certific
         station_id=station_id,
         items=[InstalledCertificateOut.of(c) for c in state.installed],
         installs=[CertificateInstallOut.of(i) for i in state.installs],
+        issued=[IssuedCertificateOut.of(i) for i in state.issued],
     )

@@ -119,6 +119,12 @@ class ListenerTlsSettings(BaseModel):
     client_ca_files: list[str] = Field(
         default=[], description="CAs that issue station client certificates (profile 3)"
     )
+    ecdsa_cert_file: str | None = Field(
+        default=None,
+        description="a second server certificate chain (PEM), of the other key type: an ECDSA "
+        "one next to an RSA cert_file, so TLS_ECDHE_ECDSA and TLS_RSA suites both negotiate",
+    )
+    ecdsa_key_file: str | None = Field(default=None, description="its private key, PEM")
 
 
 class TlsOffloadSettings(BaseModel):
@@ -473,6 +479,39 @@ class Settings(BaseSettings):
         default=None, description="module:factory of a TariffService"
     )
     token_store: str | None = Field(default=None, description="module:factory of a TokenStore")
+    certificate_signer: str | None = Field(
+        default=None,
+        description="module:factory of a CertificateSigner (SignCertificate); unset = the "
+        "local CA of ca_certificate_file / ca_key_file (see docs/operations.md, Certificates)",
+    )
+    ca_certificate_file: str | None = Field(
+        default=None, description="PEM CA certificate that signs station certificates"
+    )
+    ca_key_file: str | None = Field(default=None, description="its unencrypted PEM private key")
+    certificate_organization: str | None = Field(
+        default=None,
+        description="the subject O a station's CSR must carry; unset = any organisation",
+    )
+    certificate_validity_days: int = Field(
+        default=365, ge=1, le=3650, description="days a certificate the local CA signs is valid"
+    )
+    certificate_renew_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="days before an issued certificate expires that its station is asked to "
+        "renew it (TriggerMessage)",
+    )
+    certificate_check_interval: float = Field(
+        default=3600.0, gt=0, description="seconds between the managers' certificate expiry checks"
+    )
+    certificate_signed_delay: float = Field(
+        default=0.5,
+        ge=0,
+        le=30,
+        description="seconds between answering SignCertificate and sending CertificateSigned, "
+        "so the answer reaches the station first",
+    )
     tokens: list[TokenSettings] = []
     stations: list[StationSettings] = []
 
@@ -651,7 +690,7 @@ class Settings(BaseSettings):
         value = "/" + value.strip("/")
         return "" if value == "/" else value
 
-    @field_validator("tariff_service", "token_store")
+    @field_validator("tariff_service", "token_store", "certificate_signer")
     @classmethod
     def _check_factory(cls, value: str | None) -> str | None:
         if value and ":" not in value:

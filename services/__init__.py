@@ -20,6 +20,7 @@ from services.interfaces import (
     TokenStore,
     TransactionStore,
 )
+from services.certificates import CertificateSigner
 from services.station_state import MemoryStationStateStore, StationStateStore
 from services.webhooks import MemoryWebhookStore, WebhookStore
 
@@ -49,12 +50,15 @@ class Services:
     events: EventLog = field(default_factory=MemoryEventLog)
     """State-change events in order (the managers append them, the live stream and the
     webhook dispatcher read them)."""
+    certificate_signer: CertificateSigner | None = None
+    """Signs stations' CSRs (SignCertificate); None: no CA configured, CSRs are refused."""
 
 
 __all__ = [
     "ActionRuleStore",
     "ApiKeyStore",
     "CallRecordStore",
+    "CertificateSigner",
     "EventLog",
     "IdempotencyStore",
     "Services",

@@ -24,6 +24,7 @@ from csms.config import Settings, StationSettings
 from services import Services
 from services.action_rules import CachedActionRules, MemoryActionRuleStore
 from services.call_records import MemoryCallRecordStore
+from services.certificates import open_signer
 from services.events import MemoryEventLog
 from services.interfaces import StationRegistry, StoreUnavailable, TariffService, TokenStore
 from services.loader import instantiate
@@ -244,6 +245,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             ),
             webhooks=MemoryWebhookStore(max_history=settings.webhook_history),
             events=MemoryEventLog(max_events=settings.event_retention),
+            certificate_signer=await open_signer(settings),
         )
         return
 
@@ -269,6 +271,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             ),
             webhooks=RedisWebhookStore(client, prefix, max_history=settings.webhook_history),
             events=events,
+            certificate_signer=await open_signer(settings),
         )
     finally:
         await events.aclose()  # its poller, before the client it reads with

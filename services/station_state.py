@@ -73,6 +73,7 @@ __all__ = [
     "HashChange",
     "HashStationState",
     "InstalledCertificate",
+    "IssuedCertificate",
     "LocalListState",
     "MemoryStationStateStore",
     "ReportClaim",
@@ -97,6 +98,7 @@ class StateKind(enum.StrEnum):
     LOCAL_LIST = "local-list"
     CERTIFICATES = "certificates"
     CERTIFICATE_INSTALLS = "certificate-installs"
+    ISSUED_CERTIFICATES = "issued-certificates"
 
 
 MAX_VARIABLES = 5000
@@ -111,6 +113,7 @@ CAPS: Mapping[StateKind, int] = {
     StateKind.LOCAL_LIST: 1,
     StateKind.CERTIFICATES: MAX_CERTIFICATES,
     StateKind.CERTIFICATE_INSTALLS: 16,
+    StateKind.ISSUED_CERTIFICATES: 16,
 }
 REPORT_TRACKING_SECONDS = 3600
 """How long the parts of a report are remembered after its last part (Redis)."""
@@ -380,12 +383,30 @@ class CertificateInstall(msgspec.Struct, frozen=True, kw_only=True):
     installed_at: str
 
 
+class IssuedCertificate(msgspec.Struct, frozen=True, kw_only=True):
+    """A certificate the CSMS signed for the station and sent in CertificateSigned (the
+    latest per type), with the station's answer; the renewal check reads ``not_after``."""
+
+    certificate_type: str
+    serial_number: str
+    not_after: str
+    fingerprint_sha256: str
+    status: str
+    """The station's CertificateSignedResponse status (Accepted, Rejected), or the outcome
+    when it gave none (a CallError code, ``timeout``, ``undelivered``)."""
+    issued_at: str
+    renewal_requested_at: str | None = None
+    """When the station was asked to renew it (TriggerMessage), so it is asked once."""
+
+
 class CertificateState(msgspec.Struct, frozen=True, kw_only=True):
     """What is known of a station's certificates."""
 
     installed: list[InstalledCertificate] = []
     installs: list[CertificateInstall] = []
     """The latest accepted install of each type."""
+    issued: list[IssuedCertificate] = []
+    """Certificates the CSMS signed for the station, the latest per type."""
 
 
 def _certificate_prefix(certificate_type: str) -> str:
@@ -491,6 +512,7 @@ _configuration_decoder = _decoder(ConfigurationEntry)
 _local_list_decoder = _decoder(LocalListState)
 _certificate_decoder = _decoder(InstalledCertificate)
 _install_decoder = _decoder(CertificateInstall)
+_issued_decoder = _decoder(IssuedCertificate)
 
 
 def variable_entry(update: VariableUpdate) -> Entry:
@@ -622,6 +644,15 @@ class StationStateStore(Protocol):
         ...
 
     async def certificates(self, station_id: str) -> CertificateState: ...
+
+    async def note_issued(self, station_id: str, issued: IssuedCertificate) -> None:
+        """Remember the certificate of ``issued.certificate_type`` the CSMS sent (replacing
+        the previous one of that type)."""
+        ...
+
+    async def issued_certificates(self, station_id: str) -> list[IssuedCertificate]:
+        """The certificates the CSMS sent the station, the latest per type."""
+        ...
 
     async def forget(self, station_id: str) -> None:
         """Remove everything stored about the station (it was deleted)."""
@@ -759,7 +790,16 @@ class HashStationState(abc.ABC):
         return CertificateState(
             installed=[_certificate_decoder.decode(installed[name]) for name in sorted(installed)],
             installs=[_install_decoder.decode(installs[name]) for name in sorted(installs)],
+            issued=await self.issued_certificates(station_id),
         )
+
+    async def note_issued(self, station_id: str, issued: IssuedCertificate) -> None:
+        entry = _single(_enc(issued.certificate_type), issued)
+        await self._apply(station_id, HashChange(StateKind.ISSUED_CERTIFICATES, (entry,)))
+
+    async def issued_certificates(self, station_id: str) -> list[IssuedCertificate]:
+        issued = await self._hash(station_id, StateKind.ISSUED_CERTIFICATES)
+        return [_issued_decoder.decode(issued[name]) for name in sorted(issued)]
 
 
 # --- in memory -----------------------------------------------------------------------------

@@ -17,12 +17,14 @@ from manager.v16.handlers import (
     log_status_notification,
     meter_values,
     security_event_notification,
+    sign_certificate,
     signed_firmware_status_notification,
     start_transaction,
     status_notification,
     stop_transaction,
 )
 from manager.v16.results import (
+    certificate_signed,
     change_configuration,
     delete_certificate,
     get_configuration,
@@ -42,6 +44,7 @@ HANDLERS: dict[str, CallHandler] = {
     log_status_notification.ACTION: log_status_notification.handle,
     meter_values.ACTION: meter_values.handle,
     security_event_notification.ACTION: security_event_notification.handle,
+    sign_certificate.ACTION: sign_certificate.handle,
     signed_firmware_status_notification.ACTION: signed_firmware_status_notification.handle,
     start_transaction.ACTION: start_transaction.handle,
     status_notification.ACTION: status_notification.handle,
@@ -49,6 +52,7 @@ HANDLERS: dict[str, CallHandler] = {
 }
 
 RESULT_HANDLERS: dict[str, ResultHandler] = {
+    certificate_signed.ACTION: certificate_signed.handle_result,
     change_configuration.ACTION: change_configuration.handle_result,
     delete_certificate.ACTION: delete_certificate.handle_result,
     get_configuration.ACTION: get_configuration.handle_result,

@@ -18,10 +18,12 @@ from manager.v201.handlers import (
     notify_event,
     notify_report,
     security_event_notification,
+    sign_certificate,
     status_notification,
     transaction_event,
 )
 from manager.v201.results import (
+    certificate_signed,
     delete_certificate,
     get_installed_certificate_ids,
     get_local_list_version,
@@ -42,11 +44,13 @@ HANDLERS: dict[str, CallHandler] = {
     notify_event.ACTION: notify_event.handle,
     notify_report.ACTION: notify_report.handle,
     security_event_notification.ACTION: security_event_notification.handle,
+    sign_certificate.ACTION: sign_certificate.handle,
     status_notification.ACTION: status_notification.handle,
     transaction_event.ACTION: transaction_event.handle,
 }
 
 RESULT_HANDLERS: dict[str, ResultHandler] = {
+    certificate_signed.ACTION: certificate_signed.handle_result,
     delete_certificate.ACTION: delete_certificate.handle_result,
     get_installed_certificate_ids.ACTION: get_installed_certificate_ids.handle_result,
     get_local_list_version.ACTION: get_local_list_version.handle_result,
