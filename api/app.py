@@ -19,6 +19,7 @@ from api import (
     events,
     health,
     keys,
+    message_log,
     monitoring,
     rules,
     station_state,
@@ -111,6 +112,7 @@ def create_app(
     )
     app.include_router(health.router)
     app.include_router(station_state.router, responses=_COMMON_ERRORS)
+    app.include_router(message_log.router, responses=_COMMON_ERRORS)  # before stations' path
     # Calls, charging, rules first: the station detail route's id matches any rest of the path.
     for module in (calls, charging, rules, stations, transactions, tokens, keys, monitoring):
         app.include_router(module.router, responses=_COMMON_ERRORS)

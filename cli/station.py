@@ -8,7 +8,7 @@ import asyncio
 import sys
 from typing import Any
 
-from cli import rules
+from cli import message_log, rules
 from cli.api_client import ApiClient, Progress, add_api_flags, cell, print_json, segment, table
 from cli.common import (
     CommandError,
@@ -74,6 +74,7 @@ def add_commands(commands: Any) -> None:
     add_setting_flags(rotate)
     _add_api_commands(station_commands)
     rules.add_station_command(station_commands)
+    message_log.add_station_command(station_commands)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:

@@ -463,6 +463,22 @@ class Settings(BaseSettings):
         ge=1,
         description="seconds a CSMS call and its outcome stay readable (GET /v1/calls/{id})",
     )
+    message_log: bool = Field(
+        default=True,
+        description="keep every station's OCPP frames, both directions, for GET "
+        "/v1/stations/{id}/messages and csms station log (see docs/events.md)",
+    )
+    message_log_flush_interval: float = Field(
+        default=0.2, gt=0, le=60, description="seconds between the message log's batched writes"
+    )
+    message_log_max_per_station: int = Field(
+        default=1000, ge=1, le=1_000_000, description="message log entries kept per station"
+    )
+    message_log_max_age: int = Field(
+        default=604_800,
+        ge=0,
+        description="seconds a message log entry is kept at most (0 = only the count bounds it)",
+    )
     action_rules_cache_seconds: float = Field(
         default=5.0,
         ge=0,

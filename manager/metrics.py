@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 from csms.envelope import Kind
 from csms.probes import Cell, Check, CounterFamily, HistogramCell, MetricSet
 from csms.versions import spec
+from services.message_log import DROP_REASONS as LOG_DROP_REASONS
+from services.message_log import MessageLogCells
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -187,6 +189,24 @@ class ManagerMetrics:
             version: {} for version in self._actions
         }
         self.drop = {reason: self.dropped.labels(reason) for reason in DROP_REASONS}
+        log_dropped = metrics.counter(
+            "csms_manager_message_log_dropped",
+            "Message log entries lost before they were stored, by reason (buffer_full: more "
+            "than the buffer holds between flushes, flush_failed: the store refused a flush)",
+            ["reason"],
+        )
+        self.message_log = MessageLogCells(
+            written=metrics.counter(
+                "csms_manager_message_log_written", "Message log entries stored"
+            ).labels(),
+            dropped={reason: log_dropped.labels(reason) for reason in LOG_DROP_REASONS},
+            flush_seconds=metrics.histogram(
+                "csms_manager_message_log_flush_seconds",
+                "Time of one batched write of the message log (one round trip)",
+            ).labels(),
+        )
+        """The message log counts into these (its last manager's, with several in a process)."""
+        manager.services.message_log.count_into(self.message_log)
         self.store_error = {op: self.store_errors.labels(op) for op in STORE_OPERATIONS}
 
     @property

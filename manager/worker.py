@@ -53,6 +53,7 @@ from operations.call_maker import CallMaker
 from services import Services, StoreUnavailable
 from services.call_records import outcome_record
 from services.interfaces import CallUnit, CallUnits
+from services.message_log import answer_entry, call_entry, outcome_entries
 
 __all__ = [
     "EVENT_RETRY_INTERVAL",
@@ -320,6 +321,7 @@ class Manager:
     # -- station Calls ----------------------------------------------------------------------
 
     async def _on_call(self, envelope: Envelope, router: Router) -> None:
+        self.services.message_log.record(call_entry(envelope))  # buffered: no round trip
         cells = self.metrics.calls(envelope.version, envelope.action)
         rejection, handler = router.check_call(envelope)
         if handler is None:
@@ -475,6 +477,7 @@ class Manager:
             cells.answered.inc()
         else:
             cells.error(answer.error_code).inc()
+        published = True
         try:
             await self.bus.publish(
                 self.topics.outbound(answer.version, answer.station),
@@ -485,6 +488,7 @@ class Manager:
                 },
             )
         except BusUnavailable as exc:
+            published = False
             self.metrics.publish_failures.inc()
             self._log.warning(
                 "answer not published: bus unavailable",
@@ -493,10 +497,14 @@ class Manager:
                 error=str(exc),
             )
         except Exception:
+            published = False
             self.metrics.publish_failures.inc()
             self._log.exception(
                 "answer not published", station=answer.station, message_id=answer.message_id
             )
+        self.services.message_log.record(
+            answer_entry(answer, replayed=replayed, published=published)
+        )
 
     async def _store(self, operation: Awaitable[None], log: Any, failure: str) -> None:
         """Await an idempotency bookkeeping step; its failure must not affect the answer."""
@@ -535,7 +543,8 @@ class Manager:
                     error=str(exc),
                 )
         await state_events.call_outcome(self.deps, envelope)
-        await router.handle_result(envelope, self.deps)
+        handled = await router.handle_result(envelope, self.deps)
+        self.services.message_log.record_all(outcome_entries(envelope, handled=handled))
 
     # -- connection events ------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from services.interfaces import (
     TransactionStore,
 )
 from services.certificates import CertificateSigner
+from services.message_log import MemoryMessageLog, MessageLog
 from services.station_state import MemoryStationStateStore, StationStateStore
 from services.webhooks import MemoryWebhookStore, WebhookStore
 
@@ -41,6 +42,8 @@ class Services:
     version, certificates (the managers write it, the API reads it)."""
     call_records: CallRecordStore = field(default_factory=MemoryCallRecordStore)
     """CSMS calls and their outcomes (the API begins them, the managers finish them)."""
+    message_log: MessageLog = field(default_factory=MemoryMessageLog)
+    """Every station's OCPP frames, both directions (the managers record, the API reads)."""
     action_rules: ActionRuleStore = field(default_factory=MemoryActionRuleStore)
     """Which actions each station may send and be sent (the API writes them, the managers
     and the operations layer enforce them; the factory hands out a per-process cache)."""
@@ -61,6 +64,7 @@ __all__ = [
     "CertificateSigner",
     "EventLog",
     "IdempotencyStore",
+    "MessageLog",
     "Services",
     "StationRegistry",
     "StationStateStore",

@@ -29,7 +29,8 @@ in-memory store also holds at most :data:`MAX_RECORDS` records in all (the oldes
 
 Secrets never enter a record: :func:`redact` replaces the password of a 1.6 AuthorizationKey
 or 2.0.1 BasicAuthPassword and the network profile's credentials with :data:`REDACTED`, so a
-key with read scope cannot read a station's password back.
+key with read scope cannot read a station's password back. :func:`redact_frame` applies the
+same rules, and a few more, to any frame of either direction (the message log).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ __all__ = [
     "MAX_RECORDS",
     "MAX_STATION_CALLS",
     "REDACTED",
+    "SECRET_ACTIONS",
+    "SECRET_FIELD_PARTS",
     "CallQuery",
     "CallRecord",
     "CallRecordStore",
@@ -65,8 +68,10 @@ __all__ = [
     "check_final",
     "index_member",
     "message_id_of",
+    "might_hold_secret",
     "outcome_record",
     "redact",
+    "redact_frame",
     "resolved",
 ]
 
@@ -314,6 +319,102 @@ def _secret_entry(entry: object) -> bool:
         return False
     variable = entry.get("variable")
     return isinstance(variable, dict) and _is_secret_name(variable.get("name"), _SECRET_VARIABLES)
+
+
+SECRET_FIELD_PARTS = (b"password", b"privatekey")
+"""Any field whose name contains one of these (case-insensitively) holds a secret, in any
+message: :func:`redact_frame` replaces its value whatever the action."""
+SECRET_ACTIONS = frozenset(
+    {
+        "ChangeConfiguration",
+        "GetConfiguration",
+        "GetVariables",
+        "NotifyReport",
+        "SetNetworkProfile",
+        "SetVariables",
+    }
+)
+"""Actions whose frames can carry a secret under a field of another name (a variable's or a
+configuration key's value)."""
+
+
+def might_hold_secret(action: str | None, encoded: bytes) -> bool:
+    """Whether a frame of ``action`` whose payload encodes to ``encoded`` needs
+    :func:`redact_frame`: a cheap test, so frames without secrets (nearly all) cost no walk."""
+    if action in SECRET_ACTIONS:
+        return True
+    lowered = encoded.lower()
+    return any(part in lowered for part in SECRET_FIELD_PARTS)
+
+
+def redact_frame(action: str | None, payload: Any, *, answer: bool = False) -> Any:
+    """Any OCPP payload (a Call's when not ``answer``, else its CallResult's) as a log may
+    keep it: the rules of :func:`redact` for requests, the secret values of GetVariables and
+    GetConfiguration answers and of NotifyReport, and every field named like a password or a
+    private key, at any depth (a copy where something changed)."""
+    if not isinstance(payload, dict):
+        return payload
+    if action is not None and not answer:
+        payload = redact(action, payload)
+    if action == "NotifyReport" and not answer:
+        payload = _redact_entries(payload, "reportData", "variableAttribute", "value")
+    elif action == "GetVariables" and answer:
+        payload = _redact_entries(payload, "getVariableResult", None, "attributeValue")
+    elif action == "GetConfiguration" and answer:
+        keys = payload.get("configurationKey")
+        if isinstance(keys, list) and any(
+            isinstance(k, dict) and _is_secret_name(k.get("key"), _SECRET_KEYS) for k in keys
+        ):
+            payload = {
+                **payload,
+                "configurationKey": [
+                    {**k, "value": REDACTED}
+                    if isinstance(k, dict)
+                    and _is_secret_name(k.get("key"), _SECRET_KEYS)
+                    and "value" in k
+                    else k
+                    for k in keys
+                ],
+            }
+    return _redact_fields(payload)
+
+
+def _redact_entries(payload: dict[str, Any], entries: str, inner: str | None, field: str) -> Any:
+    """``payload`` with ``field`` of each secret variable's entry (or of each item of the
+    entry's ``inner`` list) replaced."""
+    found = payload.get(entries)
+    if not isinstance(found, list) or not any(_secret_entry(e) for e in found):
+        return payload
+    clean = copy.deepcopy(payload)
+    for entry in clean[entries]:
+        if not _secret_entry(entry):
+            continue
+        parts = entry.get(inner) if inner is not None else [entry]
+        for part in parts if isinstance(parts, list) else []:
+            if isinstance(part, dict) and field in part:
+                part[field] = REDACTED
+    return clean
+
+
+def _redact_fields(value: Any) -> Any:
+    """``value`` with every field named like a secret (:data:`SECRET_FIELD_PARTS`) replaced;
+    the same object when there is none."""
+    if isinstance(value, dict):
+        changed = False
+        clean: dict[str, Any] = {}
+        for name, item in value.items():
+            lowered = name.lower().encode() if isinstance(name, str) else b""
+            if any(part in lowered for part in SECRET_FIELD_PARTS):
+                clean[name] = REDACTED
+                changed = changed or item != REDACTED
+                continue
+            clean[name] = new = _redact_fields(item)
+            changed = changed or new is not item
+        return clean if changed else value
+    if isinstance(value, list):
+        items = [_redact_fields(item) for item in value]
+        return items if any(n is not o for n, o in zip(items, value, strict=True)) else value
+    return value
 
 
 _FINAL_KINDS = {

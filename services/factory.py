@@ -34,6 +34,7 @@ from services.memory import (
     MemoryTokenStore,
     MemoryTransactionStore,
 )
+from services.message_log import MemoryMessageLog, MessageLog, NullMessageLog
 from services.models import (
     AuthorizationStatus,
     RegistrationStatus,
@@ -45,6 +46,7 @@ from services.redis_action_rules import RedisActionRuleStore
 from services.redis_api_keys import RedisApiKeyStore
 from services.redis_call_records import RedisCallRecordStore
 from services.redis_events import RedisEventLog
+from services.redis_message_log import RedisMessageLog
 from services.redis_station_state import RedisStationStateStore
 from services.redis_store import (
     RedisIdempotencyStore,
@@ -222,6 +224,24 @@ async def _provision(stations: StationRegistry, settings: Settings) -> None:
         await stations.provision(station.station_id, RegistrationStatus(station.registration))
 
 
+def _message_log(settings: Settings, client: aioredis.Redis | None) -> MessageLog:
+    """The message log the settings ask for: off, in memory, or on Redis (batched)."""
+    if not settings.message_log:
+        return NullMessageLog()
+    if client is None:
+        return MemoryMessageLog(
+            max_per_station=settings.message_log_max_per_station,
+            max_age=settings.message_log_max_age,
+        )
+    return RedisMessageLog(
+        client,
+        settings.redis_key_prefix,
+        max_per_station=settings.message_log_max_per_station,
+        max_age=settings.message_log_max_age,
+        flush_interval=settings.message_log_flush_interval,
+    )
+
+
 @contextlib.asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """The services for ``settings``, open for the duration of the ``async with``.
@@ -240,6 +260,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             tariff=await _tariff(settings),
             idempotency=MemoryIdempotencyStore(),
             call_records=MemoryCallRecordStore(ttl=settings.call_record_ttl),
+            message_log=_message_log(settings, None),
             action_rules=CachedActionRules(
                 MemoryActionRuleStore(), settings.action_rules_cache_seconds
             ),
@@ -250,6 +271,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         return
 
     client = settings_redis_client(settings)
+    message_log = _message_log(settings, client)
     events = RedisEventLog(client, settings.redis_key_prefix, max_events=settings.event_retention)
     try:
         await ping(client, settings.redis_url)
@@ -266,6 +288,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             api_keys=RedisApiKeyStore(client, prefix),
             station_state=RedisStationStateStore(client, prefix),
             call_records=RedisCallRecordStore(client, prefix, ttl=settings.call_record_ttl),
+            message_log=message_log,
             action_rules=CachedActionRules(
                 RedisActionRuleStore(client, prefix), settings.action_rules_cache_seconds
             ),
@@ -274,5 +297,6 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             certificate_signer=await open_signer(settings),
         )
     finally:
+        await message_log.aclose()  # writes what is buffered
         await events.aclose()  # its poller, before the client it reads with
         await client.aclose()
