@@ -44,6 +44,7 @@ from csms.envelope import (
 from csms.rpc import RpcError
 from csms.topics import Topics
 from csms.versions import OcppVersion, error_code
+from manager.common import certificates
 from manager.common import events as state_events
 from manager.context import CallHandler, iso
 from manager.idempotency import PlainCallUnit, claim_owner, idempotency_key, read_ahead, replay
@@ -694,6 +695,7 @@ class Manager:
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.settings.gateway_heartbeat_interval
                     await self._expire_gateways()
+                await certificates.renewal_round(self.deps, self.instance_id)
             except StoreUnavailable as exc:
                 self.metrics.store_error["housekeeping"].inc()
                 self._log.debug("housekeeping postponed: store unavailable", error=str(exc))
