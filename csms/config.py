@@ -126,6 +126,12 @@ class ListenerTlsSettings(BaseModel):
     )
     ecdsa_key_file: str | None = Field(default=None, description="its private key, PEM")
 
+    @model_validator(mode="after")
+    def _check_ecdsa_pair(self) -> ListenerTlsSettings:
+        if bool(self.ecdsa_cert_file) != bool(self.ecdsa_key_file):
+            raise ValueError("ecdsa_cert_file and ecdsa_key_file go together")
+        return self
+
 
 class TlsOffloadSettings(BaseModel):
     """A TLS-terminating proxy or load balancer in front of a listener.

@@ -36,7 +36,12 @@ from websockets.datastructures import Headers
 
 from csms.config import ListenerSettings, Settings, TlsOffloadSettings
 from gateway.admission import CertificateIdentity, ListenerPolicy
-from gateway.tls import CertificateReloader, certificate_identity, server_ssl_context
+from gateway.tls import (
+    CertificatePair,
+    CertificateReloader,
+    certificate_identity,
+    server_ssl_context,
+)
 
 __all__ = [
     "FirstTry",
@@ -281,14 +286,22 @@ class StationListener:
         if settings.tls is not None:
             tls = settings.tls
             client_cas = tls.client_ca_files if 3 in profiles else []
+            more: list[CertificatePair] = []
+            if tls.ecdsa_cert_file and tls.ecdsa_key_file:
+                more.append((tls.ecdsa_cert_file, tls.ecdsa_key_file))
             self.ssl_context = server_ssl_context(
                 tls.cert_file,
                 tls.key_file,
                 client_ca_files=client_cas,
                 require_client_cert=profiles == {3},
+                more_certificates=more,
             )
             self.reloader = CertificateReloader(
-                self.ssl_context, tls.cert_file, tls.key_file, client_ca_files=client_cas
+                self.ssl_context,
+                tls.cert_file,
+                tls.key_file,
+                client_ca_files=client_cas,
+                more_certificates=more,
             )
         secure = profiles & {2, 3}
         self._tls_policy = (

@@ -28,6 +28,7 @@ from gateway.admission import CertificateIdentity
 
 __all__ = [
     "OCPP_CIPHERS",
+    "CertificatePair",
     "CertificateReloader",
     "certificate_identity",
     "peer_identity",
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 log = structlog.get_logger("gateway.tls")
+
+CertificatePair = tuple[str | os.PathLike[str], str | os.PathLike[str]]
+"""A PEM certificate chain file and its private key file."""
 
 OCPP_CIPHERS = ":".join(
     [
@@ -62,8 +66,15 @@ def server_ssl_context(
     client_ca_files: Sequence[str | os.PathLike[str]] | None = None,
     require_client_cert: bool = False,
     ciphers: str = OCPP_CIPHERS,
+    more_certificates: Sequence[CertificatePair] = (),
 ) -> ssl.SSLContext:
     """A server context for the station listener.
+
+    ``more_certificates`` are further (certificate, key) pairs of other key types loaded into
+    the same context: with an RSA and an ECDSA certificate side by side OpenSSL picks, per
+    handshake, the one the client's offered cipher suites can use, so TLS_RSA / ECDHE_RSA
+    and ECDHE_ECDSA suites all negotiate (OCPP 2.0.1 A00.FR.318). Pairs of the same key type
+    replace each other (the last wins).
 
     With ``client_ca_files`` and ``require_client_cert=False`` client certificates are
     optional (``CERT_OPTIONAL``): for listeners serving profiles 2 and 3 together, where a
@@ -80,6 +91,8 @@ def server_ssl_context(
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
     context.options |= ssl.OP_NO_RENEGOTIATION
     context.load_cert_chain(os.fspath(cert_file), os.fspath(key_file))
+    for more_cert, more_key in more_certificates:
+        context.load_cert_chain(os.fspath(more_cert), os.fspath(more_key))
     for ca_file in client_ca_files or ():
         context.load_verify_locations(cafile=os.fspath(ca_file))
     if require_client_cert:
@@ -128,15 +141,19 @@ class CertificateReloader:
         key_file: str | os.PathLike[str],
         *,
         client_ca_files: Sequence[str | os.PathLike[str]] = (),
+        more_certificates: Sequence[CertificatePair] = (),
     ) -> None:
         self.context = context
         self.cert_file = Path(cert_file)
         self.key_file = Path(key_file)
+        self.more_certificates = tuple((Path(c), Path(k)) for c, k in more_certificates)
+        """Pairs of other key types served beside the main one (see server_ssl_context)."""
         self.client_ca_files = tuple(Path(path) for path in client_ca_files)
         self._stamps = self._current_stamps()
 
     def _paths(self) -> tuple[Path, ...]:
-        return (self.cert_file, self.key_file, *self.client_ca_files)
+        pairs = [path for pair in self.more_certificates for path in pair]
+        return (self.cert_file, self.key_file, *pairs, *self.client_ca_files)
 
     def _current_stamps(self) -> tuple[_Stamp | None, ...]:
         return tuple(_stamp(path) for path in self._paths())
@@ -153,12 +170,16 @@ class CertificateReloader:
             # Snapshot the files: what is checked is exactly what is loaded, even if they
             # change again in between. mkstemp files are private (0600).
             snapshot = [self._copy(path, scratch) for path in self._paths()]
-            cert, key, *cas = snapshot
+            pairs_end = 2 + 2 * len(self.more_certificates)
+            pairs = list(zip(snapshot[:pairs_end:2], snapshot[1:pairs_end:2], strict=True))
+            cas = snapshot[pairs_end:]
             probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            probe.load_cert_chain(cert, key)
+            for cert, key in pairs:
+                probe.load_cert_chain(cert, key)
             for ca in cas:
                 probe.load_verify_locations(cafile=ca)
-            self.context.load_cert_chain(cert, key)
+            for cert, key in pairs:
+                self.context.load_cert_chain(cert, key)
             for ca in cas:
                 self.context.load_verify_locations(cafile=ca)
         self._stamps = stamps
