@@ -51,6 +51,7 @@ from cli import (
     api_client,
     api_key,
     call,
+    events,
     password,
     rules,
     serve,
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_commands(commands)
     tx.add_commands(commands)
     webhook.add_commands(commands)
+    events.add_commands(commands)
     rules.add_commands(commands)
     simulate.add_commands(commands)
     return parser

@@ -19,6 +19,7 @@ import structlog
 
 import api.events
 from cli import processes
+from cli.main import main
 from cli.processes import Embedded
 from csms.config import Settings
 from services.events import Event, EventLog, EventPage
@@ -342,3 +343,83 @@ async def test_a_server_shutdown_ends_open_streams_cleanly() -> None:
         if stopping is None:
             await embedded.__aexit__(None, None, None)
     assert lines[0] == ": connected"
+
+
+# --- csms events -----------------------------------------------------------------------------
+
+
+def _run(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> Any:
+    async def run() -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = await asyncio.to_thread(
+            main, ["events", *argv, "--api-url", url, "--api-key", ADMIN]
+        )
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run()
+
+
+async def test_csms_events_prints_the_log_for_people_and_as_json_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with csms() as (running, client):
+        async with station(running, "CS-P", "ocpp2.0.1") as cs:
+            await _session_start(cs)
+        await _until_logged(running.services.events, "station.disconnected")
+        logged = (await client.get("/v1/events", params={"follow": "false"}, headers=AUTH)).json()
+        url = client.base_url.join("/").__str__()
+        code, out, _ = await _run(capsys, url, "--json")
+        people_code, people, _ = await _run(
+            capsys, url, "--station", "CS-P", "--kind", "station.booted"
+        )
+        after_code, after, _ = await _run(
+            capsys, url, "--json", "--after", logged["items"][2]["id"], "--limit", "1"
+        )
+        refused_code, _, refused = await _run(capsys, url, "--kind", "nope")
+
+    assert code == 0 and [json.loads(line) for line in out.splitlines()] == logged["items"]
+    assert people_code == 0
+    [line] = people.splitlines()
+    assert "station.booted" in line and "CS-P" in line and "vendor=ACME" in line
+    assert "status=Accepted" in line
+    assert after_code == 0 and [json.loads(x) for x in after.splitlines()] == logged["items"][3:4]
+    assert refused_code == 2 and "unknown event kind 'nope'" in refused
+
+
+async def test_csms_events_follow_prints_live_events_until_its_limit(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with csms() as (running, client):
+        counting = CountingLog(running.services.events)
+        running.services.events = counting
+        url = client.base_url.join("/").__str__()
+        follow = asyncio.create_task(
+            _run(
+                capsys,
+                url,
+                "--follow",
+                "--json",
+                "--limit",
+                "3",
+                "--kind",
+                "connector.status",
+                "--kind",
+                "transaction.started",
+                "--kind",
+                "station.disconnected",
+            )
+        )
+        async with asyncio.timeout(scaled(5)):
+            while counting.waiting == 0:  # noqa: ASYNC110 (polls a counter)
+                await asyncio.sleep(0.01)
+        async with station(running, "CS-F", "ocpp2.0.1") as cs:
+            await _session_start(cs)
+        code, out, err = await asyncio.wait_for(follow, scaled(10))
+
+    assert code == 0, err
+    assert [json.loads(line)["kind"] for line in out.splitlines()] == [
+        "connector.status",
+        "transaction.started",
+        "station.disconnected",
+    ]
