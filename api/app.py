@@ -22,10 +22,12 @@ from api import (
     message_log,
     monitoring,
     rules,
+    schemas,
     station_state,
     stations,
     tokens,
     transactions,
+    ui,
     webhooks,
 )
 from api.context import ApiContext
@@ -118,4 +120,6 @@ def create_app(
         app.include_router(module.router, responses=_COMMON_ERRORS)
     app.include_router(webhooks.router, responses=_COMMON_ERRORS)
     app.include_router(events.router, responses=_COMMON_ERRORS)
+    app.include_router(schemas.router, responses=_COMMON_ERRORS)
+    ui.install(app)  # the dashboard at /
     return app

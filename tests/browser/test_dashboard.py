@@ -1,0 +1,129 @@
+"""The operator dashboard in a real browser: logging in, what it shows, what it sends."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from playwright.async_api import Page, expect
+
+from tests.browser.conftest import ADMIN_KEY, Csms
+
+pytestmark = pytest.mark.slow
+
+
+async def test_the_login_form_takes_a_key_and_a_wrong_one_is_refused(
+    csms: Csms, page: Page
+) -> None:
+    await page.goto(csms.url + "/")
+    await page.get_by_label("API key").fill("csms_nope_wrong")
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.get_by_role("alert")).to_contain_text("not valid")
+    await page.get_by_label("API key").fill(ADMIN_KEY)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.get_by_role("heading", name="Network")).to_be_visible()
+    await expect(page.locator("[data-count=stations] .n")).to_have_text("0")
+
+
+async def test_key_in_the_address_logs_in_and_is_removed_from_it(csms: Csms, page: Page) -> None:
+    await page.goto(f"{csms.url}/?key={ADMIN_KEY}#/tokens")
+    await expect(page.get_by_role("heading", name="Tokens")).to_be_visible()
+    assert "key=" not in page.url
+    assert page.url.endswith("#/tokens")
+    stored = await page.evaluate("sessionStorage.getItem('csms.apiKey')")
+    assert stored == ADMIN_KEY
+
+
+async def test_the_page_and_its_assets_come_from_the_csms_only(csms: Csms) -> None:
+    async with httpx.AsyncClient(base_url=csms.url) as client:
+        index = await client.get("/")
+        assert index.status_code == 200
+        assert "default-src 'self'" in index.headers["content-security-policy"]
+        assert "http" not in index.text.replace("http-equiv", "")
+        script = await client.get("/ui/js/main.js")
+        assert script.status_code == 200
+        assert "javascript" in script.headers["content-type"]
+        assert (await client.get("/ui/js/nope.js")).status_code == 404
+
+
+async def test_a_read_only_key_sees_no_command_buttons(csms: Csms, page: Page) -> None:
+    station = csms.station("RO-1")
+    await station.connect()
+    try:
+        assert await station.boot()
+        key = await csms.key("read")
+        await page.goto(f"{csms.url}/?key={key}#/stations/RO-1")
+        await expect(page.locator("#read-only")).to_be_visible()
+        await expect(page.get_by_role("button", name="Reset")).to_have_count(0)
+        await expect(page.get_by_role("button", name="Remote start")).to_have_count(0)
+    finally:
+        await station.close()
+
+
+async def test_reset_and_the_generic_form_show_the_stations_answers(csms: Csms, page: Page) -> None:
+    station = csms.station("CMD-1")
+    await station.connect()
+    try:
+        assert await station.boot()
+        key = await csms.key("operate")
+        await page.goto(f"{csms.url}/?key={key}#/stations/CMD-1")
+        reset = page.locator("#cmd-reset")
+        await reset.get_by_role("button", name="Reset").click()
+        await expect(reset.get_by_role("status")).to_contain_text("station answered Accepted")
+        generic = page.locator("#cmd-generic")
+        await generic.get_by_label("Action (ocpp2.0.1)").select_option("ClearCache")
+        await generic.get_by_role("button", name="Send").click()
+        await expect(generic.get_by_role("status")).to_contain_text("outcome: result")
+        await expect(generic.get_by_role("status")).to_contain_text('"action": "ClearCache"')
+        # A generated form with required fields: TriggerMessage needs requestedMessage.
+        await generic.get_by_label("Action (ocpp2.0.1)").select_option("TriggerMessage")
+        await generic.get_by_label("requestedMessage (required)").select_option("Heartbeat")
+        await generic.get_by_role("button", name="Send").click()
+        await expect(generic.get_by_role("status")).to_contain_text('"action": "TriggerMessage"')
+    finally:
+        await station.close()
+    assert station.stats.csms_calls["Reset"] == 1
+    assert station.stats.csms_calls["ClearCache"] == 1
+    assert station.stats.csms_calls["TriggerMessage"] == 1
+
+
+async def test_keyboard_alone_reaches_the_command_buttons(csms: Csms, page: Page) -> None:
+    station = csms.station("KB-1")
+    await station.connect()
+    try:
+        assert await station.boot()
+        await page.goto(f"{csms.url}/?key={ADMIN_KEY}#/stations/KB-1")
+        await expect(page.locator("#cmd-reset")).to_be_visible()
+        reached: set[str] = set()
+        for _ in range(80):
+            await page.keyboard.press("Tab")
+            focused = await page.evaluate(
+                "document.activeElement.tagName + ':' + document.activeElement.textContent.trim()"
+            )
+            reached.add(focused)
+            if "BUTTON:Reset" in reached and "BUTTON:Remote start" in reached:
+                break
+        assert "BUTTON:Remote start" in reached
+        assert "BUTTON:Reset" in reached
+        # Pressing Enter on the focused Reset button sends it.
+        await page.locator("#cmd-reset button").focus()
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#cmd-reset [role=status]")).to_contain_text("Accepted")
+    finally:
+        await station.close()
+
+
+async def test_the_page_fits_a_phone(csms: Csms, page: Page) -> None:
+    station = csms.station("PHONE-1")
+    await station.connect()
+    try:
+        assert await station.boot()
+        await page.set_viewport_size({"width": 375, "height": 800})
+        await page.goto(f"{csms.url}/?key={ADMIN_KEY}")
+        await expect(page.get_by_role("link", name="PHONE-1")).to_be_visible()
+        for route in ("#/", "#/stations/PHONE-1", "#/transactions", "#/tokens"):
+            await page.goto(f"{csms.url}/{route}")
+            await expect(page.locator("h1")).to_be_visible()
+            width = await page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 375, f"{route} is {width}px wide"
+    finally:
+        await station.close()
