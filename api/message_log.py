@@ -87,8 +87,8 @@ class MessagePage(BaseModel):
     next_cursor: str | None
 
 
-def _decoded(raw: msgspec.Raw | None) -> Any:
-    return None if raw is None else msgspec.json.decode(raw)
+def _decoded(raw: msgspec.Raw) -> Any:
+    return msgspec.json.decode(raw) if raw else None
 
 
 def _unix(moment: dt.datetime | None) -> float | None:

@@ -119,6 +119,10 @@ class Handling(enum.StrEnum):
     """An answer no result handler applied (none for the action, or it failed: logged)."""
 
 
+_NONE = msgspec.Raw()
+"""An absent payload (an empty Raw: msgspec decodes no ``Raw | None`` union)."""
+
+
 class LogEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One frame of one station."""
 
@@ -133,11 +137,11 @@ class LogEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
     type: FrameType
     action: str | None = None
     message_id: str
-    payload: msgspec.Raw | None = None
-    """The payload's JSON, secrets redacted."""
+    payload: msgspec.Raw = _NONE
+    """The payload's JSON, secrets redacted (empty: none)."""
     error_code: str | None = None
     error_description: str | None = None
-    error_details: msgspec.Raw | None = None
+    error_details: msgspec.Raw = _NONE
     outcome: Handling | None = None
 
 
@@ -154,11 +158,11 @@ def decode_entry(data: bytes, entry_id: str = "") -> LogEntry:
     return msgspec.structs.replace(entry, id=entry_id) if entry_id else entry
 
 
-def _clean(action: str | None, payload: Any, *, answer: bool) -> msgspec.Raw | None:
+def _clean(action: str | None, payload: Any, *, answer: bool) -> msgspec.Raw:
     """The payload's JSON as the log keeps it: encoded once, walked for secrets only when
     the cheap test says it might hold one."""
     if payload is None:
-        return None
+        return _NONE
     try:
         encoded = _encoder.encode(payload)
     except (msgspec.EncodeError, TypeError, ValueError, OverflowError):
@@ -184,8 +188,8 @@ def call_entry(call: Envelope) -> LogEntry:
     )
 
 
-def _error_details(details: Any) -> msgspec.Raw | None:
-    return None if details is None else _clean(None, details, answer=True)
+def _error_details(details: Any) -> msgspec.Raw:
+    return _clean(None, details, answer=True)
 
 
 def answer_entry(answer: Envelope, *, replayed: bool, published: bool) -> LogEntry:
@@ -209,7 +213,7 @@ def answer_entry(answer: Envelope, *, replayed: bool, published: bool) -> LogEnt
         type=FrameType.RESULT if result else FrameType.ERROR,
         action=answer.action,
         message_id=answer.message_id,
-        payload=_clean(answer.action, answer.payload, answer=True) if result else None,
+        payload=_clean(answer.action, answer.payload, answer=True) if result else _NONE,
         error_code=answer.error_code,
         error_description=answer.error_description,
         error_details=_error_details(answer.error_details),
@@ -259,7 +263,7 @@ def outcome_entries(outcome: Envelope, *, handled: bool) -> list[LogEntry]:
             message_id=request.message_id if request is not None else outcome.message_id,
             payload=_clean(action, outcome.payload, answer=True)
             if frame_type is FrameType.RESULT
-            else None,
+            else _NONE,
             error_code=outcome.error_code,
             error_description=outcome.error_description,
             error_details=_error_details(outcome.error_details),

@@ -519,7 +519,7 @@ def outcome(action: str, request: dict[str, Any], payload: Any) -> Envelope:
 
 
 def decoded(entry: LogEntry) -> Any:
-    assert entry.payload is not None
+    assert entry.payload
     return msgspec.json.decode(entry.payload)
 
 
@@ -650,9 +650,7 @@ def test_answer_entries_say_what_became_of_the_answer() -> None:
         Direction.OUT,
         Handling.FAILED,
     )
-    assert failed.error_details is not None and msgspec.json.decode(failed.error_details) == {
-        "a": 1
-    }
+    assert failed.error_details and msgspec.json.decode(failed.error_details) == {"a": 1}
     undelivered = Envelope(
         kind=Kind.UNDELIVERED,
         station="S",
