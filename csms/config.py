@@ -537,6 +537,39 @@ class Settings(BaseSettings):
     tokens: list[TokenSettings] = []
     stations: list[StationSettings] = []
 
+    # ISO 15118 Plug & Charge and DataTransfer (see docs/operations.md, Plug & Charge)
+    v2g_root_certificates: list[str] = Field(
+        default=[], description="PEM files of the V2G / mobility operator roots contracts chain to"
+    )
+    ocsp_timeout: float = Field(
+        default=5.0, gt=0, le=60, description="seconds an OCSP request may take"
+    )
+    ocsp_cache_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="most seconds an OCSP answer is kept (it is never kept past its nextUpdate)",
+    )
+    pnc_verifier: str | None = Field(
+        default=None, description="module:factory of a ContractVerifier (an operator's PKI)"
+    )
+    contract_certificate_provider_url: str | None = Field(
+        default=None, description="where Get15118EVCertificate requests are POSTed"
+    )
+    contract_certificate_provider_timeout: float = Field(
+        default=10.0, gt=0, le=120, description="seconds a provider request may take"
+    )
+    contract_certificate_provider_oauth2: dict[str, str] | None = Field(
+        default=None,
+        description="OAuth2 client credentials for the provider: token_url, client_id, "
+        "client_secret, optional scope, audience, auth_method",
+    )
+    contract_certificate_provider: str | None = Field(
+        default=None, description="module:factory of a ContractCertificateProvider"
+    )
+    data_transfer_handlers: dict[str, str] = Field(
+        default={}, description="DataTransfer vendorId -> module:factory of its VendorHandler"
+    )
+
     # Operator HTTP API (see docs/api.md)
     api_host: str = Field(default="127.0.0.1", description="address the operator API listens on")
     api_port: int = Field(default=9080, ge=0, le=65535, description="port of the operator API")
@@ -718,6 +751,23 @@ class Settings(BaseSettings):
         if value and ":" not in value:
             raise ValueError("must name a factory as module:attribute")
         return value or None
+
+    @field_validator("pnc_verifier", "contract_certificate_provider")
+    @classmethod
+    def _check_pnc_factory(cls, value: str | None) -> str | None:
+        if value and ":" not in value:
+            raise ValueError("must name a factory as module:attribute")
+        return value or None
+
+    @field_validator("data_transfer_handlers")
+    @classmethod
+    def _check_vendor_factories(cls, value: dict[str, str]) -> dict[str, str]:
+        for vendor, factory in value.items():
+            if not vendor or len(vendor) > 255:
+                raise ValueError(f"vendorId {vendor!r} must be 1 to 255 characters")
+            if ":" not in factory:
+                raise ValueError(f"{vendor}: must name a factory as module:attribute")
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from services.action_rules import ActionRuleStore, MemoryActionRuleStore
 from services.api_keys import ApiKeyStore, MemoryApiKeyStore
 from services.call_records import CallRecordStore, MemoryCallRecordStore
+from services.data_transfer import DataTransferRegistry
 from services.events import EventLog, MemoryEventLog
 from services.interfaces import (
     IdempotencyStore,
@@ -22,6 +23,7 @@ from services.interfaces import (
 )
 from services.certificates import CertificateSigner
 from services.message_log import MemoryMessageLog, MessageLog
+from services.pnc import PlugAndCharge
 from services.station_state import MemoryStationStateStore, StationStateStore
 from services.webhooks import MemoryWebhookStore, WebhookStore
 
@@ -53,6 +55,11 @@ class Services:
     events: EventLog = field(default_factory=MemoryEventLog)
     """State-change events in order (the managers append them, the live stream and the
     webhook dispatcher read them)."""
+    pnc: PlugAndCharge = field(default_factory=PlugAndCharge)
+    """ISO 15118 Plug & Charge: the contract verifier (chain, OCSP) and the contract-certificate
+    provider."""
+    data_transfer: DataTransferRegistry = field(default_factory=DataTransferRegistry)
+    """The operator's DataTransfer vendor handlers, by vendorId."""
     certificate_signer: CertificateSigner | None = None
     """Signs stations' CSRs (SignCertificate); None: no CA configured, CSRs are refused."""
 

@@ -25,6 +25,7 @@ from services import Services
 from services.action_rules import CachedActionRules, MemoryActionRuleStore
 from services.call_records import MemoryCallRecordStore
 from services.certificates import open_signer
+from services.data_transfer import open_registry
 from services.events import MemoryEventLog
 from services.interfaces import StationRegistry, StoreUnavailable, TariffService, TokenStore
 from services.loader import instantiate
@@ -42,6 +43,7 @@ from services.models import (
     StationRecord,
     TokenRecord,
 )
+from services.pnc import open_pnc
 from services.redis_action_rules import RedisActionRuleStore
 from services.redis_api_keys import RedisApiKeyStore
 from services.redis_call_records import RedisCallRecordStore
@@ -266,6 +268,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             ),
             webhooks=MemoryWebhookStore(max_history=settings.webhook_history),
             events=MemoryEventLog(max_events=settings.event_retention),
+            pnc=await open_pnc(settings),
+            data_transfer=await open_registry(settings),
             certificate_signer=await open_signer(settings),
         )
         return
@@ -294,6 +298,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             ),
             webhooks=RedisWebhookStore(client, prefix, max_history=settings.webhook_history),
             events=events,
+            pnc=await open_pnc(settings),
+            data_transfer=await open_registry(settings),
             certificate_signer=await open_signer(settings),
         )
     finally:

@@ -1,5 +1,5 @@
 """Small station messages: Heartbeat, connector status, notifications whose response is
-empty, DataTransfer, and the logging of CSMS calls that failed."""
+empty, and the logging of CSMS calls that failed."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from services.models import (
 __all__ = [
     "acknowledge",
     "connector_status",
-    "data_transfer",
     "heartbeat",
     "result_failed",
 ]
@@ -48,15 +47,6 @@ async def acknowledge(ctx: CallContext, event: str, **facts: Any) -> dict[str, A
     await require_accepted(ctx)
     ctx.log.info(event, **facts)
     return {}
-
-
-async def data_transfer(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """No vendor extensions are configured, so every vendorId is UnknownVendorId."""
-    await require_accepted(ctx)
-    ctx.log.info(
-        "data_transfer", vendor_id=payload["vendorId"], message_id=payload.get("messageId")
-    )
-    return {"status": "UnknownVendorId"}
 
 
 def result_failed(ctx: ResultContext) -> bool:

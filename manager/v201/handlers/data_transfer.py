@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager.common import notifications
+from manager.common import data_transfer
 from manager.context import CallContext
 
 ACTION = "DataTransfer"
 
 
 async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """No vendor extension is configured: UnknownVendorId."""
-    return await notifications.data_transfer(ctx, payload)
+    """Dispatched by vendorId (see manager.common.data_transfer)."""
+    return await data_transfer.dispatch(ctx, payload)
