@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, cast
 
+import msgspec
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
@@ -206,7 +207,9 @@ class RedisMessageLog:
         self._flusher = self._poller = None
         while self._buffer and await self.flush():
             pass
-        self._buffer.clear()
+        if self._buffer:  # Redis refused: the rest is lost too, and counted
+            self.cells.dropped["flush_failed"].inc(len(self._buffer))
+            self._buffer.clear()
 
     def count_into(self, cells: MessageLogCells) -> None:
         self.cells = cells
@@ -332,6 +335,10 @@ class RedisMessageLog:
                 if station in self._positions:
                     self._positions[station] = rows[-1][0]
                 for raw_id, fields in rows:
-                    entry = decode_entry(fields[_FIELD], raw_id.decode())
+                    try:
+                        entry = decode_entry(fields[_FIELD], raw_id.decode())
+                    except (KeyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        _log.warning("unreadable message log entry skipped", error=str(exc))
+                        continue
                     for follower in tuple(self._followers.get(station, ())):
                         follower.push(entry)
