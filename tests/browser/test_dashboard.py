@@ -127,3 +127,39 @@ async def test_the_page_fits_a_phone(csms: Csms, page: Page) -> None:
             assert width <= 375, f"{route} is {width}px wide"
     finally:
         await station.close()
+
+
+async def test_stations_status_and_energy_show_live(csms: Csms, page: Page) -> None:
+    await page.goto(f"{csms.url}/?key={ADMIN_KEY}")
+    await expect(page.locator("[data-live=live]")).to_be_visible()
+    station = csms.station("LIVE-1")
+    await station.connect()
+    try:
+        assert await station.boot()
+        row = page.locator("tr[data-station='LIVE-1']")
+        await expect(row).to_contain_text("online")  # no reload
+        await expect(page.locator("[data-count=online] .n")).to_have_text("1")
+
+        await row.get_by_role("link", name="LIVE-1").click()
+        await expect(page.locator("[data-live=live]")).to_be_visible()
+        await station.status("Available")
+        status = page.locator("[data-connector-status='1/1']")
+        await expect(status).to_have_text("Available")
+        await station.status("Faulted")
+        await expect(status).to_have_text("Faulted")
+        await station.status("Available")
+
+        start = page.locator("#cmd-remote-start")
+        await start.get_by_role("button", name="Remote start").click()
+        await expect(start.get_by_role("status")).to_contain_text("start started")
+        assert station.session is not None
+        chart = page.locator("svg.chart")
+        await expect(chart).to_be_visible()
+        before = int(await chart.get_attribute("data-points") or "0")
+        await station.meter(500)
+        await expect(chart).not_to_have_attribute("data-points", str(before))
+        await station.meter(500)
+        await expect(chart).to_have_attribute("data-points", str(before + 2))
+        await expect(chart).to_have_attribute("data-last-wh", "1000")
+    finally:
+        await station.close()
