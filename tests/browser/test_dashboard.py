@@ -163,3 +163,20 @@ async def test_stations_status_and_energy_show_live(csms: Csms, page: Page) -> N
         await expect(chart).to_have_attribute("data-last-wh", "1000")
     finally:
         await station.close()
+
+
+async def test_schema_routes_give_csms_actions_and_their_request_schemas(csms: Csms) -> None:
+    key = {"Authorization": f"Bearer {await csms.key('read')}"}
+    async with httpx.AsyncClient(base_url=csms.url, headers=key) as client:
+        listed = (await client.get("/v1/schemas/ocpp1.6")).json()
+        assert "ChangeConfiguration" in listed["actions"]
+        assert "BootNotification" not in listed["actions"]
+        reset = (await client.get("/v1/schemas/ocpp2.0.1/Reset")).json()
+        assert reset["required"] == ["type"]
+        station_only = await client.get("/v1/schemas/ocpp2.0.1/BootNotification")
+        assert station_only.status_code == 422
+        assert station_only.json()["code"] == "not_a_csms_action"
+        unknown = await client.get("/v1/schemas/ocpp9/Reset")
+        assert unknown.status_code == 404
+        assert unknown.json()["details"]["field"] == "version"
+        assert (await client.get("/v1/schemas/ocpp1.6/Nope")).status_code == 404
