@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from services.action_rules import ActionRuleStore, MemoryActionRuleStore
 from services.api_keys import ApiKeyStore, MemoryApiKeyStore
 from services.call_records import CallRecordStore, MemoryCallRecordStore
+from services.certificates import CertificateSigner
 from services.data_transfer import DataTransferRegistry
 from services.events import EventLog, MemoryEventLog
 from services.interfaces import (
@@ -21,7 +22,6 @@ from services.interfaces import (
     TokenStore,
     TransactionStore,
 )
-from services.certificates import CertificateSigner
 from services.message_log import MemoryMessageLog, MessageLog
 from services.pnc import PlugAndCharge
 from services.station_state import MemoryStationStateStore, StationStateStore
