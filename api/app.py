@@ -23,6 +23,7 @@ from api import (
     monitoring,
     rules,
     schemas,
+    station_reports,
     station_state,
     stations,
     tokens,
@@ -114,6 +115,7 @@ def create_app(
     )
     app.include_router(health.router)
     app.include_router(station_state.router, responses=_COMMON_ERRORS)
+    app.include_router(station_reports.router, responses=_COMMON_ERRORS)  # before stations
     app.include_router(message_log.router, responses=_COMMON_ERRORS)  # before stations' path
     # Calls, charging, rules first: the station detail route's id matches any rest of the path.
     for module in (calls, charging, rules, stations, transactions, tokens, keys, monitoring):

@@ -24,6 +24,7 @@ from services.interfaces import (
 )
 from services.message_log import MemoryMessageLog, MessageLog
 from services.pnc import PlugAndCharge
+from services.station_reports import MemoryStationReportStore, StationReportStore
 from services.station_state import MemoryStationStateStore, StationStateStore
 from services.webhooks import MemoryWebhookStore, WebhookStore
 
@@ -55,6 +56,10 @@ class Services:
     events: EventLog = field(default_factory=MemoryEventLog)
     """State-change events in order (the managers append them, the live stream and the
     webhook dispatcher read them)."""
+    station_reports: StationReportStore = field(default_factory=MemoryStationReportStore)
+    """What stations reported on their own initiative: smart-charging facts, firmware and
+    log status histories, monitors, display messages, meter values (the managers write it,
+    the API reads it)."""
     pnc: PlugAndCharge = field(default_factory=PlugAndCharge)
     """ISO 15118 Plug & Charge: the contract verifier (chain, OCSP) and the contract-certificate
     provider."""
@@ -74,6 +79,7 @@ __all__ = [
     "MessageLog",
     "Services",
     "StationRegistry",
+    "StationReportStore",
     "StationStateStore",
     "StoreUnavailable",
     "TariffService",

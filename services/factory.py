@@ -49,6 +49,7 @@ from services.redis_api_keys import RedisApiKeyStore
 from services.redis_call_records import RedisCallRecordStore
 from services.redis_events import RedisEventLog
 from services.redis_message_log import RedisMessageLog
+from services.redis_station_reports import RedisStationReportStore
 from services.redis_station_state import RedisStationStateStore
 from services.redis_store import (
     RedisIdempotencyStore,
@@ -291,6 +292,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             idempotency=RedisIdempotencyStore(client, prefix),
             api_keys=RedisApiKeyStore(client, prefix),
             station_state=RedisStationStateStore(client, prefix),
+            station_reports=RedisStationReportStore(client, prefix),
             call_records=RedisCallRecordStore(client, prefix, ttl=settings.call_record_ttl),
             message_log=message_log,
             action_rules=CachedActionRules(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager.common import events, notifications
+from manager.common import events, notifications, station_reports
 from manager.context import CallContext
+from services.station_reports import HistoryKind
 
 ACTION = "FirmwareStatusNotification"
 
@@ -19,4 +20,5 @@ async def handle(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
         request_id=payload.get("requestId"),
     )
     await events.firmware_status(ctx, payload)
+    await station_reports.record_status(ctx, HistoryKind.FIRMWARE, payload, ("UpdateFirmware",))
     return answer
