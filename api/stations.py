@@ -173,6 +173,7 @@ async def delete_station(
         # What it reported about itself and its action rules go with it (its transactions
         # stay, for billing); a station registered again under this id starts afresh.
         await ctx.services.station_state.forget(station_id)
+        await ctx.services.station_reports.forget(station_id)
         await ctx.services.action_rules.delete(station_id)
     except StationNotFound:
         raise station_not_found(station_id) from None

@@ -35,6 +35,7 @@ from services.models import (
     StationRecord,
     Transaction,
 )
+from services.station_reports import Append, HistoryKind, ReportChange
 from services.station_state import ConfigurationEntry
 from tests.unit.test_api import ADMIN, V16, V201, Api, assert_error, online
 
@@ -412,6 +413,8 @@ async def test_delete_forgets_the_station_but_keeps_its_transactions(api: Api) -
         key="HeartbeatInterval", readonly=False, value="60", source="get", updated_at=T0
     )
     await api.services.station_state.update_configuration("CS1", [entry])
+    firmware = Append(HistoryKind.FIRMWARE, {"status": "Installed"})
+    await api.services.station_reports.apply("CS1", ReportChange(appends=[firmware]))
     await api.services.action_rules.put(
         "CS1", ActionRules(station_calls=ActionList(deny=("DataTransfer",)))
     )
@@ -419,6 +422,7 @@ async def test_delete_forgets_the_station_but_keeps_its_transactions(api: Api) -
     assert deleted.status_code == 204 and deleted.content == b""
     assert await api.services.station_state.configuration("CS1") == []
     assert await api.services.action_rules.get("CS1") == ActionRules()
+    assert await api.services.station_reports.history("CS1", HistoryKind.FIRMWARE) == []
     assert_error(
         await api.client.get("/v1/stations/CS1", headers=api.auth()), 404, "station_not_found"
     )
