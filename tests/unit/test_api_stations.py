@@ -416,7 +416,7 @@ async def test_delete_forgets_the_station_but_keeps_its_transactions(api: Api) -
     firmware = Append(HistoryKind.FIRMWARE, {"status": "Installed"})
     await api.services.station_reports.apply("CS1", ReportChange(appends=[firmware]))
     await api.services.action_rules.put(
-        "CS1", ActionRules(station_calls=ActionList(deny=("DataTransfer",)))
+        "CS1", ActionRules(station_calls=ActionList(deny=frozenset({"DataTransfer"})))
     )
     deleted = await api.client.delete("/v1/stations/CS1", headers=api.auth())
     assert deleted.status_code == 204 and deleted.content == b""
