@@ -324,7 +324,7 @@ async def test_a_whole_session_reads_back_frame_by_frame(version: str) -> None:
     assert rotation[0] in sent and sent[-1] == silent_call[0]
     assert last["outcome"] in ("handled", "not_handled")
     # The secret is nowhere in the log.
-    body = rotation[1]
+    body: dict[str, Any] = rotation[1]  # type: ignore[assignment]
     secret = body["value"] if "value" in body else body["setVariableData"][0]["attributeValue"]
     assert secret not in json.dumps(oldest_first)
     rotated = next(e for e in csms_calls if e["action"] == rotation[0])
@@ -670,7 +670,7 @@ def test_answer_entries_say_what_became_of_the_answer() -> None:
 
 
 def test_cli_line_shows_one_frame() -> None:
-    entry = {
+    entry: dict[str, Any] = {
         "time": AT,
         "direction": "in",
         "type": "call",
