@@ -216,6 +216,7 @@ class StationCountsOut(BaseModel):
     accepted: int
     pending: int
     rejected: int
+    faulted: int = Field(description="stations with a connector whose latest status is Faulted")
 
     @classmethod
     def of(cls, counts: StationCounts) -> StationCountsOut:
@@ -226,6 +227,7 @@ class StationCountsOut(BaseModel):
             accepted=counts.accepted,
             pending=counts.pending,
             rejected=counts.rejected,
+            faulted=counts.faulted,
         )
 
 

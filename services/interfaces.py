@@ -167,7 +167,8 @@ class StationRegistry(Protocol):
         ...
 
     async def station_counts(self) -> StationCounts:
-        """How many stations there are, online and offline, and per registration status."""
+        """How many stations there are, online and offline, per registration status, and
+        faulted (a connector whose latest status is Faulted), each a bounded-cost read."""
         ...
 
     async def delete(self, station_id: str) -> bool:

@@ -119,6 +119,7 @@ class MemoryStationRegistry:
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._stations: dict[str, StationRecord] = {}
         self._connectors: dict[str, dict[tuple[int, int], ConnectorStatus]] = {}
+        self._faulted: set[str] = set()
         self._leases: dict[str, float] = {}
         """Gateway → Unix time its lease on its stations runs out."""
         self._held: dict[str, set[str]] = {}
@@ -166,7 +167,8 @@ class MemoryStationRegistry:
         )
 
     async def station_counts(self) -> StationCounts:
-        return rules.station_counts(self._buckets)
+        counts = rules.station_counts(self._buckets)
+        return msgspec.structs.replace(counts, faulted=len(self._faulted))
 
     async def provision(self, station_id: str, registration: RegistrationStatus) -> None:
         """Declare the station known with ``registration``, keeping its other state (used to
@@ -284,6 +286,10 @@ class MemoryStationRegistry:
     async def set_connector_status(self, station_id: str, status: ConnectorStatus) -> None:
         connectors = self._connectors.setdefault(station_id, {})
         connectors[(status.evse_id, status.connector_id)] = _copy(status)
+        if any(known.status == "Faulted" for known in connectors.values()):
+            self._faulted.add(station_id)
+        else:
+            self._faulted.discard(station_id)
 
     async def connector_statuses(self, station_id: str) -> list[ConnectorStatus]:
         connectors = self._connectors.get(station_id, {})
@@ -291,6 +297,7 @@ class MemoryStationRegistry:
 
     async def delete(self, station_id: str) -> bool:
         self._connectors.pop(station_id, None)
+        self._faulted.discard(station_id)
         record = self._stations.pop(station_id, None)
         if record is None:
             return False

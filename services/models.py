@@ -360,3 +360,5 @@ class StationCounts(msgspec.Struct, kw_only=True, frozen=True):
     accepted: int = 0
     pending: int = 0
     rejected: int = 0
+    faulted: int = 0
+    """Stations with at least one connector whose latest status is Faulted."""

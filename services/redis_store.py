@@ -664,6 +664,11 @@ class RedisStationRegistry(_RedisStore):
     def _all_key(self) -> str:
         return f"{self.prefix}stations"
 
+    @property
+    def _faulted_key(self) -> str:
+        """The set of stations with a connector whose latest status is Faulted."""
+        return f"{self.prefix}stations-faulted"
+
     def _bucket_key(self, bucket: rules.StationBucket) -> str:
         online, registration = bucket
         return f"{self.prefix}stations-{'online' if online else 'offline'}:{registration.value}"
@@ -753,8 +758,10 @@ class RedisStationRegistry(_RedisStore):
             async with self.client.pipeline(transaction=True) as pipe:
                 for bucket in rules.STATION_BUCKETS:
                     pipe.zcard(self._bucket_key(bucket))
-                numbers: list[int] = await pipe.execute()
-        return rules.station_counts(dict(zip(rules.STATION_BUCKETS, numbers, strict=True)))
+                pipe.scard(self._faulted_key)
+                *numbers, faulted = await pipe.execute()
+        counts = rules.station_counts(dict(zip(rules.STATION_BUCKETS, numbers, strict=True)))
+        return msgspec.structs.replace(counts, faulted=int(faulted))
 
     async def _change(
         self,
@@ -943,9 +950,23 @@ class RedisStationRegistry(_RedisStore):
     async def set_connector_status(self, station_id: str, status: ConnectorStatus) -> None:
         key, field = self._connectors_key(station_id), f"{status.evse_id}:{status.connector_id}"
         data = _encoder.encode(status)
+        # A station is faulted while any of its connectors is: a Faulted status settles it,
+        # any other needs the others (one HGETALL, bounded by the station's connectors). A
+        # station's StatusNotifications come one at a time (one Call in flight per
+        # connection), so the others cannot change meanwhile.
+        faulted = status.status == "Faulted" or any(
+            other.status == "Faulted"
+            for other in await self.connector_statuses(station_id)
+            if (other.evse_id, other.connector_id) != (status.evse_id, status.connector_id)
+        )
+        member = station_id.encode()
 
         def decide(view: _View, batch: _Batch) -> None:
             batch.hset(key, field, data)
+            if faulted:
+                batch.sadd(self._faulted_key, member)
+            else:
+                batch.srem(self._faulted_key, member)
 
         await self._run(decide, (), "set connector status")
 
@@ -973,6 +994,7 @@ class RedisStationRegistry(_RedisStore):
             def write(pipe: Pipeline) -> None:
                 pipe.delete(key, self._seen_key(station_id), self._connectors_key(station_id))
                 pipe.zrem(self._all_key, member)
+                pipe.srem(self._faulted_key, member)
                 for bucket in rules.STATION_BUCKETS:
                     pipe.zrem(self._bucket_key(bucket), member)
                 if old is not None and old.gateway is not None:

@@ -311,6 +311,26 @@ async def test_delete_leaves_no_key_or_index_entry_of_the_station(
     assert await redis_client.smembers(f"{prefix}gw-stations:gw1") == {kept.encode()}
 
 
+async def test_faulted_stations_are_one_set_counted_with_scard(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    from services.models import ConnectorStatus
+
+    registry = RedisStationRegistry(redis_client, prefix)
+    for station_id in ("CS:1/é", "CS:2"):
+        await registry.provision(station_id, RegistrationStatus.ACCEPTED)
+        faulted = ConnectorStatus(evse_id=1, connector_id=1, status="Faulted", at=T1)
+        await registry.set_connector_status(station_id, faulted)
+    key = f"{prefix}stations-faulted"
+    assert await redis_client.smembers(key) == {"CS:1/é".encode(), b"CS:2"}
+    available = ConnectorStatus(evse_id=1, connector_id=1, status="Available", at=T1)
+    await registry.set_connector_status("CS:2", available)
+    assert await redis_client.smembers(key) == {"CS:1/é".encode()}
+    assert (await registry.station_counts()).faulted == 1
+    assert await registry.delete("CS:1/é") is True
+    assert await redis_client.exists(key) == 0
+
+
 async def test_delete_racing_a_connect_keeps_the_indexes_exact(
     redis_client: aioredis.Redis, second_client: aioredis.Redis, prefix: str
 ) -> None:

@@ -192,6 +192,28 @@ async def test_connector_statuses_latest_per_connector(registry: StationRegistry
     assert await registry.connector_statuses("other") == []
 
 
+async def test_faulted_counts_stations_with_a_faulted_connector(registry: StationRegistry) -> None:
+    def status(evse_id: int, value: str) -> ConnectorStatus:
+        return ConnectorStatus(evse_id=evse_id, connector_id=1, status=value, at=T1)
+
+    await registry.provision("CS1", RegistrationStatus.ACCEPTED)
+    await registry.provision("CS2", RegistrationStatus.ACCEPTED)
+    await registry.set_connector_status("CS1", status(1, "Faulted"))
+    await registry.set_connector_status("CS1", status(2, "Faulted"))
+    await registry.set_connector_status("CS2", status(1, "Faulted"))
+    assert (await registry.station_counts()).faulted == 2
+    # One of CS1's two faulted connectors recovers: CS1 is still faulted.
+    await registry.set_connector_status("CS1", status(1, "Available"))
+    assert (await registry.station_counts()).faulted == 2
+    await registry.set_connector_status("CS1", status(2, "Available"))
+    assert (await registry.station_counts()).faulted == 1
+    # Reported again while faulted: counted once.
+    await registry.set_connector_status("CS2", status(1, "Faulted"))
+    assert (await registry.station_counts()).faulted == 1
+    assert await registry.delete("CS2") is True
+    assert await registry.station_counts() == StationCounts(total=1, offline=1, accepted=1)
+
+
 async def test_returned_records_are_copies(registry: StationRegistry) -> None:
     await registry.put(StationRecord(station_id="CS1", allowed_versions=["ocpp1.6"]))
     record = await registry.get("CS1")
