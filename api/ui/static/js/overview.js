@@ -40,7 +40,8 @@ export function overview(ctx) {
       fill(
         cards,
         [["Stations", s.total, ""], ["Online", s.online, "ok"], ["Offline", s.offline, "bad"],
-         ["Accepted", s.accepted, ""], ["Pending", s.pending, "warn"], ["Rejected", s.rejected, "bad"]]
+         ["Accepted", s.accepted, ""], ["Pending", s.pending, "warn"], ["Rejected", s.rejected, "bad"],
+         ["Faulted", s.faulted, "bad"]]
           .map(([name, n, tone]) => h("div.card", { "data-count": name.toLowerCase() },
             h(`span.n${tone ? `.${tone}` : ""}`, {}, n), name)),
       );
@@ -76,8 +77,14 @@ export function overview(ctx) {
   const refreshList = debounce(() => pager.reload().catch(() => {}), 500);
 
   const stream = new EventStream(
-    { kinds: "station.connected,station.disconnected,station.booted" },
+    { kinds: "station.connected,station.disconnected,station.booted,connector.status" },
     (event) => {
+      if (event.kind === "connector.status") {
+        // Only the faulted count depends on connector statuses.
+        if (event.data && event.data.status === "Faulted") announce(`${event.station_id} faulted`);
+        refreshStats();
+        return;
+      }
       const online = event.kind === "station.connected" || event.kind === "station.booted"
         ? true
         : event.data && event.data.current === false ? null : false;

@@ -51,9 +51,11 @@ export class SseParser {
 /**
  * One live subscription: `handler(event)` gets each parsed event (its JSON `data`, with
  * `id` set). `query` holds the route's filters (kinds, station_id). `close()` ends it.
+ * `path` is another SSE route of the API (a station's message log: `?follow=true`).
  */
 export class EventStream {
-  constructor(query, handler, { onState } = {}) {
+  constructor(query, handler, { onState, path = "/events" } = {}) {
+    this.path = path;
     this.query = query;
     this.handler = handler;
     this.onState = onState || (() => {});
@@ -70,7 +72,7 @@ export class EventStream {
       try {
         const headers = authHeaders({ Accept: "text/event-stream" });
         if (this.lastId) headers["Last-Event-ID"] = this.lastId;
-        const response = await fetch(url("/events", this.query), {
+        const response = await fetch(url(this.path, this.query), {
           headers,
           credentials: "omit",
           cache: "no-store",

@@ -1,5 +1,5 @@
 // One station: boot info, connectors and active transactions (live), commands, device model,
-// configuration, certificates, recent calls.
+// configuration, certificates, recent calls, the message log and security events (live).
 
 import { api, seg } from "./api.js";
 import { announce, facts, field, fill, h, json, onlineBadge, row, table, when } from "./dom.js";
@@ -140,6 +140,10 @@ export async function station(ctx, stationId) {
         drawChart(d.transaction_id);
         break;
       }
+      case "security.event":
+        security.add(event);
+        announce(`${stationId}: security event ${d.type}`);
+        break;
       case "station.connected":
       case "station.disconnected":
       case "station.booted":
@@ -153,6 +157,8 @@ export async function station(ctx, stationId) {
     }
   }, { onState: live.set });
   ctx.streams.push(stream);
+  const security = securityEvents(stationId);
+  const messages = messageLog(ctx, base);
 
   renderHead();
   renderConnectors();
@@ -165,8 +171,113 @@ export async function station(ctx, stationId) {
     transactions,
     ctx.operate ? commands(base, detail) : h("p.muted", { id: "read-only" }, "This key may read only: commands are hidden."),
     sections(base, detail),
+    security.element,
+    messages,
   );
   await renderTransactions();
+}
+
+const LOG_ROWS = 50;
+const MESSAGE_HEADERS = ["Time", "Direction", "Type", "Action", "Content"];
+
+/** The station's recent OCPP frames (newest first), then each new one as it is logged. */
+function messageLog(ctx, base) {
+  const body = h("tbody");
+  const holder = h("div", {}, h("p.muted", {}, "loading…"));
+  const seen = new Set();
+  const live = liveState();
+
+  function entryRow(m) {
+    const content = m.type === "error"
+      ? `${m.error_code || ""} ${m.error_description || ""}`.trim()
+      : JSON.stringify(m.payload ?? null);
+    return row(MESSAGE_HEADERS, [
+      when(m.time),
+      m.direction === "in" ? "from station" : "to station",
+      m.type + (m.outcome && m.outcome !== "result" ? ` (${m.outcome})` : ""),
+      m.action || "—",
+      h("code.frame", {}, content.length > 300 ? `${content.slice(0, 300)}…` : content),
+    ], { "data-message": m.message_id, "data-direction": m.direction });
+  }
+
+  function add(m, { newest }) {
+    if (seen.has(m.id)) return;
+    seen.add(m.id);
+    if (newest) body.prepend(entryRow(m));
+    else body.append(entryRow(m));
+    while (body.children.length > LOG_ROWS) body.lastElementChild.remove();
+  }
+
+  function show() {
+    fill(holder, h("div.table-wrap", {}, h("table.stack", {},
+      h("caption.visually-hidden", {}, "Message log"),
+      h("thead", {}, h("tr", {}, MESSAGE_HEADERS.map((t) => h("th", { scope: "col" }, t)))),
+      body)));
+  }
+
+  api(`${base}/messages`, { query: { limit: LOG_ROWS } }).then((page) => {
+    for (const m of page.items) add(m, { newest: false });
+    show();
+    // Followed only once the log answered: a log that is off (409) is not asked again.
+    const follow = new EventStream({ follow: true }, (m) => {
+      add(m, { newest: true });
+    }, { onState: live.set, path: `${base}/messages` });
+    ctx.streams.push(follow);
+  }).catch((error) => fill(holder, error.code === "message_log_off"
+    ? h("p.muted", {}, "The message log is off (setting message_log).")
+    : errorView(error)));
+
+  return h(
+    "section",
+    { id: "message-log", "aria-labelledby": "message-log-title" },
+    h("h2", { id: "message-log-title" }, "Message log ", live.element),
+    holder,
+  );
+}
+
+const SECURITY_HEADERS = ["At", "Type", "Technical info"];
+
+/** The station's security events (SecurityEventNotification), newest first; the station's
+ * event stream adds new ones through `add`. */
+function securityEvents(stationId) {
+  const body = h("tbody");
+  const holder = h("div", {}, h("p.muted", {}, "loading…"));
+  const seen = new Set();
+  let shown = false;
+
+  function show() {
+    if (shown) return;
+    shown = true;
+    fill(holder, h("div.table-wrap", {}, h("table.stack", {},
+      h("caption.visually-hidden", {}, "Security events"),
+      h("thead", {}, h("tr", {}, SECURITY_HEADERS.map((t) => h("th", { scope: "col" }, t)))),
+      body)));
+  }
+
+  function add(event, { newest = true } = {}) {
+    if (seen.has(event.id)) return;
+    seen.add(event.id);
+    const d = event.data || {};
+    const tr = row(SECURITY_HEADERS, [when(event.at), d.type || "—", d.tech_info || "—"], { "data-security-event": event.id });
+    if (newest) body.prepend(tr);
+    else body.append(tr);
+    while (body.children.length > LOG_ROWS) body.lastElementChild.remove();
+    show();
+  }
+
+  api("/events", { query: { follow: false, kinds: "security.event", station_id: stationId, limit: 100 } })
+    .then((page) => {
+      // The page is oldest first: show the newest on top.
+      for (const event of page.items.slice().reverse()) add(event, { newest: false });
+      if (!page.items.length && !shown) fill(holder, h("p.muted", { "data-empty": "" }, "No security events."));
+    })
+    .catch((error) => fill(holder, errorView(error)));
+
+  return {
+    add,
+    element: h("section", { id: "security-events", "aria-labelledby": "security-title" },
+      h("h2", { id: "security-title" }, "Security events"), holder),
+  };
 }
 
 function formatWh(wh) {
