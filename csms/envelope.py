@@ -124,6 +124,9 @@ class ConnectionEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     """On ``connected``: the hash of a rotated password (pending, or of a rotation whose
     answer was lost) the station logged in with. It proves the station uses that password,
     so the registry makes it current."""
+    security_profile_reached: int = 0
+    """On ``connected``: the station's pending security-profile upgrade, when it
+    authenticated at that profile or higher; the registry makes it the registered one."""
     at: float = 0.0
 
     def __post_init__(self) -> None:

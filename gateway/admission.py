@@ -20,6 +20,9 @@ on a listener serving profile 3 is profile 3; otherwise Basic credentials are pr
 and 1 on plain ``ws``; nothing is profile 0. A station is refused when that profile is lower
 than the one it is registered for (no downgrade). Higher is accepted: that is how a station
 moves up (OCPP 2.0.1 A05, security profile upgrade) before the operator updates the registry.
+When the station accepted such an upgrade (``StationRecord.pending_security_profile``), a
+connection at that profile or higher says so (``reached_security_profile``): the registry then
+raises the registered profile, and lower profiles are downgrades from then on.
 
 A Basic password is checked against the registry's current hash, then against the pending
 hash of a rotation in flight (``StationRecord.pending_password_hash``): a 1.6 station that
@@ -179,6 +182,9 @@ class Admission:
     proven_password_hash: str | None = None
     """The pending or unsettled rotation hash the station's password matched: it uses that
     password now, so the registry should make it current."""
+    reached_security_profile: int = 0
+    """The station's pending security-profile upgrade when it authenticated at that profile
+    or higher (0 = none): the registry should raise its registered profile to it."""
 
 
 def parse_basic_auth(header: str | None) -> tuple[str, str] | None:
@@ -420,7 +426,13 @@ def admit(
                 _accept(reason, presented), proven_password_hash=matched
             )
 
-    # 7. OCPP versions the operator allows for this station (checked once authenticated, so
+    # 7. A security-profile upgrade the station accepted is done once it authenticates at
+    #    that profile: the registry raises the profile (later connections below it refused).
+    upgrade = record.pending_security_profile
+    if upgrade is not None and admission.profile >= upgrade > required:
+        admission = dataclasses.replace(admission, reached_security_profile=upgrade)
+
+    # 8. OCPP versions the operator allows for this station (checked once authenticated, so
     #    an anonymous client learns nothing about the record).
     return _version_check(record, version, admission)
 

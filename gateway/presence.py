@@ -119,6 +119,7 @@ class Presence:
         self._unannounced: dict[str, Connection] = {}
         """Connections whose connected notice the bus did not take, by connection id."""
         self._proven_passwords: dict[str, str] = {}
+        self._reached_profiles: dict[str, int] = {}
         """Connection id → rotated password hash its station logged in with, until announced."""
         self._lost_events: dict[str, tuple[Connection, ConnectionEvent]] = {}
         """Disconnect events the bus did not take, by connection id, oldest first."""
@@ -165,11 +166,19 @@ class Presence:
 
     # -- connections ---------------------------------------------------------------------
 
-    async def connected(self, conn: Connection, proven_password_hash: str | None = None) -> None:
+    async def connected(
+        self,
+        conn: Connection,
+        proven_password_hash: str | None = None,
+        reached_security_profile: int = 0,
+    ) -> None:
         """``conn`` holds its station now. ``proven_password_hash`` is the rotated password
-        its station logged in with, passed on to the registry with the connected event."""
+        its station logged in with, ``reached_security_profile`` the pending profile upgrade
+        it authenticated at: both passed on to the registry with the connected event."""
         if proven_password_hash is not None:
             self._proven_passwords[conn.id] = proven_password_hash
+        if reached_security_profile:
+            self._reached_profiles[conn.id] = reached_security_profile
         await self._announce(conn)
 
     async def disconnected(self, conn: Connection, reason: str, remote: str | None) -> None:
@@ -185,6 +194,7 @@ class Presence:
             session=self._bus.session_id,
         )
         self._proven_passwords.pop(conn.id, None)
+        self._reached_profiles.pop(conn.id, None)
         if self._unannounced.pop(conn.id, None) is not None:
             return  # nobody learned it was connected: nothing to take back
         topic = self._topics.event(conn.version, conn.station)
@@ -240,12 +250,16 @@ class Presence:
             proven = self._proven_passwords.get(conn.id)
             if proven is not None:
                 notice = msgspec.structs.replace(notice, password_hash=proven)
+            reached = self._reached_profiles.get(conn.id)
+            if reached:
+                notice = msgspec.structs.replace(notice, security_profile_reached=reached)
             sent = await self._publish_quietly(
                 conn, self._topics.event(conn.version, conn.station), notice
             )
         if sent:
             self._unannounced.pop(conn.id, None)
             self._proven_passwords.pop(conn.id, None)
+            self._reached_profiles.pop(conn.id, None)
         else:
             self._unannounced[conn.id] = conn
 

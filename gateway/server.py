@@ -336,8 +336,9 @@ class Gateway:
         )
         remote = format_peer(ws.remote_address)
         proven = admitted.admission.proven_password_hash if admitted is not None else None
+        reached = admitted.admission.reached_security_profile if admitted is not None else 0
         try:
-            await self._attach(conn, remote, proven)
+            await self._attach(conn, remote, proven, reached)
             async for data in ws:
                 try:
                     conn.feed_frame(data)
@@ -351,7 +352,9 @@ class Gateway:
         finally:
             await self._detach(conn, remote)
 
-    async def _attach(self, conn: Connection, remote: str | None, proven: str | None) -> None:
+    async def _attach(
+        self, conn: Connection, remote: str | None, proven: str | None, reached: int = 0
+    ) -> None:
         """``conn`` holds its station: replace an older socket here, subscribe, announce."""
         station = conn.station
         older = self._stations.get(station)
@@ -361,7 +364,7 @@ class Gateway:
         if older is not None:
             older.retire(REPLACED)
         await self._subscribe(station)
-        await self._presence.connected(conn, proven)
+        await self._presence.connected(conn, proven, reached)
 
     async def _detach(self, conn: Connection, remote: str | None) -> None:
         """``conn``'s socket closed: publish its outcomes, release the station, tell."""

@@ -585,6 +585,8 @@ class Manager:
                         station=event.station,
                         reason="the station logged in with its rotated password",
                     )
+                if event.security_profile_reached:
+                    await state_events.security_profile_reached(self.deps, event, at)
             else:
                 owned = await stations.mark_disconnected(event.station, event.connection, at)
             await state_events.connection(self.deps, event, at, current=owned)

@@ -61,6 +61,7 @@ class EventKind(enum.StrEnum):
     TRANSACTION_ENDED = "transaction.ended"
     AUTHORIZATION_REFUSED = "authorization.refused"
     SECURITY_EVENT = "security.event"
+    STATION_SECURITY_PROFILE_RAISED = "station.security_profile_raised"
     FIRMWARE_STATUS = "firmware.status"
     LOG_STATUS = "log.status"
     DIAGNOSTICS_STATUS = "diagnostics.status"

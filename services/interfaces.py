@@ -95,6 +95,18 @@ class StationRegistry(Protocol):
         it is neither (nothing changes)."""
         ...
 
+    async def set_pending_security_profile(self, station_id: str, profile: int) -> bool:
+        """Atomically record that the station accepted to move up to security ``profile``;
+        False when nothing changed (no record, or ``profile`` is not above the registered
+        one). ``ValueError`` for a profile outside 1-3."""
+        ...
+
+    async def raise_security_profile(self, station_id: str, profile: int) -> int | None:
+        """The station connected authenticated at ``profile``: when that meets its pending
+        upgrade, atomically make the upgrade its registered profile and clear it. Returns the
+        profile raised to, None when nothing changed."""
+        ...
+
     async def record_boot(
         self,
         station_id: str,

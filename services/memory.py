@@ -212,6 +212,20 @@ class MemoryStationRegistry:
         self._store(record)
         return True
 
+    async def set_pending_security_profile(self, station_id: str, profile: int) -> bool:
+        record = rules.with_pending_security_profile(self._stations.get(station_id), profile)
+        if record is None:
+            return False
+        self._store(record)
+        return True
+
+    async def raise_security_profile(self, station_id: str, profile: int) -> int | None:
+        record = rules.with_security_profile_reached(self._stations.get(station_id), profile)
+        if record is None:
+            return None
+        self._store(record)
+        return record.security_profile
+
     async def record_boot(
         self,
         station_id: str,

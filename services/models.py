@@ -83,6 +83,10 @@ class StationRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     # Security (gateway admission): filled by the operator's CLI / API.
     security_profile: int = 0
     """0 = none (first-try only), 1 = Basic auth, 2 = TLS + Basic, 3 = TLS client certificate."""
+    pending_security_profile: int | None = None
+    """A higher profile the station accepted to move to (2.0.1 A05, 1.6 security whitepaper);
+    the registry raises ``security_profile`` to it once the station connects authenticated at
+    it or higher. Until then a connection at the old profile is still admitted."""
     password_hash: str | None = None
     pending_password_hash: str | None = None
     """Hash of a password being rotated, accepted at admission only until the station's

@@ -854,6 +854,23 @@ class RedisStationRegistry(_RedisStore):
         )
         return record is not None
 
+    async def set_pending_security_profile(self, station_id: str, profile: int) -> bool:
+        rules.with_pending_security_profile(None, profile)  # ValueError before any round trip
+        record = await self._change(
+            station_id,
+            lambda old: rules.with_pending_security_profile(old, profile),
+            "set pending security profile",
+        )
+        return record is not None
+
+    async def raise_security_profile(self, station_id: str, profile: int) -> int | None:
+        record = await self._change(
+            station_id,
+            lambda old: rules.with_security_profile_reached(old, profile),
+            "raise security profile",
+        )
+        return record.security_profile if record is not None else None
+
     async def mark_connected(
         self,
         station_id: str,

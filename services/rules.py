@@ -83,8 +83,10 @@ __all__ = [
     "with_last_seen",
     "with_password_hash",
     "with_pending_password_hash",
+    "with_pending_security_profile",
     "with_proven_password_hash",
     "with_registration",
+    "with_security_profile_reached",
     "without_connection",
     "without_gateway",
     "without_unsettled_password_hash",
@@ -183,6 +185,9 @@ def with_credentials(
     changes: dict[str, object] = {}
     if not isinstance(credentials.security_profile, msgspec.UnsetType):
         changes["security_profile"] = credentials.security_profile
+        pending = base.pending_security_profile
+        if pending is not None and pending <= credentials.security_profile:
+            changes["pending_security_profile"] = None  # the operator already moved it up
     if not isinstance(credentials.password_hash, msgspec.UnsetType):
         changes["password_hash"] = credentials.password_hash
         changes["pending_password_hash"] = None  # the operator's password ends a rotation
@@ -743,3 +748,34 @@ def transaction_index_changes(
         return frozenset(), frozenset()
     before, after = transaction_entries(old), transaction_entries(new)
     return before - after, after - before
+
+
+def with_pending_security_profile(
+    record: StationRecord | None, profile: int
+) -> StationRecord | None:
+    """``record`` with ``profile`` as its pending upgrade: the station accepted to move to it.
+    None when there is no record or it is not above the registered profile (only raise).
+    ``ValueError`` for a profile outside 1-3."""
+    if profile not in (1, 2, 3):
+        raise ValueError(f"security profile must be 1, 2 or 3, not {profile!r}")
+    if record is None or profile <= record.security_profile:
+        return None
+    return msgspec.structs.replace(record, pending_security_profile=profile)
+
+
+def with_security_profile_reached(
+    record: StationRecord | None, profile: int
+) -> StationRecord | None:
+    """``record`` with its pending upgrade made the registered profile, because the station
+    connected authenticated at ``profile``; None unless an upgrade is pending and ``profile``
+    meets it. Never lowers the registered profile."""
+    if record is None:
+        return None
+    pending = record.pending_security_profile
+    if pending is None or profile < pending:
+        return None
+    return msgspec.structs.replace(
+        record,
+        security_profile=max(record.security_profile, pending),
+        pending_security_profile=None,
+    )

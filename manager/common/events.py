@@ -46,6 +46,7 @@ __all__ = [
     "firmware_status",
     "log_status",
     "security_event",
+    "security_profile_reached",
     "station_booted",
     "transaction_ended",
     "transaction_started",
@@ -112,6 +113,32 @@ async def connection(sink: Sink, event: ConnectionEvent, at: str, *, current: bo
     if not connected:
         data["reason"] = event.reason
         data["current"] = current
+    key = f"{event.station}:{event.connection}:{kind.value}"
+    await _emit(sink, kind, at, event.station, data, key)
+
+
+async def security_profile_reached(sink: Sink, event: ConnectionEvent, at: str) -> None:
+    """The station connected authenticated at its pending security-profile upgrade (OCPP
+    2.0.1 A05): raise its registered profile (only ever up) and append
+    ``station.security_profile_raised``. From now on a lower-profile connection is refused."""
+    raised = await sink.services.stations.raise_security_profile(
+        event.station, event.security_profile_reached
+    )
+    if raised is None:
+        return  # settled already (a repeated event, or the operator changed the profile)
+    _log.info(
+        "security_profile_raised",
+        station=event.station,
+        security_profile=raised,
+        connection=event.connection,
+    )
+    kind = EventKind.STATION_SECURITY_PROFILE_RAISED
+    data: dict[str, Any] = {
+        "security_profile": raised,
+        "version": event.version,
+        "gateway": event.gateway,
+        "connection": event.connection,
+    }
     key = f"{event.station}:{event.connection}:{kind.value}"
     await _emit(sink, kind, at, event.station, data, key)
 

@@ -42,6 +42,7 @@ from manager.v201.results import (
     get_variables,
     install_certificate,
     send_local_list,
+    set_network_profile,
     set_variables,
 )
 
@@ -81,6 +82,7 @@ RESULT_HANDLERS: dict[str, ResultHandler] = {
     get_variables.ACTION: get_variables.handle_result,
     install_certificate.ACTION: install_certificate.handle_result,
     send_local_list.ACTION: send_local_list.handle_result,
+    set_network_profile.ACTION: set_network_profile.handle_result,
     set_variables.ACTION: set_variables.handle_result,
 }
 

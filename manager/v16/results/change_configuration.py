@@ -3,7 +3,7 @@ value taken is stored in the station's configuration."""
 
 from __future__ import annotations
 
-from manager import password_results
+from manager import password_results, security_profile_results
 from manager.common import notifications
 from manager.context import ResultContext, iso, utc_now
 from operations import password as password_rotation
@@ -21,7 +21,9 @@ async def handle_result(ctx: ResultContext) -> None:
     An ``AuthorizationKey`` (the Basic auth password, security whitepaper) is never logged
     nor stored; once Accepted its hash replaces the registry's (see
     :mod:`operations.password`). Any other key taken is stored with the requested value
-    (writable, since it was written; RebootRequired flagged).
+    (writable, since it was written; RebootRequired flagged). A higher ``SecurityProfile``
+    taken is recorded as the station's pending upgrade (see
+    :mod:`manager.security_profile_results`).
     """
     if password_rotation.sets_password(ctx.version, ctx.request):
         await password_results.apply_result(ctx)
@@ -44,3 +46,7 @@ async def handle_result(ctx: ResultContext) -> None:
         dropped = await ctx.services.station_state.update_configuration(ctx.station_id, [entry])
         if dropped:
             ctx.log.warning("configuration_full", dropped=dropped)
+        if key == security_profile_results.SECURITY_PROFILE:
+            profile = security_profile_results.parse_profile(value)
+            if profile is not None:
+                await security_profile_results.record_upgrade(ctx, profile)

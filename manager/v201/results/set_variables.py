@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager import password_results
+from manager import password_results, security_profile_results
 from manager.common import notifications
 from manager.context import ResultContext, iso, utc_now
 from operations import password as password_rotation
@@ -37,7 +37,8 @@ async def handle_result(ctx: ResultContext) -> None:
     UnknownComponent, UnknownVariable and NotSupportedAttributeType are warnings.
     ``BasicAuthPassword`` values are never logged; once Accepted the password's hash replaces
     the registry's (see :mod:`operations.password`). The values taken are stored in the
-    station's device model.
+    station's device model. A higher ``SecurityCtrlr.SecurityProfile`` taken is recorded as
+    the station's pending upgrade (see :mod:`manager.security_profile_results`).
     """
     sets_password = password_rotation.sets_password(ctx.version, ctx.request)
     if sets_password and not ctx.ok:
@@ -72,6 +73,26 @@ async def handle_result(ctx: ResultContext) -> None:
     if sets_password:
         await password_results.apply_result(ctx)
     await _store(ctx, ctx.payload["setVariableResult"], requested)
+    await _record_upgrade(ctx, ctx.payload["setVariableResult"], requested)
+
+
+async def _record_upgrade(
+    ctx: ResultContext, results: list[dict[str, Any]], requested: dict[tuple[Any, ...], Any]
+) -> None:
+    """The highest security profile the station took (``SecurityCtrlr.SecurityProfile``,
+    Actual) becomes its pending upgrade."""
+    profiles = [
+        profile
+        for result in results
+        if result["attributeStatus"] in _TOOK_VALUE
+        and result["component"]["name"] == security_profile_results.SECURITY_CTRLR
+        and result["variable"]["name"] == security_profile_results.SECURITY_PROFILE
+        and result.get("attributeType", "Actual") == "Actual"
+        and (profile := security_profile_results.parse_profile(requested.get(_key(result))))
+        is not None
+    ]
+    if profiles:
+        await security_profile_results.record_upgrade(ctx, max(profiles))
 
 
 async def _store(
