@@ -215,14 +215,16 @@ function messageLog(ctx, base) {
       body)));
   }
 
+  const streams = ctx.streams; // this page's: replaced when the operator navigates away
   api(`${base}/messages`, { query: { limit: LOG_ROWS } }).then((page) => {
+    if (ctx.streams !== streams) return;
     for (const m of page.items) add(m, { newest: false });
     show();
     // Followed only once the log answered: a log that is off (409) is not asked again.
     const follow = new EventStream({ follow: true }, (m) => {
       add(m, { newest: true });
     }, { onState: live.set, path: `${base}/messages` });
-    ctx.streams.push(follow);
+    streams.push(follow);
   }).catch((error) => fill(holder, error.code === "message_log_off"
     ? h("p.muted", {}, "The message log is off (setting message_log).")
     : errorView(error)));
