@@ -91,6 +91,12 @@ while i <= #ARGV do
     if (not old) or args[1] > old then
       redis.call('SET', key, args[1])
     end
+  elseif name == 'flag' then
+    if redis.call('SCARD', args[1]) > 0 then
+      redis.call('SADD', key, args[2])
+    else
+      redis.call('SREM', key, args[2])
+    end
   else
     redis.call(name, key, unpack(args))
   end
@@ -103,7 +109,9 @@ ARGV[1] is the number of checks; each check is three fields (kind, key number in
 argument): ``v`` the key's value has the SHA-1 in the argument (``''``: the key has no
 value), ``m`` / ``n`` the argument is / is not a member of the set, ``l`` the list has that
 many items. The writes follow, each as its command, key number, argument count and
-arguments; ``max`` sets the value only when the argument sorts after it (or there is none).
+arguments; ``max`` sets the value only when the argument sorts after it (or there is none);
+``flag`` makes its second argument a member of the set while the set named by its first
+argument (a key an earlier write names) has members, and removes it otherwise.
 Returns 1 when written, 0 when a check failed (what the writes were decided from changed
 since it was read: read again and decide again)."""
 

@@ -297,6 +297,11 @@ class _Batch:
     def hset(self, key: str, field: str, value: bytes) -> None:
         self.ops.append(("HSET", key, (field, value)))
 
+    def flag(self, key: str, source: str, member: _Arg) -> None:
+        """Make ``member`` a member of ``key`` while the set ``source`` (written earlier in
+        this batch) has members, else remove it: decided by APPLY, so nothing is read."""
+        self.ops.append(("flag", key, (source, member)))
+
 
 class _View:
     """What one decision reads, through its unit: what the unit wrote as written (its own
@@ -664,6 +669,9 @@ class RedisStationRegistry(_RedisStore):
     def _all_key(self) -> str:
         return f"{self.prefix}stations"
 
+    def _faulted_connectors_key(self, station_id: str) -> str:
+        return f"{self.prefix}connectors-faulted:{encode_id(station_id)}"
+
     @property
     def _faulted_key(self) -> str:
         """The set of stations with a connector whose latest status is Faulted."""
@@ -967,23 +975,19 @@ class RedisStationRegistry(_RedisStore):
     async def set_connector_status(self, station_id: str, status: ConnectorStatus) -> None:
         key, field = self._connectors_key(station_id), f"{status.evse_id}:{status.connector_id}"
         data = _encoder.encode(status)
-        # A station is faulted while any of its connectors is: a Faulted status settles it,
-        # any other needs the others (one HGETALL, bounded by the station's connectors). A
-        # station's StatusNotifications come one at a time (one Call in flight per
-        # connection), so the others cannot change meanwhile.
-        faulted = status.status == "Faulted" or any(
-            other.status == "Faulted"
-            for other in await self.connector_statuses(station_id)
-            if (other.evse_id, other.connector_id) != (status.evse_id, status.connector_id)
-        )
+        # A station is faulted while any of its connectors is: its faulted connectors are a
+        # set of their own, and APPLY keeps the station in the faulted set while that one has
+        # members, in the same write and without a read.
+        faulted_connectors = self._faulted_connectors_key(station_id)
         member = station_id.encode()
 
         def decide(view: _View, batch: _Batch) -> None:
             batch.hset(key, field, data)
-            if faulted:
-                batch.sadd(self._faulted_key, member)
+            if status.status == "Faulted":
+                batch.sadd(faulted_connectors, field)
             else:
-                batch.srem(self._faulted_key, member)
+                batch.srem(faulted_connectors, field)
+            batch.flag(self._faulted_key, faulted_connectors, member)
 
         await self._run(decide, (), "set connector status")
 
@@ -1011,6 +1015,7 @@ class RedisStationRegistry(_RedisStore):
             def write(pipe: Pipeline) -> None:
                 pipe.delete(key, self._seen_key(station_id), self._connectors_key(station_id))
                 pipe.zrem(self._all_key, member)
+                pipe.delete(self._faulted_connectors_key(station_id))
                 pipe.srem(self._faulted_key, member)
                 for bucket in rules.STATION_BUCKETS:
                     pipe.zrem(self._bucket_key(bucket), member)
