@@ -427,7 +427,10 @@ def _banner(
 def _api_banner(settings: Settings, running: Embedded) -> list[str]:
     if running.api is None:
         return [f"WARNING: {running.api_error}"] if running.api_error else []
-    lines = [f"Operator API: {running.api.url}/v1   (docs: {running.api.url}/docs)"]
+    lines = [
+        f"Dashboard:    {running.api.url}/   (log in with an API key)",
+        f"Operator API: {running.api.url}/v1   (docs: {running.api.url}/docs)",
+    ]
     if running.generated_admin_key is not None:
         lines.append(
             f"Admin API key (first-try, valid until this process stops): "

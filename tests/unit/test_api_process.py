@@ -41,6 +41,7 @@ async def test_csms_run_mounts_the_api_with_a_generated_admin_key() -> None:
             settings, running.gateway, decide_first_try(settings, embedded=True), running
         )
         assert f"Operator API: {running.api.url}/v1" in banner
+        assert f"Dashboard:    {running.api.url}/ " in banner
         assert running.generated_admin_key in banner
         async with httpx.AsyncClient(base_url=running.api.url) as client:
             key = {"Authorization": f"Bearer {running.generated_admin_key}"}
