@@ -37,6 +37,17 @@ async def test_tokens_page_adds_a_token_and_blocks_it(csms: Csms, page: Page) ->
     async with httpx.AsyncClient(base_url=csms.url, headers=admin()) as client:
         stored = (await client.get("/v1/tokens", params={"prefix": "RFID-B"})).json()["items"]
     assert [(t["id_token"], t["status"]) for t in stored] == [("RFID-B1", "Blocked")]
+    # A station presenting it is refused.
+    station = csms.station("CS-TOKENS")
+    await station.connect()
+    try:
+        assert await station.boot()
+        answer = await station.call(
+            "Authorize", {"idToken": {"idToken": "RFID-B1", "type": "ISO14443"}}
+        )
+    finally:
+        await station.close()
+    assert answer["idTokenInfo"]["status"] == "Blocked"
 
 
 async def test_transactions_page_filters_shows_a_chart_and_exports_csv(
