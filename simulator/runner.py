@@ -43,6 +43,8 @@ class Plan:
     sessions: int = 1
     meter_values: int = 10
     meter_interval: float = 0.0
+    """Seconds between meter values of a session (0: as fast as answered); a session a CSMS
+    starts remotely sends one every this many seconds (10 when 0) until it is stopped."""
     heartbeat_interval: float = 30.0
     rounds: int = 1
     """Storm rounds."""
@@ -127,6 +129,7 @@ async def _run_here(
             password=plan.password,
             token=plan.token,
             call_timeout=plan.call_timeout,
+            remote_meter_interval=plan.meter_interval if plan.meter_interval > 0 else 10.0,
         )
         for offset, station_id in enumerate(ids)
     ]

@@ -60,6 +60,7 @@ class SimulatedStation:
         token: str = "SIMTOKEN",
         call_timeout: float = 30.0,
         open_timeout: float = 10.0,
+        remote_meter_interval: float | None = None,
     ) -> None:
         self.station_id = station_id
         self.url = url
@@ -70,6 +71,9 @@ class SimulatedStation:
         self.token = token
         self.call_timeout = call_timeout
         self.open_timeout = open_timeout
+        self.remote_meter_interval = remote_meter_interval
+        """Seconds between the meter values of a remotely started session (None: none are
+        sent on their own; the caller drives :meth:`meter`)."""
         self.session: SessionState | None = None
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -297,12 +301,29 @@ class SimulatedStation:
                 elif "idTag" in started:
                     self.token = str(started["idTag"])
                 remote_id = started.get("remoteStartId")
-                await self.start_session(
+                started_now = await self.start_session(
                     remote_start_id=int(remote_id) if remote_id is not None else None,
                     authorize=False,
                 )
+                if started_now and self.remote_meter_interval:
+                    task = asyncio.create_task(
+                        self._meter_until_stopped(self.remote_meter_interval)
+                    )
+                    self._follow_ups.add(task)
+                    task.add_done_callback(self._follow_ups.discard)
             case "stop":
                 await self.stop_session()
+
+    async def _meter_until_stopped(self, interval: float) -> None:
+        """Meter values of a remotely started session until it is stopped (or the connection
+        goes): a charging EV as the CSMS sees it."""
+        session = self.session
+        while self.session is session and session is not None and self.connected:
+            await asyncio.sleep(interval)
+            if self.session is not session:
+                return
+            with contextlib.suppress(CallFailed):
+                await self.meter()
 
     def _fail_pending(self, kind: str) -> None:
         for future in self._pending.values():

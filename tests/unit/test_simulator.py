@@ -25,6 +25,7 @@ from simulator.runner import run_plan
 from simulator.stats import percentile
 
 WH_PER_READING = 250
+V201 = "ocpp2.0.1"
 
 
 @contextlib.asynccontextmanager
@@ -124,6 +125,37 @@ async def test_idle_stations_answer_csms_calls_and_do_what_they_ask() -> None:
         }
         assert summary.errors == {}
         assert summary.actions["TransactionEvent"]["count"] == 1  # the remote start's Started
+
+
+async def test_a_remotely_started_session_meters_until_it_is_stopped() -> None:
+    async with csms(call_timeout=5.0) as (running, url):
+        assert running.broker is not None
+        plan = Plan(url=url, stations=1, scenario=Scenario.IDLE, duration=3.0, meter_interval=0.05)
+        station_id = plan.station_ids()[0]
+        simulation = asyncio.create_task(simulate(plan))
+        async with running.broker.client() as bus, CallSender(bus, Topics(), origin="t") as sender:
+            for _ in range(100):
+                if station_id in running.gateway.connections:
+                    break
+                await asyncio.sleep(0.02)
+            token = {"idToken": "REMOTE2", "type": "ISO14443"}
+            start = {"idToken": token, "remoteStartId": 8}
+            assert (await sender.send(station_id, V201, "RequestStartTransaction", start)).payload
+            for _ in range(200):  # meter values come on their own while it charges
+                active = await running.services.transactions.active(station_id)
+                if active and (active[0].energy_wh or 0) >= 3 * WH_PER_READING:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("no meter values from the remotely started session")
+            tx_id = active[0].transaction_id
+            stop = await sender.send(
+                station_id, V201, "RequestStopTransaction", {"transactionId": tx_id}
+            )
+            assert stop.payload == {"status": "Accepted"}
+        summary = await simulation
+        assert summary.errors == {}
+        assert len(await ended(running, station_id)) == 1
 
 
 async def test_a_storm_reconnects_every_station_each_round() -> None:
