@@ -141,7 +141,9 @@ async def test_stations_status_and_energy_show_live(csms: Csms, page: Page) -> N
         await expect(page.locator("[data-count=online] .n")).to_have_text("1")
 
         await row.get_by_role("link", name="LIVE-1").click()
-        await expect(page.locator("[data-live=live]")).to_be_visible()
+        # The station's own event stream (the message log, #message-log, has one of its own).
+        station_stream = page.locator("[data-live=live]:not(#message-log [data-live])")
+        await expect(station_stream).to_be_visible()
         await station.status("Available")
         status = page.locator("[data-connector-status='1/1']")
         await expect(status).to_have_text("Available")

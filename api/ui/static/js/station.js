@@ -108,9 +108,22 @@ export async function station(ctx, stationId) {
     if (entry) fill(entry.holder, energyChart(entry.points, `Energy of transaction ${txId}`));
   }
 
+  // The newest status each connector's events gave. A reload's answer may have been read
+  // before the store had the latest one: a status from a newer event wins over it.
+  const latestStatus = new Map();
+
+  function keepNewerStatuses() {
+    for (const status of latestStatus.values()) {
+      const found = detail.connectors.find((c) => c.evse_id === status.evse_id && c.connector_id === status.connector_id);
+      if (!found) detail.connectors.push({ ...status });
+      else if (Date.parse(status.at) >= Date.parse(found.at)) Object.assign(found, status);
+    }
+  }
+
   const reload = debounce(async () => {
     try {
       detail = await api(base);
+      keepNewerStatuses();
       renderHead();
       renderConnectors();
       await renderTransactions();
@@ -126,8 +139,9 @@ export async function station(ctx, stationId) {
       case "connector.status": {
         const found = detail.connectors.find((c) => c.evse_id === d.evse_id && c.connector_id === d.connector_id);
         const status = { evse_id: d.evse_id, connector_id: d.connector_id, status: d.status, error_code: d.error_code, at: event.at };
+        latestStatus.set(`${d.evse_id}/${d.connector_id}`, status);
         if (found) Object.assign(found, status);
-        else detail.connectors.push(status);
+        else detail.connectors.push({ ...status });
         renderConnectors();
         announce(`connector ${d.evse_id}/${d.connector_id}: ${d.status}`);
         break;
