@@ -225,7 +225,15 @@ def test_every_operation_keeps_to_the_openapi_document(api_url: str) -> None:
                 # A live stream never ends: read its JSON page instead (the stream itself is
                 # tested in tests/unit/test_api_events.py).
                 case.query = {**(case.query or {}), "follow": "false"}
-            response = case.call_and_validate(headers=auth, checks=CHECKS, timeout=scaled(20))
+            response = case.call(headers=auth, timeout=scaled(20))
+            checks = CHECKS
+            documented = case.operation.definition.raw.get("responses", {})
+            if response.status_code == 504 and "504" in documented:
+                # A documented answer, not a server error: the station's answer did not come
+                # within the wait (``?timeout=`` may be as small as it likes). The response
+                # must still be the documented one.
+                checks = [check for check in CHECKS if check is not not_a_server_error]
+            case.validate_response(response, checks=checks, headers=auth)
             answers[case.operation.label, response.status_code] += 1
             if response.status_code >= 400:
                 with contextlib.suppress(ValueError, TypeError, KeyError):
