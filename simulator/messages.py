@@ -138,19 +138,8 @@ class _V201:
         return "TransactionEvent", payload
 
     def answer(self, action: str, payload: dict[str, Any]) -> Answer:
-        if action in ("Reset", "ChangeAvailability", "ClearCache", "SendLocalList"):
-            return Answer({"status": "Accepted"})
-        if action == "UnlockConnector":
-            return Answer({"status": "Unlocked"})
-        if action == "TriggerMessage":
-            follow = {
-                "BootNotification": "boot",
-                "Heartbeat": "heartbeat",
-                "StatusNotification": "status",
-            }.get(str(payload.get("requestedMessage")))
-            if follow is None:
-                return Answer({"status": "NotImplemented"})
-            return Answer({"status": "Accepted"}, follow_up=follow)
+        if (shared := _shared_answer(action, payload)) is not None:
+            return shared
         if action == "RequestStartTransaction":
             return Answer({"status": "Accepted"}, follow_up="start", remote_start=payload)
         if action == "RequestStopTransaction":
@@ -159,8 +148,6 @@ class _V201:
             return Answer({})
         if action == "GetLocalListVersion":
             return Answer({"versionNumber": 0})
-        if action == "DataTransfer":
-            return Answer({"status": "UnknownVendorId"})
         if action == "GetVariables":
             results = [_get_variable_201(item) for item in payload.get("getVariableData", [])]
             return Answer({"getVariableResult": results})
@@ -224,27 +211,14 @@ class _V16:
         return "StopTransaction", payload
 
     def answer(self, action: str, payload: dict[str, Any]) -> Answer:
-        if action in ("Reset", "ChangeAvailability", "ClearCache", "SendLocalList"):
-            return Answer({"status": "Accepted"})
-        if action == "UnlockConnector":
-            return Answer({"status": "Unlocked"})
-        if action == "TriggerMessage":
-            follow = {
-                "BootNotification": "boot",
-                "Heartbeat": "heartbeat",
-                "StatusNotification": "status",
-            }.get(str(payload.get("requestedMessage")))
-            if follow is None:
-                return Answer({"status": "NotImplemented"})
-            return Answer({"status": "Accepted"}, follow_up=follow)
+        if (shared := _shared_answer(action, payload)) is not None:
+            return shared
         if action == "RemoteStartTransaction":
             return Answer({"status": "Accepted"}, follow_up="start", remote_start=payload)
         if action == "RemoteStopTransaction":
             return Answer({"status": "Accepted"}, follow_up="stop")
         if action == "GetLocalListVersion":
             return Answer({"listVersion": 0})
-        if action == "DataTransfer":
-            return Answer({"status": "UnknownVendorId"})
         if action == "GetConfiguration":
             keys = [
                 {"key": "HeartbeatInterval", "readonly": False, "value": "300"},
@@ -267,6 +241,27 @@ class _V16:
                 return Answer({"status": "Accepted"}, new_password=password)
             return Answer({"status": "Accepted"})
         return Answer(error_code="NotImplemented", error_description=f"{action} not simulated")
+
+
+def _shared_answer(action: str, payload: dict[str, Any]) -> Answer | None:
+    """The answers both versions give alike (same action names, same payloads); None for
+    the rest, which each dialect decides."""
+    if action in ("Reset", "ChangeAvailability", "ClearCache", "SendLocalList"):
+        return Answer({"status": "Accepted"})
+    if action == "UnlockConnector":
+        return Answer({"status": "Unlocked"})
+    if action == "DataTransfer":
+        return Answer({"status": "UnknownVendorId"})
+    if action == "TriggerMessage":
+        follow = {
+            "BootNotification": "boot",
+            "Heartbeat": "heartbeat",
+            "StatusNotification": "status",
+        }.get(str(payload.get("requestedMessage")))
+        if follow is None:
+            return Answer({"status": "NotImplemented"})
+        return Answer({"status": "Accepted"}, follow_up=follow)
+    return None
 
 
 def _id_token(token: str) -> dict[str, str]:
