@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from tests.servers import free_port, wait_for_port
 from tests.timing import timeout as scaled
 
 ROOT = Path(__file__).resolve().parents[2]
+API_ADMIN_KEY = "fleet-bootstrap-admin-key-0123456789"
+"""The admin key ``csms api`` of :meth:`Fleet.start_api` is bootstrapped with."""
 
 
 @dataclass
@@ -152,6 +156,24 @@ class Fleet:
     def gateway(self) -> CsmsProcess:
         return next(p for p in self.processes if p.role == "gateway")
 
+    def start_api(self) -> str:
+        """Start ``csms api`` on this fleet's stores and bus (admin key :data:`API_ADMIN_KEY`);
+        its base URL once it is ready. :meth:`stop` stops it with the rest."""
+        port = free_port()
+        env = self._env() | {"CSMS_API_PORT": str(port), "CSMS_API_ADMIN_KEY": API_ADMIN_KEY}
+        replica = sum(1 for process in self.processes if process.role.startswith("api"))
+        api = CsmsProcess(
+            f"api-{replica}",
+            [sys.executable, "-m", "cli", "api"],
+            self.workdir / f"api-{replica}.log",
+            env,
+        )
+        self.processes.append(api)
+        api.start()
+        wait_for_port(port, 30)
+        api.wait_for_log("api ready")
+        return f"http://127.0.0.1:{port}"
+
     def stop(self) -> None:
         for process in self.processes:
             process.stop()
@@ -167,3 +189,17 @@ class Fleet:
             timeout=scaled(60),
             check=False,
         )
+
+
+@contextmanager
+def fleet_with_api(
+    mqtt_url: str, redis_url: str, workdir: Path, **options: Any
+) -> Iterator[tuple[Fleet, str]]:
+    """A started :class:`Fleet` (``options`` as its fields) plus ``csms api``: (fleet, API URL),
+    everything stopped on exit."""
+    fleet = Fleet(mqtt_url, redis_url, workdir, **options)
+    fleet.start()
+    try:
+        yield fleet, fleet.start_api()
+    finally:
+        fleet.stop()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,13 +17,12 @@ import httpx
 import pytest
 import websockets
 
-from tests.integration.fleet import CsmsProcess, Fleet
-from tests.servers import free_port, wait_for_port
+from tests.integration.fleet import API_ADMIN_KEY, Fleet, fleet_with_api
 from tests.timing import timeout as scaled
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ADMIN = "fleet-rules-admin-key-0123456789"
+ADMIN = API_ADMIN_KEY
 BOOT = {
     "ocpp2.0.1": {"chargingStation": {"model": "M", "vendorName": "V"}, "reason": "PowerUp"},
     "ocpp1.6": {"chargePointVendor": "V", "chargePointModel": "M"},
@@ -34,19 +32,10 @@ RESET = {"ocpp2.0.1": {"type": "Immediate"}, "ocpp1.6": {"type": "Soft"}}
 
 @pytest.fixture
 def fleet(mqtt_url: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Fleet, str]]:
-    fleet = Fleet(mqtt_url, redis_url, tmp_path, extra_env={"CSMS_ACTION_RULES_CACHE_SECONDS": "0"})
-    fleet.start()
-    api_port = free_port()
-    env = fleet._env() | {"CSMS_API_PORT": str(api_port), "CSMS_API_ADMIN_KEY": ADMIN}
-    api = CsmsProcess("api", [sys.executable, "-m", "cli", "api"], tmp_path / "api.log", env)
-    fleet.processes.append(api)
-    try:
-        api.start()
-        wait_for_port(api_port, 30)
-        api.wait_for_log("api ready")
-        yield fleet, f"http://127.0.0.1:{api_port}"
-    finally:
-        fleet.stop()
+    with fleet_with_api(
+        mqtt_url, redis_url, tmp_path, extra_env={"CSMS_ACTION_RULES_CACHE_SECONDS": "0"}
+    ) as running:
+        yield running
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import sys
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -34,15 +33,14 @@ from ocpp.v201 import call as call201
 from api.actions import CSMS_ACTIONS, ActionKind, classify
 from csms.versions import OcppVersion
 from ocpp_schemas import Direction, actions
-from tests.integration.fleet import CsmsProcess, Fleet
+from tests.integration.fleet import API_ADMIN_KEY, Fleet, fleet_with_api
 from tests.integration.test_api_fleet import until_online
 from tests.ocpp_payloads import build
-from tests.servers import free_port, wait_for_port
 from tests.timing import timeout as scaled
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ADMIN = "every-action-admin-key-0123456789"
+ADMIN = API_ADMIN_KEY
 CALL_TIMEOUT = scaled(2)
 """The gateway's ``call_timeout`` for this fleet: short, so the silent station's timeout
 comes quickly, and still ample for a station that answers at once."""
@@ -143,25 +141,14 @@ Station = Station201 | Station16
 
 @pytest.fixture
 def fleet(mqtt_url: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Fleet, str]]:
-    fleet = Fleet(
+    with fleet_with_api(
         mqtt_url,
         redis_url,
         tmp_path,
         managers=2,
         extra_env={"CSMS_CALL_TIMEOUT": f"{CALL_TIMEOUT:g}"},
-    )
-    fleet.start()
-    api_port = free_port()
-    env = fleet._env() | {"CSMS_API_PORT": str(api_port), "CSMS_API_ADMIN_KEY": ADMIN}
-    api = CsmsProcess("api", [sys.executable, "-m", "cli", "api"], tmp_path / "api.log", env)
-    fleet.processes.append(api)
-    try:
-        api.start()
-        wait_for_port(api_port, 30)
-        api.wait_for_log("api ready")
-        yield fleet, f"http://127.0.0.1:{api_port}"
-    finally:
-        fleet.stop()
+    ) as running:
+        yield running
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ manager handled the station's traffic; keys created through one API live in Redi
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,30 +20,18 @@ from ocpp.v16 import call_result as result16
 from ocpp.v201 import ChargePoint as ChargePoint201
 from ocpp.v201 import call_result as result201
 
-from tests.integration.fleet import CsmsProcess, Fleet
-from tests.servers import free_port, wait_for_port
+from tests.integration.fleet import API_ADMIN_KEY, Fleet, fleet_with_api
 from tests.timing import timeout as scaled
 
 pytestmark = pytest.mark.integration
 
-ADMIN = "fleet-bootstrap-admin-key-0123456789"
+ADMIN = API_ADMIN_KEY
 
 
 @pytest.fixture
 def fleet(mqtt_url: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Fleet, str]]:
-    fleet = Fleet(mqtt_url, redis_url, tmp_path, managers=2)
-    fleet.start()
-    api_port = free_port()
-    env = fleet._env() | {"CSMS_API_PORT": str(api_port), "CSMS_API_ADMIN_KEY": ADMIN}
-    api = CsmsProcess("api", [sys.executable, "-m", "cli", "api"], tmp_path / "api.log", env)
-    fleet.processes.append(api)
-    try:
-        api.start()
-        wait_for_port(api_port, 30)
-        api.wait_for_log("api ready")
-        yield fleet, f"http://127.0.0.1:{api_port}"
-    finally:
-        fleet.stop()
+    with fleet_with_api(mqtt_url, redis_url, tmp_path, managers=2) as running:
+        yield running
 
 
 @pytest.fixture
@@ -177,21 +164,9 @@ class SlowStation201(ChargePoint201):
         return result201.Reset(status="Scheduled")
 
 
-def api_replica(fleet: Fleet, tmp_path: Path, name: str) -> tuple[CsmsProcess, str]:
-    """One more ``csms api`` process on the fleet, started and ready."""
-    port = free_port()
-    env = fleet._env() | {"CSMS_API_PORT": str(port), "CSMS_API_ADMIN_KEY": ADMIN}
-    process = CsmsProcess(name, [sys.executable, "-m", "cli", "api"], tmp_path / f"{name}.log", env)
-    fleet.processes.append(process)
-    process.start()
-    wait_for_port(port, 30)
-    process.wait_for_log("api ready")
-    return process, f"http://127.0.0.1:{port}"
-
-
 @pytest.mark.slow
 async def test_an_outcome_sent_without_waiting_is_read_on_another_replica(
-    fleet: tuple[Fleet, str], client: httpx.AsyncClient, tmp_path: Path
+    fleet: tuple[Fleet, str], client: httpx.AsyncClient
 ) -> None:
     fleet_, _ = fleet
     name = f"APINW-{uuid.uuid4().hex[:6]}"
@@ -214,8 +189,8 @@ async def test_an_outcome_sent_without_waiting_is_read_on_another_replica(
         assert location == f"/v1/calls/{message_id}"
 
         # The replica that sent the call goes away before the station answers.
-        first = next(p for p in fleet_.processes if p.role == "api")
-        _, other = api_replica(fleet_, tmp_path, "api2")
+        first = next(p for p in fleet_.processes if p.role == "api-0")
+        other = fleet_.start_api()
         first.stop()
         async with httpx.AsyncClient(
             base_url=other, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=scaled(30)

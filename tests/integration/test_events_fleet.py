@@ -6,7 +6,6 @@ resumes on the API after a disconnect."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,15 +14,14 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.integration.fleet import CsmsProcess, Fleet
-from tests.servers import free_port, wait_for_port
+from tests.integration.fleet import API_ADMIN_KEY, Fleet, fleet_with_api
 from tests.timing import timeout as scaled
 from tests.unit.test_api_events import Message, Stream
 from tests.unit.test_events_publication import T0, Station, _transaction_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ADMIN = "fleet-events-admin-key-0123456789"
+ADMIN = API_ADMIN_KEY
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 BOOT = {"chargingStation": {"model": "Wallbox", "vendorName": "ACME"}, "reason": "PowerUp"}
 SESSION = [
@@ -38,21 +36,10 @@ SESSION = [
 
 @pytest.fixture
 def fleet(mqtt_url: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[Fleet, str]]:
-    fleet = Fleet(
+    with fleet_with_api(
         mqtt_url, redis_url, tmp_path, managers=2, extra_env={"CSMS_UNKNOWN_TOKENS": "accept"}
-    )
-    fleet.start()
-    api_port = free_port()
-    env = fleet._env() | {"CSMS_API_PORT": str(api_port), "CSMS_API_ADMIN_KEY": ADMIN}
-    api = CsmsProcess("api", [sys.executable, "-m", "cli", "api"], tmp_path / "api.log", env)
-    fleet.processes.append(api)
-    try:
-        api.start()
-        wait_for_port(api_port, 30)
-        api.wait_for_log("api ready")
-        yield fleet, f"http://127.0.0.1:{api_port}"
-    finally:
-        fleet.stop()
+    ) as running:
+        yield running
 
 
 async def _session(fleet: Fleet, station_id: str) -> None:
