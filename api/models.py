@@ -76,6 +76,11 @@ class StationOut(BaseModel):
     disconnected_at: str | None = None
     last_seen: str | None = None
     security_profile: int
+    pending_security_profile: int | None = Field(
+        default=None,
+        description="a higher profile the station accepted; it becomes security_profile "
+        "once the station connects with it",
+    )
     has_password: bool = Field(description="a Basic auth password is set (never shown)")
     password_rotation_pending: bool
     allowed_versions: list[str] = []
@@ -101,6 +106,7 @@ def _station_fields(record: StationRecord) -> dict[str, Any]:
         "disconnected_at": record.disconnected_at,
         "last_seen": record.last_seen,
         "security_profile": record.security_profile,
+        "pending_security_profile": record.pending_security_profile,
         "has_password": record.password_hash is not None,
         "password_rotation_pending": bool(
             record.pending_password_hash or record.unsettled_password_hashes

@@ -521,3 +521,13 @@ async def test_a_registered_station_connects_with_its_generated_password(api: Ap
             await online(api, station_id)
         finally:
             await ws.close()
+
+
+async def test_a_pending_security_profile_upgrade_is_shown(api: Api) -> None:
+    body = {"station_id": "CS1", "security_profile": 1, "password": GOOD}
+    assert (await api.client.post("/v1/stations", json=body, headers=api.auth())).status_code == 201
+    before = (await api.client.get("/v1/stations/CS1", headers=api.auth())).json()
+    assert (before["security_profile"], before["pending_security_profile"]) == (1, None)
+    assert await api.services.stations.set_pending_security_profile("CS1", 2)
+    after = (await api.client.get("/v1/stations/CS1", headers=api.auth())).json()
+    assert (after["security_profile"], after["pending_security_profile"]) == (1, 2)
