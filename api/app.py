@@ -18,6 +18,7 @@ from api import (
     charging,
     events,
     health,
+    iso15118,
     keys,
     message_log,
     monitoring,
@@ -118,7 +119,17 @@ def create_app(
     app.include_router(station_reports.router, responses=_COMMON_ERRORS)  # before stations
     app.include_router(message_log.router, responses=_COMMON_ERRORS)  # before stations' path
     # Calls, charging, rules first: the station detail route's id matches any rest of the path.
-    for module in (calls, charging, rules, stations, transactions, tokens, keys, monitoring):
+    for module in (
+        calls,
+        iso15118,
+        charging,
+        rules,
+        stations,
+        transactions,
+        tokens,
+        keys,
+        monitoring,
+    ):
         app.include_router(module.router, responses=_COMMON_ERRORS)
     app.include_router(webhooks.router, responses=_COMMON_ERRORS)
     app.include_router(events.router, responses=_COMMON_ERRORS)

@@ -25,6 +25,7 @@ import binascii
 import datetime as dt
 import enum
 import itertools
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +44,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from csms.config import Settings
+from ocpp_schemas import Direction, SchemaViolation, validate
 from services.contract_certificates import (
     ContractCertificateProvider,
     HttpContractCertificateProvider,
@@ -51,6 +53,11 @@ from services.contract_certificates import (
 from services.loader import instantiate
 
 __all__ = [
+    "CSMS_MESSAGES",
+    "PNC_VENDOR_ID",
+    "STATION_MESSAGES",
+    "WRAPPED_TRIGGERS",
+    "WRAPPED_VERSION",
     "CertificateStatus",
     "ContractVerifier",
     "LocalContractVerifier",
@@ -62,6 +69,9 @@ __all__ = [
     "load_roots",
     "open_pnc",
     "request_data",
+    "unwrap_request",
+    "unwrap_response",
+    "wrap",
 ]
 
 _log = structlog.get_logger("services.pnc")
@@ -362,15 +372,18 @@ class LocalContractVerifier:
 
     @staticmethod
     def _verdict(answer: OcspAnswer | None) -> CertificateStatus:
-        """Revoked is only what a verified responder says; no answer (responder down, bad
-        or unverifiable response, unknown certificate) means the status is not available."""
+        """Revoked is only what a verified responder says. No answer (responder down or
+        timing out, a bad or unverifiable response, a certificate it does not know) leaves
+        the chain's validity unestablished: CertChainError (OCPP 2.0.1 C07.FR.17; C07.FR.05
+        asks for real-time or cached OCSP data, and the cache has none). NoCertificateAvailable
+        is for a request that carried no certificate at all."""
         if answer is None or answer.status is None:
-            return CertificateStatus.NO_CERTIFICATE_AVAILABLE
+            return CertificateStatus.CERT_CHAIN_ERROR
         if answer.status is ocsp.OCSPCertStatus.REVOKED:
             return CertificateStatus.CERTIFICATE_REVOKED
         if answer.status is ocsp.OCSPCertStatus.GOOD:
             return CertificateStatus.ACCEPTED
-        return CertificateStatus.NO_CERTIFICATE_AVAILABLE
+        return CertificateStatus.CERT_CHAIN_ERROR
 
     async def _lookup(self, data: OcspRequestData, *, verify: bool = True) -> OcspAnswer | None:
         cached = self.cache.get(data.key)
@@ -550,3 +563,80 @@ async def open_pnc(settings: Settings) -> PlugAndCharge:
             credentials=parse_credentials(settings.contract_certificate_provider_oauth2),
         )
     return PlugAndCharge(verifier=verifier, provider=provider)
+
+
+# -- the 1.6 wrapping -----------------------------------------------------------------------
+# OCA application note "Using ISO 15118 Plug & Charge with OCPP 1.6": the 2.0.1 messages of
+# ISO 15118 certificate management and Plug & Charge travel in a 1.6 DataTransfer of this
+# vendorId, messageId = the 2.0.1 action, data = the JSON text of the 2.0.1 payload, and
+# "must be used only for the use cases described in this application note".
+
+PNC_VENDOR_ID = "org.openchargealliance.iso15118pnc"
+WRAPPED_VERSION = "ocpp2.0.1"
+"""The schemas the wrapped payloads follow."""
+STATION_MESSAGES = frozenset(
+    {"Authorize", "Get15118EVCertificate", "GetCertificateStatus", "SignCertificate"}
+)
+"""Wrapped messages a 1.6 charge point sends."""
+CSMS_MESSAGES = frozenset(
+    {
+        "CertificateSigned",
+        "DeleteCertificate",
+        "GetInstalledCertificateIds",
+        "InstallCertificate",
+        "TriggerMessage",
+    }
+)
+"""Wrapped messages the CSMS sends to a 1.6 charge point."""
+WRAPPED_TRIGGERS = frozenset({"SignV2GCertificate"})
+"""What a wrapped TriggerMessage may ask for: the V2G certificate's CSR (a wrapped
+SignCertificate); anything else has its own 1.6 message."""
+
+
+def _json(payload: Mapping[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def wrap(message_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The 1.6 DataTransfer request carrying the 2.0.1 ``message_id`` request ``payload``.
+
+    Raises ``KeyError`` for a message the note does not let the CSMS send, and
+    :class:`~ocpp_schemas.SchemaViolation` for a payload the 2.0.1 schema refuses (or a
+    TriggerMessage for anything but :data:`WRAPPED_TRIGGERS`)."""
+    if message_id not in CSMS_MESSAGES:
+        raise KeyError(message_id)
+    validate(WRAPPED_VERSION, message_id, Direction.REQUEST, payload)
+    if message_id == "TriggerMessage" and payload["requestedMessage"] not in WRAPPED_TRIGGERS:
+        raise SchemaViolation(
+            "requestedMessage",
+            "enum",
+            "a wrapped TriggerMessage can only ask for " + ", ".join(sorted(WRAPPED_TRIGGERS)),
+        )
+    return {"vendorId": PNC_VENDOR_ID, "messageId": message_id, "data": _json(payload)}
+
+
+def unwrap_request(payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The 2.0.1 action and request a CSMS-sent DataTransfer request carries, or None when
+    it is not a wrapped message of :data:`CSMS_MESSAGES` (or its data does not parse)."""
+    message_id = payload.get("messageId")
+    if payload.get("vendorId") != PNC_VENDOR_ID or message_id not in CSMS_MESSAGES:
+        return None
+    try:
+        request = json.loads(payload.get("data") or "")
+    except ValueError:
+        return None
+    return (message_id, request) if isinstance(request, dict) else None
+
+
+def unwrap_response(message_id: str, data: Any) -> dict[str, Any]:
+    """The 2.0.1 response a station's Accepted DataTransfer answer carries in ``data``.
+    Raises :class:`~ocpp_schemas.SchemaViolation` when it is not JSON text of a valid
+    2.0.1 ``message_id`` response."""
+    try:
+        response = json.loads(data) if isinstance(data, str) else None
+    except ValueError as exc:
+        raise SchemaViolation("data", "json", f"data is not JSON: {exc}") from None
+    if not isinstance(response, dict):
+        raise SchemaViolation("data", "type", "data must be the JSON text of an object")
+    validate(WRAPPED_VERSION, message_id, Direction.RESPONSE, response)
+    return response

@@ -33,6 +33,7 @@ from services.certificates import (
     check_csr,
     describe_chain,
 )
+from services.pnc import wrap
 from services.station_state import IssuedCertificate
 
 if TYPE_CHECKING:
@@ -75,9 +76,12 @@ class SignDecision:
     reason: str | None = None
 
 
-async def sign_certificate(ctx: CallContext, csr: str, certificate_type: str) -> SignDecision:
+async def sign_certificate(
+    ctx: CallContext, csr: str, certificate_type: str, *, wrapped: bool = False
+) -> SignDecision:
     """Check the CSR and decide the answer; when Accepted, sign it and send the chain in
-    CertificateSigned once the answer is out (``certificate_signed_delay``)."""
+    CertificateSigned once the answer is out (``certificate_signed_delay``). ``wrapped``:
+    the CSR came in a 1.6 Plug & Charge DataTransfer, so the chain goes back in one too."""
     await require_accepted(ctx)
     signer = ctx.services.certificate_signer
     if signer is None:
@@ -97,26 +101,32 @@ async def sign_certificate(ctx: CallContext, csr: str, certificate_type: str) ->
         )
         return SignDecision("Rejected", "InvalidCSR", str(exc))
     ctx.log.info("sign_certificate_accepted", certificate_type=certificate_type)
-    task = asyncio.create_task(_deliver(ctx, csr, certificate_type))
+    task = asyncio.create_task(_deliver(ctx, csr, certificate_type, wrapped=wrapped))
     _deliveries.add(task)
     task.add_done_callback(_deliveries.discard)
     return SignDecision("Accepted")
 
 
-async def _deliver(ctx: CallContext, csr: str, certificate_type: str) -> None:
-    """Sign and send CertificateSigned; a failure is logged (the station will ask again)."""
+async def _deliver(
+    ctx: CallContext, csr: str, certificate_type: str, *, wrapped: bool = False
+) -> None:
+    """Sign and send CertificateSigned (``wrapped``: the 2.0.1 one in a 1.6 DataTransfer);
+    a failure is logged (the station will ask again)."""
     signer = ctx.services.certificate_signer
     assert signer is not None
     await asyncio.sleep(ctx.settings.certificate_signed_delay)
     try:
         chain = await signer.sign(csr, ctx.station_id, certificate_type)
         payload: dict[str, Any] = {"certificateChain": chain}
-        if spec(ctx.version).generation >= 2:
+        action = CERTIFICATE_SIGNED
+        if wrapped or spec(ctx.version).generation >= 2:
             payload["certificateType"] = certificate_type
+        if wrapped:
+            payload, action = wrap(CERTIFICATE_SIGNED, payload), "DataTransfer"
         await ctx.calls.call(
             ctx.station_id,
             ctx.version,
-            CERTIFICATE_SIGNED,
+            action,
             payload,
             meta={"certificate_type": certificate_type},
         )
@@ -125,7 +135,7 @@ async def _deliver(ctx: CallContext, csr: str, certificate_type: str) -> None:
             "certificate_not_delivered", certificate_type=certificate_type, error=repr(exc)
         )
         return
-    ctx.log.info("certificate_signed_sent", certificate_type=certificate_type)
+    ctx.log.info("certificate_signed_sent", certificate_type=certificate_type, wrapped=wrapped)
 
 
 async def certificate_signed_result(ctx: ResultContext) -> None:
@@ -200,14 +210,21 @@ async def _trigger(
 ) -> bool:
     generation = spec(version).generation
     requested = _TRIGGERS.get(generation, {}).get(issued.certificate_type)
+    action = _TRIGGER_ACTION[generation]
+    payload: dict[str, Any] = {"requestedMessage": requested}
+    if generation == 1 and issued.certificate_type == V2G_CERTIFICATE:
+        # A 1.6 charge point's V2G certificate came through the Plug & Charge wrapping:
+        # so does the request to renew it.
+        payload = wrap("TriggerMessage", {"requestedMessage": "SignV2GCertificate"})
+        action, requested = "DataTransfer", "SignV2GCertificate"
     if requested is None:
         return False
     try:
         await deps.calls.call(
             station_id,
             version,
-            _TRIGGER_ACTION[generation],
-            {"requestedMessage": requested},
+            action,
+            payload,
             meta={"certificate_renewal": issued.serial_number},
         )
     except Exception as exc:

@@ -1,12 +1,14 @@
 """ISO 15118 Plug & Charge, shared by both versions: 2.0.1 Authorize with contract data
 (C07), GetCertificateStatus (M06) and Get15118EVCertificate (M01/M02), and the same three
-wrapped in a 1.6 DataTransfer (OCA application note "Using ISO 15118 Plug & Charge with
-OCPP 1.6": vendorId ``org.openchargealliance.iso15118pnc``, messageId = the 2.0.1 action,
-``data`` = the JSON of the 2.0.1 request, answered with the JSON of the 2.0.1 response).
+plus SignCertificate wrapped in a 1.6 DataTransfer (OCA application note "Using ISO 15118
+Plug & Charge with OCPP 1.6": vendorId ``org.openchargealliance.iso15118pnc``, messageId =
+the 2.0.1 action, ``data`` = the JSON of the 2.0.1 request, answered with the JSON of the
+2.0.1 response; :mod:`services.pnc` has the wrapping).
 
 The contract decides ``certificateStatus``; the idToken (the eMAID) is still decided by the
 token store like any other, and a contract that is not Accepted makes it not Accepted
-either: revoked -> Blocked, expired -> Expired, anything else -> Invalid.
+either: expired -> Expired, cancelled -> Blocked, anything else (revoked: C07.FR.16; a
+chain whose validity cannot be established, OCSP responder down: C07.FR.17) -> Invalid.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ocpp_schemas
-from manager.common import authorization, events
+from manager.common import authorization, certificates, events
 from manager.context import CallContext
 from ocpp_schemas import Direction, SchemaViolation
+from services.certificates import V2G_CERTIFICATE
 from services.contract_certificates import ProviderFailed
 from services.data_transfer import VendorAnswer
 from services.models import Authorization, AuthorizationStatus
-from services.pnc import CertificateStatus, OcspRequestData, der_base64
+from services.pnc import PNC_VENDOR_ID, CertificateStatus, OcspRequestData, der_base64
 
 __all__ = [
     "PNC_VENDOR_ID",
@@ -30,13 +33,14 @@ __all__ = [
     "certificate_status",
     "data_transfer_16",
     "ev_certificate",
+    "sign_certificate",
 ]
 
-PNC_VENDOR_ID = "org.openchargealliance.iso15118pnc"
 V201 = "ocpp2.0.1"
 
+# C07.FR.16: a revoked chain is answered CertificateRevoked with idTokenInfo.status Invalid,
+# the default below.
 _CONTRACT_TOKEN_STATUS = {
-    CertificateStatus.CERTIFICATE_REVOKED: AuthorizationStatus.BLOCKED,
     CertificateStatus.CONTRACT_CANCELLED: AuthorizationStatus.BLOCKED,
     CertificateStatus.CERTIFICATE_EXPIRED: AuthorizationStatus.EXPIRED,
 }
@@ -115,19 +119,38 @@ def _ev_failed(reason: str, info: str) -> dict[str, Any]:
     }
 
 
+async def sign_certificate(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """The wrapped SignCertificate: the same CSR checks and signer as 2.0.1's (A02/A03);
+    the chain follows in a wrapped CertificateSigned. Without ``certificateType`` it is the
+    V2G certificate's CSR: the note's SignCertificate serves ISO 15118, the charge point
+    certificate has the security extension's own SignCertificate."""
+    certificate_type = payload.get("certificateType") or V2G_CERTIFICATE
+    decision = await certificates.sign_certificate(
+        ctx, payload["csr"], certificate_type, wrapped=True
+    )
+    answer: dict[str, Any] = {"status": decision.status}
+    if decision.reason_code is not None:
+        info = {"reasonCode": decision.reason_code}
+        if decision.reason:
+            info["additionalInfo"] = decision.reason[:512]
+        answer["statusInfo"] = info
+    return answer
+
+
 _Handler = Callable[[CallContext, dict[str, Any]], Awaitable[dict[str, Any]]]
 _WRAPPED: dict[str, _Handler] = {
     "Authorize": authorize,
     "GetCertificateStatus": certificate_status,
     "Get15118EVCertificate": ev_certificate,
+    "SignCertificate": sign_certificate,
 }
 
 
 async def data_transfer_16(ctx: CallContext, message_id: str | None, data: Any) -> VendorAnswer:
     """A 1.6 DataTransfer of the PnC vendor: the 2.0.1 request in ``data``, checked against
     the 2.0.1 schema (Rejected when it does not parse or fit), answered with the 2.0.1
-    response as JSON text. Station-to-CSMS messages of the application note this CSMS does
-    not handle (SignCertificate) are UnknownMessageId."""
+    response as JSON text. A messageId that is not a station-to-CSMS message of the
+    application note is UnknownMessageId."""
     handler = _WRAPPED.get(message_id or "")
     if handler is None:
         return VendorAnswer(status="UnknownMessageId")

@@ -33,6 +33,9 @@ from manager.v16.results import (
     install_certificate,
     send_local_list,
 )
+from manager.v16.results import (
+    data_transfer as data_transfer_result,
+)
 
 HANDLERS: dict[str, CallHandler] = {
     authorize.ACTION: authorize.handle,
@@ -54,6 +57,7 @@ HANDLERS: dict[str, CallHandler] = {
 RESULT_HANDLERS: dict[str, ResultHandler] = {
     certificate_signed.ACTION: certificate_signed.handle_result,
     change_configuration.ACTION: change_configuration.handle_result,
+    data_transfer_result.ACTION: data_transfer_result.handle_result,
     delete_certificate.ACTION: delete_certificate.handle_result,
     get_configuration.ACTION: get_configuration.handle_result,
     get_installed_certificate_ids.ACTION: get_installed_certificate_ids.handle_result,

@@ -135,7 +135,7 @@ async def test_authorize_checks_the_contract_chain_and_ocsp(
         assert hits == 1
         revoked = await cs.call("Authorize", authorize(pki.contract("bad", "revoked")))
         assert revoked["certificateStatus"] == "CertificateRevoked"
-        assert revoked["idTokenInfo"]["status"] == "Blocked"
+        assert revoked["idTokenInfo"]["status"] == "Invalid"  # C07.FR.16
         expired = await cs.call("Authorize", authorize(pki.contract("old", expired=True)))
         assert expired["certificateStatus"] == "CertificateExpired"
         assert expired["idTokenInfo"]["status"] == "Expired"
@@ -154,12 +154,13 @@ async def test_authorize_checks_the_contract_chain_and_ocsp(
         again = await cs.call("Authorize", authorize(hashes=[hash_data(pki, chain, pki.ocsp_url)]))
         assert again["certificateStatus"] == "Accepted"
         assert responder.ocsp_hits == before  # cached until nextUpdate
-        # A responder that cannot be reached proves nothing: not Accepted, not Revoked.
+        # A responder that cannot be reached proves nothing: not Accepted, not Revoked, but a
+        # chain whose validity is not established (C07.FR.17).
         down = await cs.call(
             "Authorize",
             authorize(hashes=[hash_data(pki, pki.contract("x"), "http://127.0.0.1:9/ocsp")]),
         )
-        assert down["certificateStatus"] == "NoCertificateAvailable"
+        assert down["certificateStatus"] == "CertChainError"
         assert down["idTokenInfo"]["status"] == "Invalid"
         # Without ISO 15118 data Authorize stays what it was: no certificateStatus.
         assert await cs.call("Authorize", authorize()) == {"idTokenInfo": {"status": "Accepted"}}
@@ -236,7 +237,7 @@ async def test_16_data_transfer_wraps_the_201_messages(
             wrapped("Authorize", {**token, "certificate": pki.contract("r16", "revoked")}),
         )
         assert json.loads(revoked["data"])["certificateStatus"] == "CertificateRevoked"
-        assert json.loads(revoked["data"])["idTokenInfo"]["status"] == "Blocked"
+        assert json.loads(revoked["data"])["idTokenInfo"]["status"] == "Invalid"
         data = hash_data(pki, pki.contract("p16"), pki.ocsp_url)
         status = await cs.call(
             "DataTransfer", wrapped("GetCertificateStatus", {"ocspRequestData": data})
