@@ -8,6 +8,11 @@ request and its ``meta``: no instance needs to remember what it sent.
 
 ``reply_to`` lets an originator that waits for the answer itself (the operator API) ask the
 gateway to publish the outcome on a topic of its own instead.
+
+A maker made with ``rules`` refuses, before anything is published, a call the station's action
+rules deny (:class:`~services.action_rules.ActionDenied`): the calls the managers send on
+their own (CostUpdated, CertificateSigned, renewal triggers) are held to the same rules as the
+operator's.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from csms.bus import Bus, property_text
 from csms.envelope import Envelope, Kind, encode
 from csms.topics import Topics
 from ocpp_schemas import Direction, validate
+from services.action_rules import ActionRuleReader, check_csms_call
 
 __all__ = [
     "CallMaker",
@@ -28,10 +34,18 @@ __all__ = [
 class CallMaker:
     """Sends CSMS-initiated calls to stations through the bus."""
 
-    def __init__(self, bus: Bus, topics: Topics, *, origin: str = "manager") -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        topics: Topics,
+        *,
+        origin: str = "manager",
+        rules: ActionRuleReader | None = None,
+    ) -> None:
         self._bus = bus
         self._topics = topics
         self._origin = origin
+        self._rules = rules
 
     @property
     def bus(self) -> Bus:
@@ -53,10 +67,13 @@ class CallMaker:
 
         The payload is validated against the action's request schema first, so a bug in the
         caller is an exception here rather than a CallError from the station.
-        Raises ``ocpp_schemas.SchemaViolation``, ``KeyError`` (unknown action),
-        ``csms.bus.NoSubscribers`` (no gateway holds the station) or
+        Raises :class:`~services.action_rules.ActionDenied` (the station's action rules
+        refuse it: nothing is sent), ``ocpp_schemas.SchemaViolation``, ``KeyError`` (unknown
+        action), ``csms.bus.NoSubscribers`` (no gateway holds the station) or
         ``csms.bus.BusUnavailable``.
         """
+        if self._rules is not None:
+            await check_csms_call(self._rules, station_id, version, action)
         validate(version, action, Direction.REQUEST, payload)
         message_id = message_id or str(uuid.uuid4())
         envelope = Envelope(

@@ -149,7 +149,7 @@ class CallSender:
         self._topics = topics
         self._origin = origin
         self._reply_topic = topics.reply(f"{origin}-{uuid.uuid4().hex[:8]}")
-        self._calls = CallMaker(bus, topics, origin=origin)
+        self._calls = CallMaker(bus, topics, origin=origin, rules=rules)
         self._default_timeout = default_timeout
         self._rules = rules
         self._waiting: dict[str, asyncio.Future[Envelope]] = {}
@@ -183,9 +183,10 @@ class CallSender:
 
     async def check_allowed(self, station_id: str, version: str, action: str) -> None:
         """Raise :class:`~services.action_rules.ActionDenied` when the station's action rules
-        refuse this call (``send`` and ``submit`` check it too, before publishing; a caller
-        that records calls checks it first). Every originator sending through a sender made
-        with ``rules`` is covered: API calls, task routes, remote start and stop, rotations."""
+        refuse this call (``send`` and ``submit`` are refused too, by the :class:`CallMaker`
+        they publish with; a caller that records calls checks it first). Every originator
+        sending through a sender made with ``rules`` is covered: API calls, task routes,
+        remote start and stop, rotations."""
         if self._rules is not None:
             await check_csms_call(self._rules, station_id, version, action)
 
@@ -209,7 +210,6 @@ class CallSender:
         """
         if self._reader is None:
             raise RuntimeError("use 'async with CallSender(...)' before send()")
-        await self.check_allowed(station_id, version, action)
         message_id = message_id or str(uuid.uuid4())
         future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
         self._waiting[message_id] = future
@@ -268,7 +268,6 @@ class CallSender:
         record) it. Raises :class:`InvalidCall`, :class:`~csms.bus.NoSubscribers` (no gateway
         holds the station: nothing was sent) or :class:`~csms.bus.BusUnavailable`.
         """
-        await self.check_allowed(station_id, version, action)
         with _invalid_calls(version, action):
             return await self._calls.call(
                 station_id, version, action, payload, meta=meta, message_id=message_id

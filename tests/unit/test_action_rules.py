@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from csms.bus.memory import MemoryBroker
+from csms.envelope import decode_envelope
+from csms.topics import Topics
+from operations.call_maker import CallMaker
 from services.action_rules import (
     ALLOW_ALL,
     NO_RULES,
@@ -126,6 +130,20 @@ async def test_check_csms_call_raises_what_the_rules_say() -> None:
     assert (denied.rule, denied.source) == ("allow", Source.STATION)
     assert str(denied) == "action UnlockConnector is not in the allow list for this station"
     await check_csms_call(store, "CS2", V201, "UnlockConnector")  # another station: no rules
+
+
+async def test_a_call_maker_with_rules_publishes_nothing_they_deny() -> None:
+    store = MemoryActionRuleStore()
+    await store.put("CS1", ONLY_RESET)
+    broker = MemoryBroker()
+    async with broker.client() as gateway, broker.client() as manager:
+        await gateway.subscribe(Topics().outbound(V201, "CS1"))
+        maker = CallMaker(manager, Topics(), rules=store)
+        with pytest.raises(ActionDenied):
+            await maker.call("CS1", V201, "CostUpdated", {"totalCost": 1.0, "transactionId": "T"})
+        await maker.call("CS1", V201, "TriggerMessage", {"requestedMessage": "Heartbeat"})
+        received = await anext(gateway.messages())
+        assert decode_envelope(received.payload).action == "TriggerMessage"  # the first one sent
 
 
 # --- the store contract (memory here, Redis in tests/integration) --------------------------
