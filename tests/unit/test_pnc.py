@@ -6,8 +6,10 @@ wrapping of all three, and the DataTransfer vendor registry."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -313,3 +315,47 @@ async def test_signature_error_when_a_link_does_not_verify(pki: ContractPki) -> 
     verifier = LocalContractVerifier([pki.root.cert])
     status = await verifier.verify_contract(pem(leaf, impostor.cert), [])
     assert status is CertificateStatus.SIGNATURE_ERROR
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[str]:
+    """An OCSP URL whose server takes the connection and never answers (a hung responder)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/ocsp"
+
+
+async def test_an_ocsp_outage_is_a_cert_chain_error_not_a_verdict(tmp_path: Path) -> None:
+    """C07.FR.17: with the responder stopped or hanging past ``ocsp_timeout`` (and nothing
+    cached, C07.FR.05) the chain's validity is not established: CertChainError, Invalid."""
+    with running_responder() as stopped:
+        pki = ContractPki(tmp_path, f"{stopped.url}/ocsp")
+        stopped.pki = pki
+        chain = pki.contract("outage")
+    # Left the context: the local responder is stopped, its port closed.
+    with silent_server() as hung, running_responder() as provider:
+        settings = pnc_settings(pki, provider, ocsp_timeout=0.5)
+        async with processes.embedded(settings) as running:
+            async for cs in station(running, "CS-PNC-OUTAGE", "ocpp2.0.1"):
+                down = await cs.call("Authorize", authorize(chain))
+                assert down == {
+                    "idTokenInfo": {"status": "Invalid"},
+                    "certificateStatus": "CertChainError",
+                }
+                by_hash = authorize(hashes=[hash_data(pki, chain, hung)])
+                hanging = await cs.call("Authorize", by_hash)
+                assert hanging["certificateStatus"] == "CertChainError"
+                assert hanging["idTokenInfo"]["status"] == "Invalid"
+            async for cp in station(running, "CP-PNC-OUTAGE", "ocpp1.6"):
+                token = {"idToken": {"idToken": EMAID_16, "type": "eMAID"}}
+                wrapped = await cp.call(
+                    "DataTransfer",
+                    {
+                        "vendorId": PNC,
+                        "messageId": "Authorize",
+                        "data": json.dumps({**token, "certificate": chain}),
+                    },
+                )
+                assert json.loads(wrapped["data"])["certificateStatus"] == "CertChainError"
+        assert provider.ocsp_hits == 0
