@@ -35,7 +35,9 @@ export async function station(ctx, stationId) {
         h("section.panel", { "aria-label": "Station" }, facts([
           ["OCPP version", detail.ocpp_version],
           ["Registration", detail.registration],
-          ["Security profile", String(detail.security_profile)],
+          ["Security profile", detail.pending_security_profile == null
+            ? String(detail.security_profile)
+            : `${detail.security_profile} (accepted ${detail.pending_security_profile}, not yet connected with it)`],
           ["Connected at", when(detail.connected_at)],
           ["Last seen", when(detail.last_seen)],
           ["Gateway", detail.gateway],
