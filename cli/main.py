@@ -17,6 +17,7 @@
     csms rules defaults VERSION [the same flags]
     csms call STATION ACTION ['{json}' | @file.json | -] [--timeout S] [--no-wait] [--json]
     csms call-status CALL_ID [--wait S] [--json]
+    csms iso15118 STATION MESSAGE ['{json}' | @file.json | -] [--timeout S] [--no-wait] [--json]
     csms tx list [--station S] [--token T] [--active|--ended] [--since ISO] [--until ISO]
                  [--limit N] [--json]
     csms tx show STATION TX [--json]
@@ -52,6 +53,7 @@ from cli import (
     api_key,
     call,
     events,
+    iso15118,
     password,
     rules,
     serve,
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_commands(commands)
     api_key.add_commands(commands)
     call.add_commands(commands)
+    iso15118.add_commands(commands)
     tx.add_commands(commands)
     webhook.add_commands(commands)
     events.add_commands(commands)

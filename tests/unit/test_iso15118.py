@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from cryptography import x509
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint as ChargePoint16
@@ -27,6 +28,7 @@ from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as result201
 from websockets.asyncio.client import connect
 
+from cli.main import main
 from cli.processes import Embedded, embedded
 from csms.config import Settings
 from services.pnc import PNC_VENDOR_ID
@@ -346,3 +348,29 @@ async def test_an_offline_station_is_409_at_once(csms: Csms) -> None:
         "CP-PNC-GONE", "TriggerMessage", {"requestedMessage": "SignV2GCertificate"}
     )
     assert answer.status_code == 409 and answer.json()["code"] == "station_offline"
+
+
+async def test_the_cli_sends_it_and_exits_by_the_answer(
+    csms: Csms, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saved = structlog.get_config()
+    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())  # keep stdout clean
+    try:
+        async with station16(csms, "CP-PNC-CLI") as cp:
+            assert csms.running.api is not None
+            flags = ["--api-url", csms.running.api.url, "--api-key", ADMIN]
+            payload = json.dumps({"certificateType": "V2GRootCertificate", "certificate": ROOT_PEM})
+            argv = ["iso15118", "CP-PNC-CLI", "InstallCertificate", payload, *flags]
+            capsys.readouterr()
+            assert await asyncio.to_thread(main, [*argv, "--json"]) == 0
+            body = json.loads(capsys.readouterr().out)
+            assert body["iso15118"]["payload"] == {"status": "Accepted"}
+            assert (await cp.got.get())[0] == "InstallCertificate"
+            cp.answers["InstallCertificate"] = ("Rejected", None)
+            assert await asyncio.to_thread(main, argv) == 3
+            assert "Rejected" in capsys.readouterr().out
+            bad = ["iso15118", "CP-PNC-CLI", "InstallCertificate", "{}", *flags]
+            assert await asyncio.to_thread(main, bad) == 2
+    finally:
+        structlog.reset_defaults()
+        structlog.configure(**saved)
