@@ -42,6 +42,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
+from csms import eager
 from csms.bus import Bus, BusUnavailable, property_text
 from csms.envelope import Envelope, encode
 from csms.topics import Topics
@@ -61,20 +62,19 @@ REPORT_INTERVAL = 10.0
 """Seconds between two log lines of the same kind from one connection."""
 
 
-def _mqtt_properties(envelope: Envelope, station: str) -> dict[str, str]:
-    properties = {property_text(key): property_text(value) for key, value in envelope.meta.items()}
-    properties["kind"] = str(envelope.kind)
-    properties["message_id"] = property_text(envelope.message_id)
-    properties["station"] = property_text(station)
-    if envelope.action:
-        properties["action"] = property_text(envelope.action)
-    return properties
+def _meta_properties(meta: dict[str, str]) -> dict[str, str]:
+    return {property_text(key): property_text(value) for key, value in meta.items()}
 
 
 class _Lane(Generic[_T]):
-    """An ordered queue of work run by a task that only exists while there is work."""
+    """An ordered queue of work run by a task that only exists while the work has to wait.
 
-    __slots__ = ("_failed", "_items", "_run", "_task")
+    An item put on an idle lane runs at once, in the caller's turn (:func:`csms.eager.start`);
+    only if it has to wait (a PUBACK, a full socket buffer) does a task take over, and items
+    put meanwhile queue behind it, so the order stays the order of :meth:`put`.
+    """
+
+    __slots__ = ("_busy", "_failed", "_items", "_run", "_task")
 
     def __init__(self, run: Callable[[_T], Awaitable[None]], failed: Callable[[str], None]) -> None:
         self._run = run
@@ -82,14 +82,18 @@ class _Lane(Generic[_T]):
         """Logs the exception being handled (called from within ``except``)."""
         self._items: list[_T] = []  # short-lived and short; an empty deque costs ~600 B
         self._task: asyncio.Task[None] | None = None
+        """The task draining the lane, while the item being run waits."""
+        self._busy = False
+        """True while an item runs, inline or in the task: a put meanwhile only queues."""
 
     def __len__(self) -> int:
         return len(self._items)
 
     def put(self, item: _T) -> None:
         self._items.append(item)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+        if not self._busy:
+            self._busy = True
+            self._task = eager.start(self._drain())
 
     async def _drain(self) -> None:
         try:
@@ -100,6 +104,7 @@ class _Lane(Generic[_T]):
                 except Exception:
                     self._failed("gateway lane step failed")
         finally:
+            self._busy = False
             self._task = None
 
     async def wait_idle(self) -> None:
@@ -121,14 +126,17 @@ class Connection:
         "_bus",
         "_close_task",
         "_counters",
+        "_inbound",
         "_loop",
+        "_meta",
+        "_meta_properties",
         "_publish_lane",
         "_publish_timeout",
         "_reports",
         "_send_lane",
+        "_station_property",
         "_timer",
         "_timer_deadline",
-        "_topics",
         "connected_at",
         "log",
         "pipe",
@@ -158,9 +166,14 @@ class Connection:
         """The peer's ``host:port``, in every log line about a limit."""
         self._reports: LogThrottle | None = None
         self._bus = bus
-        self._topics = topics
         self._publish_timeout = publish_timeout
         self._counters = counters
+        self._inbound = topics.inbound(pipe.version, pipe.station)
+        """The shared ``in`` topic this connection publishes to."""
+        self._meta = dict(pipe.meta)
+        self._meta_properties = _meta_properties(self._meta)
+        """:attr:`_meta` (the connection's envelope meta) as MQTT user properties."""
+        self._station_property = property_text(pipe.station)
         """Metric cells of this connection's version (gateway/metrics.py), shared."""
         self._send_lane: _Lane[str] = _Lane(self._send, self.log_exception)
         self._publish_lane: _Lane[Publish] = _Lane(self._publish, self.log_exception)
@@ -316,18 +329,34 @@ class Connection:
         else:
             self._counters.frames_out.inc()
 
+    def _properties(self, envelope: Envelope) -> dict[str, str]:
+        """The MQTT user properties of ``envelope``. Its meta is usually the connection's own
+        (station Calls): that part is percent-encoded once and reused."""
+        meta = envelope.meta
+        if meta is self._meta or meta == self._meta:
+            properties = dict(self._meta_properties)
+        else:
+            properties = _meta_properties(meta)
+        properties["kind"] = envelope.kind.value
+        properties["message_id"] = property_text(envelope.message_id)
+        properties["station"] = self._station_property
+        if envelope.action:
+            properties["action"] = property_text(envelope.action)
+        return properties
+
     async def _publish(self, action: Publish) -> None:
         envelope = action.envelope
-        properties = _mqtt_properties(envelope, self.station)
+        properties = self._properties(envelope)
         data = encode(envelope)
         if action.reply_to is not None:
             # The originator that waits for this outcome gets its own copy; the managers get
             # theirs on the shared topic below, so result handlers always run.
             await self._publish_reply(action.reply_to, data, properties, envelope)
-        topic = self._topics.inbound(self.version, self.station)
+        topic = self._inbound
         try:
-            async with asyncio.timeout(self._publish_timeout):
-                await self._bus.publish(topic, data, properties=properties)
+            # No timeout here: every bus adapter gives up on a publish after publish_timeout
+            # itself (one timer per broker connection, not one per publish).
+            await self._bus.publish(topic, data, properties=properties)
         except (BusUnavailable, TimeoutError) as exc:
             self.log.warning(
                 "publish failed",
@@ -348,8 +377,7 @@ class Connection:
         self, topic: str, data: bytes, properties: dict[str, str], envelope: Envelope
     ) -> None:
         try:
-            async with asyncio.timeout(self._publish_timeout):
-                await self._bus.publish(topic, data, properties=properties)
+            await self._bus.publish(topic, data, properties=properties)
         except (BusUnavailable, TimeoutError) as exc:
             # The originator stopped waiting (NoSubscribers) or the bus is down; the shared
             # copy still reaches the managers.
@@ -369,12 +397,25 @@ class Connection:
     # -- timer ---------------------------------------------------------------------------
 
     def _arm_timer(self) -> None:
-        deadline = self.pipe.next_deadline()
-        if deadline == self._timer_deadline and (deadline is None or self._timer is not None):
-            return
-        self._cancel_timer()
-        if deadline is None:
-            return
+        """Keep the one timer at or before the pipe's next deadline.
+
+        It moves only when the deadline comes earlier than the timer. A later deadline (each
+        new Call's) or none (the answer came) leaves it alone: it then fires early, the pipe's
+        tick finds nothing due, and it is set again for the deadline of that moment. A busy
+        connection so costs one timer per ``answer_timeout``, not two timer operations per
+        message, and every deadline is still applied once, when it is reached.
+        """
+        armed = self._timer_deadline
+        if armed is not None:
+            deadline = self.pipe.next_deadline()
+            if deadline is None or deadline >= armed:
+                return
+        else:
+            deadline = self.pipe.next_deadline()
+            if deadline is None:
+                return
+        if self._timer is not None:
+            self._timer.cancel()
         self._timer_deadline = deadline
         self._timer = self._loop.call_at(deadline, self._on_timer)
 
@@ -385,6 +426,7 @@ class Connection:
             self._apply(self.pipe.tick(self._loop.time()))
         except Exception:
             self.log_exception("pipe tick failed")
+            self._arm_timer()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

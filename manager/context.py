@@ -55,7 +55,10 @@ def utc_now() -> dt.datetime:
 
 def iso(moment: dt.datetime) -> str:
     """OCPP date-time: ISO 8601 UTC with a ``Z`` and millisecond precision."""
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not dt.UTC:
+        moment = moment.astimezone(dt.UTC)
+    # Several per message: slicing off "+00:00" is half the cost of the general route.
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 @dataclass(slots=True)

@@ -4,8 +4,11 @@ A :class:`Manager` is stateless apart from what is in flight: any instance can t
 message because station state lives in the services and answers to CSMS calls carry their
 original request. Messages are handled concurrently (bounded by
 ``settings.manager_concurrency``) yet in arrival order per station: each station with work
-pending has a small queue ("lane") drained by one task, and the lane disappears when empty, so
-memory follows the stations active right now, not every station ever seen.
+pending has a small queue ("lane"), and the lane disappears when empty, so memory follows the
+stations active right now, not every station ever seen. A message for a station without a lane
+runs at once, in the reader's turn (:func:`csms.eager.start`); only when it has to wait (a
+store round trip) does its lane get a task, which then also drains whatever arrives for that
+station meanwhile.
 
 A semaphore slot is taken when a message is read and given back when it is done, so a slow
 store makes the reader wait (back-pressure into the broker) instead of queueing without limit.
@@ -22,12 +25,13 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import structlog
 
 import ocpp_schemas
+from csms import eager
 from csms.bus import Bus, BusUnavailable, Message, property_text
 from csms.config import Settings
 from csms.envelope import (
@@ -155,6 +159,8 @@ class Manager:
         self._failed_events: dict[str, ConnectionEvent] = {}
         """Connection events the registry could not store, by connection id, oldest first."""
         self._housekeeper: asyncio.Task[None] | None = None
+        self._units_of: tuple[object, bool] | None = None
+        """The idempotency store last asked about and whether it makes its own CallUnits."""
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -262,9 +268,12 @@ class Manager:
             return
         lane = deque((item,))
         self._lanes[station] = lane
-        task = asyncio.create_task(self._drain(station, lane))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # Run at once: with nothing queued for the station there is nothing to keep order
+        # with, and a message that never waits (memory stores) then costs no task at all.
+        task = eager.start(self._drain(station, lane))
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _drain(self, station: str, lane: deque[_Item]) -> None:
         """Handle one station's messages in order; the lane is removed once empty."""
@@ -384,12 +393,20 @@ class Manager:
     def _unit(self, envelope: Envelope, key: str, owner: str, log: Any) -> CallUnit:
         """The Call's unit: the idempotency store's own (Redis), else a plain one."""
         idempotency = self.services.idempotency
-        if isinstance(idempotency, CallUnits):
+        if self._call_units(idempotency):
             ahead = read_ahead(envelope)
-            return idempotency.unit(
+            return cast(CallUnits, idempotency).unit(
                 key, owner, self._claim_ttl, ahead=ahead, seen_at=_iso_at(envelope.at)
             )
         return self._plain_unit(envelope, key, owner, log)
+
+    def _call_units(self, idempotency: object) -> bool:
+        """Whether ``idempotency`` makes its own units, decided once per store: an
+        ``isinstance`` against a runtime-checkable Protocol walks its members each time."""
+        known = self._units_of
+        if known is None or known[0] is not idempotency:
+            known = self._units_of = (idempotency, isinstance(idempotency, CallUnits))
+        return known[1]
 
     def _plain_unit(self, envelope: Envelope, key: str, owner: str, log: Any) -> PlainCallUnit:
         return PlainCallUnit(

@@ -3,6 +3,10 @@
 Semantics follow MQTT v5 as the project relies on them: topic filters with ``+`` and ``#``;
 ``$share/{group}/filter`` delivers each message to exactly one member of the group
 (round-robin); plain subscribers each get a copy. Delivery is in publish order per subscriber.
+
+Routing is a dict lookup: the subscribers of a topic are worked out on its first publish and
+kept (:class:`_Route`) until a subscription of any client changes, so a station's messages
+cost no filter matching however many stations and filters there are.
 """
 
 from __future__ import annotations
@@ -20,6 +24,20 @@ __all__ = [
     "MemoryBus",
 ]
 
+MAX_ROUTES = 65_536
+"""Topics whose subscribers are kept; beyond, the table starts again (a bound, not a cache
+policy: a CSMS has a few topics per connected station)."""
+
+
+class _Route:
+    """Who receives a topic: each plain subscriber once, one member of each shared group."""
+
+    __slots__ = ("groups", "plain")
+
+    def __init__(self, plain: tuple[MemoryBus, ...], groups: tuple[tuple[MemoryBus, ...], ...]):
+        self.plain = plain
+        self.groups = groups
+
 
 class MemoryBroker:
     """The hub that :class:`MemoryBus` clients connect to."""
@@ -27,6 +45,7 @@ class MemoryBroker:
     def __init__(self) -> None:
         self._clients: list[MemoryBus] = []
         self._rr = itertools.count()
+        self._routes: dict[str, _Route] = {}
         self.available = True
         """Set False to simulate a broker outage (publishes then raise BusUnavailable)."""
 
@@ -41,34 +60,49 @@ class MemoryBroker:
 
     def _attach(self, client: MemoryBus) -> None:
         self._clients.append(client)
+        self._routes.clear()
 
     def _detach(self, client: MemoryBus) -> None:
         if client in self._clients:
             self._clients.remove(client)
+        self._routes.clear()
+
+    def _changed(self) -> None:
+        """A subscription changed: every topic's subscribers are worked out again."""
+        self._routes.clear()
 
     def _route(self, message: Message) -> bool:
         """Deliver ``message``; False when no subscription matched (nobody got it)."""
+        route = self._routes.get(message.topic)
+        if route is None:
+            route = self._resolve(message.topic)
+            if len(self._routes) >= MAX_ROUTES:
+                self._routes.clear()
+            self._routes[message.topic] = route
+        for client in route.plain:
+            client._deliver(message)
+        for members in route.groups:
+            members[next(self._rr) % len(members)]._deliver(message)
+        return bool(route.plain or route.groups)
+
+    def _resolve(self, topic: str) -> _Route:
+        """The subscribers of ``topic`` now, by matching every client's filters."""
+        plain: list[MemoryBus] = []
         groups: dict[tuple[str, str], list[MemoryBus]] = {}
-        delivered_any = False
-        last_level = message.topic.rsplit("/", 1)[-1]
+        last_level = topic.rsplit("/", 1)[-1]
         for client in self._clients:
-            delivered = False
             # Filters are indexed by their last level (a gateway's filter per held station ends
-            # with the station id), so routing costs the same with ten stations or ten thousand.
+            # with the station id), so this costs the same with ten stations or ten thousand.
             candidates = client._by_last_level.get(last_level, ())
             for topic_filter in itertools.chain(candidates, client._open_ended):
-                if not matches(topic_filter, message.topic):
+                if not matches(topic_filter, topic):
                     continue
                 if topic_filter.startswith("$share/"):
                     group = topic_filter.split("/", 2)[1]
                     groups.setdefault((group, topic_filter), []).append(client)
-                elif not delivered:
-                    client._deliver(message)
-                    delivered = True
-                delivered_any = True
-        for members in groups.values():
-            members[next(self._rr) % len(members)]._deliver(message)
-        return delivered_any or bool(groups)
+                elif not plain or plain[-1] is not client:
+                    plain.append(client)
+        return _Route(tuple(plain), tuple(tuple(members) for members in groups.values()))
 
 
 class MemoryBus:
@@ -106,6 +140,7 @@ class MemoryBus:
             raise NoSubscribers(f"no subscriber for {topic}")
 
     async def subscribe(self, topic_filter: str) -> None:
+        self._broker._changed()
         last_level = topic_filter.rsplit("/", 1)[-1]
         if last_level in ("+", "#"):
             self._open_ended.add(topic_filter)
@@ -113,6 +148,7 @@ class MemoryBus:
             self._by_last_level.setdefault(last_level, set()).add(topic_filter)
 
     async def unsubscribe(self, topic_filter: str) -> None:
+        self._broker._changed()
         self._open_ended.discard(topic_filter)
         last_level = topic_filter.rsplit("/", 1)[-1]
         filters = self._by_last_level.get(last_level)
