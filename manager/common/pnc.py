@@ -29,6 +29,7 @@ from services.pnc import PNC_VENDOR_ID, CertificateStatus, OcspRequestData, der_
 
 __all__ = [
     "PNC_VENDOR_ID",
+    "WRAPPED_HANDLERS",
     "authorize",
     "certificate_status",
     "data_transfer_16",
@@ -138,12 +139,13 @@ async def sign_certificate(ctx: CallContext, payload: dict[str, Any]) -> dict[st
 
 
 _Handler = Callable[[CallContext, dict[str, Any]], Awaitable[dict[str, Any]]]
-_WRAPPED: dict[str, _Handler] = {
+WRAPPED_HANDLERS: dict[str, _Handler] = {
     "Authorize": authorize,
     "GetCertificateStatus": certificate_status,
     "Get15118EVCertificate": ev_certificate,
     "SignCertificate": sign_certificate,
 }
+"""The wrapped station-to-CSMS messages of the application note, each handled as in 2.0.1."""
 
 
 async def data_transfer_16(ctx: CallContext, message_id: str | None, data: Any) -> VendorAnswer:
@@ -151,7 +153,7 @@ async def data_transfer_16(ctx: CallContext, message_id: str | None, data: Any) 
     the 2.0.1 schema (Rejected when it does not parse or fit), answered with the 2.0.1
     response as JSON text. A messageId that is not a station-to-CSMS message of the
     application note is UnknownMessageId."""
-    handler = _WRAPPED.get(message_id or "")
+    handler = WRAPPED_HANDLERS.get(message_id or "")
     if handler is None:
         return VendorAnswer(status="UnknownMessageId")
     assert message_id is not None

@@ -23,7 +23,10 @@ from api.actions import CSMS_ACTIONS
 from cli.processes import Embedded, embedded
 from csms.config import Settings
 from csms.versions import OcppVersion, spec, supported
+from manager.common.pnc import WRAPPED_HANDLERS
+from manager.v16.results.data_transfer import WRAPPED_RESULTS
 from ocpp_schemas import Direction, actions
+from services.pnc import CSMS_MESSAGES, PNC_VENDOR_ID, STATION_MESSAGES
 from tests.ocpp_payloads import build
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "coverage.md"
@@ -77,6 +80,14 @@ READ_AT: Mapping[OcppVersion, Mapping[str, str]] = {
 }
 """Where what a station sends can be read, per station-initiated action."""
 
+WRAPPED_READ_AT: Mapping[str, str] = {
+    "Authorize": "answered from the token store and the OCSP responder (C07)",
+    "Get15118EVCertificate": "answered from the contract-certificate provider",
+    "GetCertificateStatus": "answered from the OCSP responder",
+    "SignCertificate": "answered; the signed chain follows in a wrapped CertificateSigned",
+}
+"""Where what a 1.6 charge point sends wrapped (ISO 15118 Plug & Charge) can be read."""
+
 
 def station_actions(version: OcppVersion) -> list[str]:
     """The actions a station may send in ``version`` (the schemas less the CSMS's own)."""
@@ -121,13 +132,49 @@ def render() -> str:
                 rows.append(("CSMS → station", status, "call record"))
             for direction, status, read in rows:
                 lines.append(f"| {action} | {direction} | {status} | {read} |")
+    lines += _wrapped_table()
     return "\n".join(lines) + "\n"
+
+
+def _wrapped_table() -> list[str]:
+    """The 1.6 DataTransfer-wrapped ISO 15118 messages (OCA application note "Using ISO
+    15118 Plug & Charge with OCPP 1.6"), both directions."""
+    lines = [
+        "",
+        "## OCPP 1.6: ISO 15118 Plug & Charge wrapped in DataTransfer",
+        "",
+        f"vendorId `{PNC_VENDOR_ID}`, messageId = the 2.0.1 action, `data` = the JSON text",
+        "of its 2.0.1 payload. CSMS → station: sent with",
+        "`POST /v1/stations/{id}/iso15118/{messageId}` (2.0.1 stations get the 2.0.1 call",
+        "itself); *applied* means the answer lands in `/v1/stations/{id}/certificates` as a",
+        "2.0.1 station's does.",
+        "",
+        "| messageId | direction | status | read at |",
+        "|---|---|---|---|",
+    ]
+    for message in sorted(STATION_MESSAGES | CSMS_MESSAGES):
+        if message in STATION_MESSAGES:
+            handled = message in WRAPPED_HANDLERS
+            status = "handled" if handled else "not handled (UnknownMessageId)"
+            read = WRAPPED_READ_AT.get(message, "—") if handled else "—"
+            lines.append(f"| {message} | station → CSMS | {status} | {read} |")
+        if message in CSMS_MESSAGES:
+            status = "sent, answer applied" if message in WRAPPED_RESULTS else "sent"
+            read = (
+                "`/v1/stations/{id}/certificates`" if message in WRAPPED_RESULTS else "call record"
+            )
+            lines.append(f"| {message} | CSMS → station | {status} | {read} |")
+    return lines
 
 
 def test_docs_coverage_is_generated_from_the_schema_table() -> None:
     assert DOC.read_text(encoding="utf-8") == render(), (
         "docs/coverage.md is stale: run .venv/bin/python -m tests.unit.test_coverage"
     )
+
+
+def test_every_wrapped_station_message_is_handled_and_says_where_it_is_read() -> None:
+    assert set(WRAPPED_HANDLERS) == set(STATION_MESSAGES) == set(WRAPPED_READ_AT)
 
 
 def test_every_handled_station_action_says_where_its_data_is_read() -> None:
