@@ -10,6 +10,15 @@ Ids are the stream ids (``<ms>-<seq>``, given by Redis), so every replica sees o
 so a little more than ``max_events`` may be kept. Below :data:`EXACT_TRIM_BELOW` events
 trimming is exact (a node holds about a hundred entries, so ``~`` would not trim at all).
 
+An event a station Call causes is written with the Call's other writes: with
+``in_calls=True`` (what ``open_services`` sets unless ``events_to_mqtt`` needs the id at
+once), :meth:`RedisEventLog.append` inside the Call's unit of work
+(:class:`~services.redis_store.RedisCallUnit`) queues the XADD on the unit, so it is in the
+same APPLY script as the state change and the stored answer: the event is in the stream if
+and only if the state change is stored, with no round trip of its own. The event then comes
+back without its id (``""``), which only the stream gives, at that APPLY. Outside a Call the
+XADD is sent at once.
+
 Long polls share one reader: the first :meth:`RedisEventLog.wait` of a process starts a
 poller task that blocks in ``XREAD BLOCK`` on one pooled connection and wakes every waiter
 of the process when entries arrive; the waiters then read what they need with ``XRANGE``.
@@ -29,7 +38,8 @@ import structlog
 from redis.exceptions import RedisError
 
 from services.events import Event, EventPage, _matches, event_id_after
-from services.redis_store import DEFAULT_PREFIX, _guard
+from services.redis_store import DEFAULT_PREFIX, _guard, current_unit
+from services.resp import RespClient
 
 __all__ = ["BLOCK_MS", "EXACT_TRIM_BELOW", "SCAN_LIMIT", "RedisEventLog"]
 
@@ -64,9 +74,19 @@ class RedisEventLog:
     StoreUnavailable. :meth:`aclose` stops the poller (``open_services`` calls it)."""
 
     def __init__(
-        self, client: aioredis.Redis, prefix: str = DEFAULT_PREFIX, *, max_events: int = 100_000
+        self,
+        client: aioredis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        max_events: int = 100_000,
+        fast: RespClient | None = None,
+        in_calls: bool = False,
     ) -> None:
         self.client = client
+        self.fast = fast
+        """Appends go through it when set (the hot path), reads and XREAD stay on ``client``."""
+        self.in_calls = in_calls
+        """Queue a Call's events on its unit of work (see the module docstring)."""
         self.prefix = prefix
         self.max_events = max_events
         self._key = f"{prefix}events"
@@ -77,15 +97,28 @@ class RedisEventLog:
 
     # -- writing ----------------------------------------------------------------------------
 
+    def _xadd(self, body: bytes) -> tuple[bytes | int, ...]:
+        """XADD's arguments after the key: the retention bound, ``*``, the event."""
+        trim = b"~" if self.max_events >= EXACT_TRIM_BELOW else b"="
+        return (b"MAXLEN", trim, self.max_events, b"*", _FIELD, body)
+
     async def append(self, event: Event) -> Event:
         body = _encoder.encode(msgspec.structs.replace(event, id=""))
+        if self.in_calls:
+            unit = current_unit(self.client)
+            if unit is not None:
+                unit.hold([("XADD", self._key, self._xadd(body))])
+                return msgspec.structs.replace(event, id="")
         with _guard(self.client, "append event"):
-            entry_id = await self.client.xadd(
-                self._key,
-                {_FIELD: body},
-                maxlen=self.max_events,
-                approximate=self.max_events >= EXACT_TRIM_BELOW,
-            )
+            if self.fast is not None:
+                entry_id = await self.fast.execute(b"XADD", self._key, *self._xadd(body))
+            else:
+                entry_id = await self.client.xadd(
+                    self._key,
+                    {_FIELD: body},
+                    maxlen=self.max_events,
+                    approximate=self.max_events >= EXACT_TRIM_BELOW,
+                )
         return msgspec.structs.replace(event, id=_text(entry_id))
 
     # -- reading ----------------------------------------------------------------------------

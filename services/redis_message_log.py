@@ -53,6 +53,7 @@ from services.message_log import (
 )
 from services.models import Page
 from services.redis_store import DEFAULT_PREFIX
+from services.resp import Arg, RespClient, RespError
 
 __all__ = ["BATCH", "BUFFER", "RedisMessageLog"]
 
@@ -95,8 +96,11 @@ class RedisMessageLog:
         buffer: int = BUFFER,
         follow_block: float = FOLLOW_BLOCK,
         clock: Callable[[], float] = time.time,
+        fast: RespClient | None = None,
     ) -> None:
         self.client = client
+        self.fast = fast
+        """The flush goes through it when set (the hot path); reads stay on ``client``."""
         self.prefix = prefix
         self._max_per_station = max_per_station
         self._max_age = max_age
@@ -167,23 +171,24 @@ class RedisMessageLog:
             self._full.clear()
         if not entries:
             return 0
-        pipe = self.client.pipeline(transaction=False)
-        keys: set[str] = set()
+        keys: dict[str, None] = {}
+        commands: list[tuple[Arg, ...]] = []
         for entry in entries:
             key = self.key(entry.station_id)
-            keys.add(key)
-            pipe.xadd(
-                key, {_FIELD: encode_entry(entry)}, maxlen=self._max_per_station, approximate=True
+            keys[key] = None
+            body = encode_entry(entry)
+            commands.append(
+                (b"XADD", key, b"MAXLEN", b"~", self._max_per_station, b"*", _FIELD, body)
             )
         if self._max_age > 0:
             cutoff = max(0, int((self._clock() - self._max_age) * 1000))
             for key in keys:
-                pipe.xtrim(key, minid=str(cutoff), approximate=True)
-                pipe.pexpire(key, int(self._max_age * 1000))
+                commands.append((b"XTRIM", key, b"MINID", b"~", cutoff))
+                commands.append((b"PEXPIRE", key, int(self._max_age * 1000)))
         started = time.perf_counter()
         try:
-            await pipe.execute()
-        except (RedisError, OSError) as exc:
+            await self._send(commands)
+        except (RedisError, OSError, RespError) as exc:
             self.cells.dropped["flush_failed"].inc(len(entries))
             if not self._failing:
                 self._failing = True
@@ -196,6 +201,18 @@ class RedisMessageLog:
             _log.info("message log written again")
         self.cells.written.inc(len(entries))
         return len(entries)
+
+    async def _send(self, commands: list[tuple[Arg, ...]]) -> None:
+        """The flush's commands in one round trip; raises the first error reply."""
+        if self.fast is not None:
+            for reply in await self.fast.pipeline(commands):
+                if isinstance(reply, RespError):
+                    raise reply
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        await pipe.execute()
 
     async def aclose(self) -> None:
         """Write everything buffered (one round trip per batch), stop the background tasks."""

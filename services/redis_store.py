@@ -92,7 +92,6 @@ from typing import Any, TypeVar
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, WatchError
 
 from services import energy, redis_scripts, rules
@@ -114,6 +113,7 @@ from services.models import (
     TransactionChange,
     TransactionState,
 )
+from services.resp import RespClient, RespError, Script
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -125,6 +125,7 @@ __all__ = [
     "RedisStationRegistry",
     "RedisTokenStore",
     "RedisTransactionStore",
+    "current_unit",
     "describe",
     "encode_id",
     "rebuild_indexes",
@@ -186,7 +187,7 @@ def _guard(client: aioredis.Redis, what: str) -> Iterator[None]:
     """Turn any Redis or socket failure during ``what`` into StoreUnavailable."""
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except (RedisError, OSError, RespError) as exc:
         raise StoreUnavailable(f"{describe(client)} unavailable ({what}): {exc}") from exc
 
 
@@ -225,6 +226,26 @@ key, "")`` (LRANGE of the whole list) or ``("members", set key, "")``."""
 _Arg = bytes | str | int | float
 _Op = tuple[str, str, tuple[_Arg, ...]]
 """One write: the command (or APPLY's ``max``), its key and its other arguments."""
+_Runner = Callable[[list[str], list[_Arg]], Awaitable[Any]]
+"""A script sent by its SHA-1 (reloaded on NOSCRIPT): ``await run(keys, args)``."""
+
+
+def script_runner(client: aioredis.Redis, fast: RespClient | None, source: str) -> _Runner:
+    """Run ``source`` on the thin client when there is one (the hot path), else redis-py."""
+    if fast is not None:
+        script = Script(source)
+
+        def run_thin(keys: list[str], args: list[_Arg]) -> Awaitable[Any]:
+            return fast.evalsha(script, keys, args)
+
+        return run_thin
+    registered = client.register_script(source)
+
+    def run_redis_py(keys: list[str], args: list[_Arg]) -> Awaitable[Any]:
+        return registered(keys=keys, args=args)
+
+    return run_redis_py
+
 
 _CHUNK = 512
 """Arguments per queued command (Lua's ``unpack`` bounds how many one call takes)."""
@@ -357,8 +378,16 @@ class _Unit:
     :meth:`commit` writes everything in one APPLY, or nothing when a check fails. A single
     store operation outside a station Call is a unit of its own."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, apply: AsyncScript) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        apply: _Runner,
+        fast: RespClient | None = None,
+    ) -> None:
         self.client = client
+        self.fast = fast
+        """The thin client the unit's own reads go through, when the stores have one."""
         self.prefix = prefix
         self.open = True
         """False once committed or dropped: store operations then write at once."""
@@ -406,6 +435,15 @@ class _Unit:
         wanted = [read for read in dict.fromkeys(reads) if not self._knows(read)]
         if not wanted:
             return
+        if self.fast is not None:
+            commands = [_read_command(read) for read in wanted]
+            results = await self.fast.pipeline(commands)
+            for result in results:
+                if isinstance(result, RespError):
+                    raise result
+            for read, result in zip(wanted, results, strict=True):
+                self._keep(read, result)
+            return
         async with self.client.pipeline(transaction=False) as pipe:
             for kind, key, member in wanted:
                 if kind == "get":
@@ -437,6 +475,11 @@ class _Unit:
                 self._checks.update(view.checks)
                 self._hold(batch.ops)
             return result
+
+    def hold(self, ops: list[_Op]) -> None:
+        """Queue writes no decision reads back (an event's XADD): stored with the rest, in
+        the same APPLY, or not at all."""
+        self._ops.extend(ops)
 
     def _hold(self, ops: list[_Op]) -> None:
         """Queue ``ops`` and keep what they make the keys hold, for later reads here."""
@@ -507,29 +550,62 @@ class _Unit:
             args += [kind, positions.setdefault(key, len(positions) + 1), arg]
         for command, key, values in ops:
             args += [command, positions.setdefault(key, len(positions) + 1), len(values), *values]
-        written = await self._apply(keys=list(positions), args=args)
+        written = await self._apply(list(positions), args)
         return bool(written == 1)
 
 
-class _RedisStore:
-    """Common plumbing: the client, the prefix, the optimistic write loops."""
+def _read_command(read: _Read) -> tuple[_Arg, ...]:
+    """The command of one of :meth:`_Unit.fetch`'s reads."""
+    kind, key, member = read
+    if kind == "get":
+        return (b"GET", key)
+    if kind == "is":
+        return (b"SISMEMBER", key, member)
+    if kind == "list":
+        return (b"LRANGE", key, 0, -1)
+    return (b"SMEMBERS", key)
 
-    def __init__(self, client: aioredis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
+
+def current_unit(client: aioredis.Redis) -> _Unit | None:
+    """The open unit of the station Call this task is handling, if it is on ``client``'s
+    Redis: a write queued on it (:meth:`_Unit.hold`) is stored with the Call's answer."""
+    unit = _CURRENT.get()
+    if unit is None or not unit.open or unit.client is not client:
+        return None
+    return unit
+
+
+class _RedisStore:
+    """Common plumbing: the client, the prefix, the optimistic write loops.
+
+    ``fast`` (:class:`~services.resp.RespClient`, on the same Redis) carries what a station
+    message costs: the scripts, the units' reads and the plain reads of :meth:`_values`;
+    everything else stays on ``client``.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        fast: RespClient | None = None,
+    ) -> None:
         if client.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("Redis stores need a client with decode_responses=False")
         self.client = client
+        self.fast = fast
         self.prefix = prefix
-        self._apply_script = client.register_script(redis_scripts.APPLY)
+        self._apply_script = self._runner(redis_scripts.APPLY)
+
+    def _runner(self, source: str) -> _Runner:
+        return script_runner(self.client, self.fast, source)
 
     def _guard(self, what: str) -> contextlib.AbstractContextManager[None]:
         return _guard(self.client, what)
 
     def _unit(self) -> _Unit | None:
         """The open unit of the station Call being handled, if it is on this Redis."""
-        unit = _CURRENT.get()
-        if unit is None or not unit.open or unit.client is not self.client:
-            return None
-        return unit
+        return current_unit(self.client)
 
     async def _run(
         self, decide: Callable[[_View, _Batch], _R], reads: Iterable[_Read], what: str
@@ -543,7 +619,7 @@ class _RedisStore:
             if unit is not None:
                 return await unit.decide(decide, reads)
             for attempt_no in range(MAX_ATTEMPTS):
-                unit = _Unit(self.client, self.prefix, self._apply_script)
+                unit = _Unit(self.client, self.prefix, self._apply_script, self.fast)
                 result = await unit.decide(decide, reads)
                 if await unit.commit():
                     return result
@@ -559,6 +635,11 @@ class _RedisStore:
             unit = self._unit()
             if unit is not None:
                 return await unit.values(keys)
+            if self.fast is not None:
+                if len(keys) == 1:
+                    return [await self.fast.execute(b"GET", keys[0])]
+                found: list[bytes | None] = await self.fast.execute(b"MGET", *keys)
+                return found
             if len(keys) == 1:
                 return [_as_bytes(await self.client.get(keys[0]))]
             return [_as_bytes(raw) for raw in await self.client.mget(keys)]
@@ -1040,8 +1121,9 @@ class RedisTokenStore(_RedisStore):
         *,
         accept_unknown: bool = False,
         clock: Callable[[], dt.datetime] | None = None,
+        fast: RespClient | None = None,
     ) -> None:
-        super().__init__(client, prefix)
+        super().__init__(client, prefix, fast=fast)
         self._accept_unknown = accept_unknown
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
 
@@ -1106,9 +1188,15 @@ class RedisTransactionStore(_RedisStore):
     """:class:`~services.interfaces.TransactionStore` in Redis, with per-station and
     per-token sets of active transactions kept in the same checked write as the record."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
-        super().__init__(client, prefix)
-        self._next_id = client.register_script(redis_scripts.NEXT_ID)
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        fast: RespClient | None = None,
+    ) -> None:
+        super().__init__(client, prefix, fast=fast)
+        self._next_id = self._runner(redis_scripts.NEXT_ID)
 
     def _ref(self, station_id: str, transaction_id: str) -> str:
         return f"{encode_id(station_id)}:{encode_id(transaction_id)}"
@@ -1137,7 +1225,7 @@ class RedisTransactionStore(_RedisStore):
         if unit is not None and unit.new_ids:
             return unit.new_ids.pop(0)  # taken with the Call's claim
         with self._guard("next transaction id"):
-            value = await self._next_id(keys=[f"{self.prefix}tx-seq"], args=[rules.INT32_MAX])
+            value = await self._next_id([f"{self.prefix}tx-seq"], [rules.INT32_MAX])
         return int(value)
 
     async def get(self, station_id: str, transaction_id: str) -> Transaction | None:
@@ -1445,11 +1533,17 @@ class RedisIdempotencyStore(_RedisStore):
     replaces it with the same kind of expiry. Also a
     :class:`~services.interfaces.CallUnits`: see :class:`RedisCallUnit`."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
-        super().__init__(client, prefix)
-        self._claim = client.register_script(redis_scripts.CLAIM)
-        self._release = client.register_script(redis_scripts.RELEASE)
-        self._begin = client.register_script(redis_scripts.BEGIN)
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        fast: RespClient | None = None,
+    ) -> None:
+        super().__init__(client, prefix, fast=fast)
+        self._claim = self._runner(redis_scripts.CLAIM)
+        self._release = self._runner(redis_scripts.RELEASE)
+        self._begin = self._runner(redis_scripts.BEGIN)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}idem:{key}"
@@ -1457,16 +1551,21 @@ class RedisIdempotencyStore(_RedisStore):
     async def claim(self, key: str, owner: str, ttl: float) -> bytes | bool:
         marker = _PENDING + owner.encode()
         with self._guard("claim"):
-            result: Any = await self._claim(keys=[self._key(key)], args=[marker, _ttl_ms(ttl)])
+            result: Any = await self._claim([self._key(key)], [marker, _ttl_ms(ttl)])
         return _claimed(result)
 
     async def complete(self, key: str, answer: bytes, ttl: float) -> None:
         with self._guard("complete"):
-            await self.client.set(self._key(key), _ANSWER + answer, px=_ttl_ms(ttl))
+            if self.fast is not None:
+                await self.fast.execute(
+                    b"SET", self._key(key), _ANSWER + answer, b"PX", _ttl_ms(ttl)
+                )
+            else:
+                await self.client.set(self._key(key), _ANSWER + answer, px=_ttl_ms(ttl))
 
     async def release(self, key: str, owner: str) -> None:
         with self._guard("release"):
-            await self._release(keys=[self._key(key)], args=[_PENDING + owner.encode()])
+            await self._release([self._key(key)], [_PENDING + owner.encode()])
 
     def unit(
         self, key: str, owner: str, ttl: float, *, ahead: ReadAhead, seen_at: str
@@ -1504,7 +1603,7 @@ class RedisCallUnit:
         self._ttl = ttl
         self._ahead = ahead
         self._seen = _fixed_width_utc(seen_at) or ""
-        self._unit = _Unit(store.client, store.prefix, store._apply_script)
+        self._unit = _Unit(store.client, store.prefix, store._apply_script, store.fast)
         self._entered: contextvars.Token[_Unit | None] | None = None
 
     async def __aenter__(self) -> RedisCallUnit:
@@ -1542,7 +1641,7 @@ class RedisCallUnit:
         for kind, key, arg in reads:
             args += [kind, positions.setdefault(key, len(positions) + 1), arg]
         with self._store._guard("claim"):
-            found: list[Any] = await self._store._begin(keys=list(positions), args=args)
+            found: list[Any] = await self._store._begin(list(positions), args)
         claim = _claimed(found[0])
         if claim is True:
             self._unit.load(reads, found[1:])
@@ -1557,7 +1656,7 @@ class RedisCallUnit:
     async def release(self) -> None:
         self._unit.open = False
         with self._store._guard("release"):
-            await self._store._release(keys=[self._key], args=[self._marker])
+            await self._store._release([self._key], [self._marker])
 
 
 # --- rebuilding the read-side indexes ------------------------------------------------------------
