@@ -8,7 +8,7 @@ transaction ids) are real.
 
 from __future__ import annotations
 
-import datetime as dt
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,9 +21,18 @@ MODEL = "SIM-1"
 ENERGY = "Energy.Active.Import.Register"
 
 
+_second: list[Any] = [-1, ""]
+"""The last whole second formatted by :func:`utc_now` and its text (a simulator formats one
+timestamp per message; the date part changes once a second)."""
+
+
 def utc_now() -> str:
-    """Now as OCPP writes it: ISO 8601 UTC with a ``Z``."""
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now as OCPP writes it: ISO 8601 UTC with milliseconds and a ``Z``."""
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{int((now - second) * 1000):03d}Z"
 
 
 @dataclass(slots=True)

@@ -13,10 +13,10 @@ import asyncio
 import base64
 import contextlib
 import itertools
-import json
 import time
 from typing import Any
 
+import msgspec
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -30,6 +30,8 @@ __all__ = ["CallFailed", "ConnectFailed", "SimulatedStation"]
 _log = structlog.get_logger("simulator")
 
 CALL, RESULT, ERROR = 2, 3, 4
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 
 
 class ConnectFailed(Exception):
@@ -101,6 +103,9 @@ class SimulatedStation:
                 open_timeout=self.open_timeout,
                 ping_interval=None,
                 max_size=2**20,
+                # No permessage-deflate: what most station firmware does, and the same frames
+                # for every CSMS a benchmark compares (compressing costs both ends CPU).
+                compression=None,
             )
         except InvalidStatus as exc:
             raise ConnectFailed(f"http-{exc.response.status_code}") from None
@@ -156,7 +161,7 @@ class SimulatedStation:
             self._pending[message_id] = future
             started = time.perf_counter()
             try:
-                await ws.send(json.dumps([CALL, message_id, action, payload]))
+                await ws.send(_encode([CALL, message_id, action, payload]), text=True)
                 async with asyncio.timeout(self.call_timeout):
                     answer = await future
             except TimeoutError:
@@ -240,9 +245,9 @@ class SimulatedStation:
 
     def _on_frame(self, raw: str | bytes) -> None:
         try:
-            frame = json.loads(raw)
+            frame = _decode(raw)
             kind, message_id = frame[0], str(frame[1])
-        except (ValueError, TypeError, IndexError, KeyError):
+        except (msgspec.DecodeError, ValueError, TypeError, IndexError, KeyError):
             self.stats.errors["frame:undecodable"] += 1
             return
         if kind == CALL:
@@ -274,7 +279,7 @@ class SimulatedStation:
         if ws is None:
             return
         with contextlib.suppress(ConnectionClosed):
-            await ws.send(json.dumps(frame))
+            await ws.send(_encode(frame), text=True)
         if answer.new_password is not None:
             self.password = answer.new_password
         try:
