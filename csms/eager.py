@@ -88,37 +88,41 @@ def _start_311(
         leave(loop, stand_in)
         if caller is not None:
             enter(loop, caller)
-    task = loop.create_task(_rest(coro, yielded), name=name, context=context)
+    task = loop.create_task(_Rest(coro, yielded), name=name, context=context)
     stand_in.task = task
     return task
 
 
-async def _rest(coro: _Step, yielded: Any) -> None:
-    await _Resume(coro, yielded)
+class _Rest(Coroutine[Any, Any, None]):
+    """What the task runs: ``coro`` from its first wait on. The task's first step gets the
+    wait ``coro`` is in; every later step, and any cancellation (even one before the first
+    step), goes straight to ``coro``."""
 
-
-class _Resume:
-    """Awaitable that hands ``coro``'s pending wait to the task, then drives ``coro`` on."""
-
-    __slots__ = ("_coro", "_yielded")
+    __slots__ = ("_coro", "_started", "_yielded")
 
     def __init__(self, coro: _Step, yielded: Any) -> None:
         self._coro = coro
         self._yielded = yielded
+        self._started = False
+
+    def send(self, value: Any) -> Any:
+        if not self._started:
+            self._started = True
+            yielded, self._yielded = self._yielded, None
+            return yielded
+        return self._coro.send(value)
+
+    def throw(self, exc: Any, *args: Any) -> Any:
+        if not self._started:
+            # Cancelled before its first step: as a task would, cancel what it waits for.
+            self._started = True
+            waiting, self._yielded = self._yielded, None
+            if isinstance(waiting, asyncio.Future):
+                waiting.cancel()
+        return self._coro.throw(exc, *args)
+
+    def close(self) -> None:
+        self._coro.close()
 
     def __await__(self) -> Generator[Any, Any, None]:
-        coro, yielded = self._coro, self._yielded
-        self._yielded = None
-        while True:
-            try:
-                sent = yield yielded
-            except BaseException as exc:  # cancellation (or close) goes to the coroutine
-                try:
-                    yielded = coro.throw(exc)
-                except StopIteration:
-                    return
-                continue
-            try:
-                yielded = coro.send(sent)
-            except StopIteration:
-                return
+        raise TypeError("run by its task only")
