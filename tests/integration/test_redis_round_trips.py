@@ -12,6 +12,11 @@ The same messages on the in-memory stores give the same answers and leave the sa
 The unit of work behind it is tested here too: a concurrent write between the two round
 trips makes the manager handle the Call again (applied once), and a commit that a stalled
 Redis applies after the manager gave up leaves a stored answer the station's retry gets.
+
+Both clients are counted: redis-py alone (stores built without the thin client), and the
+stores as ``open_services`` builds them, the hot path on :mod:`services.resp` with the event
+log in the Calls' units, where a message that appends an event (a boot, a status, a
+transaction started or ended) still costs two round trips: the XADD is in the APPLY.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from manager.context import CallContext
 from manager.router import Router, default_routers
 from manager.worker import Manager
 from services import Services
+from services.events import MemoryEventLog
 from services.memory import (
     MemoryIdempotencyStore,
     MemoryStationRegistry,
@@ -52,12 +58,14 @@ from services.models import (
     Transaction,
     TransactionChange,
 )
+from services.redis_events import RedisEventLog
 from services.redis_store import (
     RedisIdempotencyStore,
     RedisStationRegistry,
     RedisTokenStore,
     RedisTransactionStore,
 )
+from services.resp import RespClient
 from services.rules import encode_id
 from services.tariff import ConfiguredTariff
 from tests.servers import ServerProcess
@@ -112,14 +120,29 @@ def counting_client(url: str, **kwargs: Any) -> tuple[aioredis.Redis, list[list[
     return aioredis.Redis(connection_pool=pool), trips
 
 
-def redis_services(client: aioredis.Redis, prefix: str) -> Services:
-    return Services(
-        stations=RedisStationRegistry(client, prefix),
-        tokens=RedisTokenStore(client, prefix),
-        transactions=RedisTransactionStore(client, prefix),
+def counting_thin_client(url: str, trips: list[list[str]], **kwargs: Any) -> RespClient:
+    """A thin client whose every socket write (its handshake aside) is one round trip in
+    ``trips``, named by the commands it carried."""
+
+    def count(commands: list[bytes]) -> None:
+        trips.append([command.split(b"\r\n", 3)[2].decode().upper() for command in commands])
+
+    return RespClient.from_url(url, trace=count, **kwargs)
+
+
+def redis_services(client: aioredis.Redis, prefix: str, fast: RespClient | None = None) -> Services:
+    """The Redis stores of the hot path; with ``fast`` as ``open_services`` builds them (the
+    thin client, the event log holding a Call's events in its unit)."""
+    services = Services(
+        stations=RedisStationRegistry(client, prefix, fast=fast),
+        tokens=RedisTokenStore(client, prefix, fast=fast),
+        transactions=RedisTransactionStore(client, prefix, fast=fast),
         tariff=ConfiguredTariff(TARIFF),
-        idempotency=RedisIdempotencyStore(client, prefix),
+        idempotency=RedisIdempotencyStore(client, prefix, fast=fast),
     )
+    if fast is not None:
+        services.events = RedisEventLog(client, prefix, fast=fast, in_calls=True)
+    return services
 
 
 def memory_services() -> Services:
@@ -129,6 +152,7 @@ def memory_services() -> Services:
         transactions=MemoryTransactionStore(),
         tariff=ConfiguredTariff(TARIFF),
         idempotency=MemoryIdempotencyStore(),
+        events=MemoryEventLog(),
     )
 
 
@@ -355,17 +379,33 @@ def _comparable(answer: Envelope) -> Any:
     return {k: v for k, v in answer.payload.items() if k != "currentTime"}
 
 
-async def test_hot_path_messages_cost_at_most_two_round_trips(redis_url: str) -> None:
+async def events_of(services: Services, station_id: str) -> list[tuple[str, str | None]]:
+    """The kinds and keys of the station's events, in log order."""
+    page = await services.events.read(None, limit=1000, station_id=station_id)
+    return [(event.kind, event.key) for event in page.events]
+
+
+@pytest.mark.parametrize("thin", [False, True], ids=["redis-py", "thin-client"])
+async def test_hot_path_messages_cost_at_most_two_round_trips(redis_url: str, thin: bool) -> None:
     client, trips = counting_client(redis_url)
+    fast = counting_thin_client(redis_url, trips) if thin else None
     try:
-        services = redis_services(client, f"rt{uuid.uuid4().hex[:8]}:")
+        services = redis_services(client, f"rt{uuid.uuid4().hex[:8]}:", fast)
         answers, costs = await run_sessions(services, trips)
         on_redis = [await state(services, station) for station in COUNTED.values()]
+        events = [await events_of(services, station) for station in COUNTED.values()]
     finally:
+        if fast is not None:
+            await fast.aclose()
         await client.aclose()
     report = "\n".join(f"{label}: {len(found)} {found}" for label, found in costs.items())
     assert len(costs) == 16
     assert all(len(found) <= MAX_ROUND_TRIPS for found in costs.values()), report
+    if thin:
+        # Everything went through the thin client, as two scripts (BEGIN, APPLY) at most.
+        assert all(trip in (["EVALSHA"],) for found in costs.values() for trip in found), report
+        # And the event-producing messages appended their events within those two.
+        assert events[0] and events[1]
 
     memory = memory_services()
     expected, _ = await run_sessions(memory)
@@ -373,6 +413,8 @@ async def test_hot_path_messages_cost_at_most_two_round_trips(redis_url: str) ->
         k: _comparable(a) for k, a in expected.items()
     }
     assert on_redis == [await state(memory, station) for station in COUNTED.values()]
+    if thin:
+        assert events == [await events_of(memory, station) for station in COUNTED.values()]
     _, _, transactions, active = on_redis[1]
     superseded, _ = transactions["T:ü/0"]
     assert superseded.superseded_by == "T:ü/1" and superseded.cost is not None
