@@ -15,7 +15,7 @@ import collections
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import msgspec
@@ -48,11 +48,18 @@ __all__ = [
 _T = TypeVar("_T", StationRecord, BootInfo, TokenRecord, Transaction, ConnectorStatus)
 
 _encoder = msgspec.json.Encoder()
+_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
+"""A decoder per record type: a typed decoder made once decodes faster than ``decode(type=)``."""
 
 
 def _copy(record: _T) -> _T:
     """A deep, storage-faithful copy of ``record``."""
-    return msgspec.json.decode(_encoder.encode(record), type=type(record))
+    kind = type(record)
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    copied: _T = decoder.decode(_encoder.encode(record))
+    return copied
 
 
 class _Sorted:
