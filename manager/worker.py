@@ -17,7 +17,7 @@ store makes the reader wait (back-pressure into the broker) instead of queueing 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import math
 import os
 import socket
 import time
@@ -50,7 +50,7 @@ from csms.topics import Topics
 from csms.versions import OcppVersion, error_code
 from manager.common import certificates
 from manager.common import events as state_events
-from manager.context import CallHandler, iso
+from manager.context import CallHandler
 from manager.idempotency import PlainCallUnit, claim_owner, idempotency_key, read_ahead, replay
 from manager.metrics import CallCells, ManagerMetrics, ManagerStats
 from manager.router import Deps, Router, default_routers, error_answer
@@ -89,8 +89,28 @@ class _Item:
     direction: str
 
 
+_second: list[Any] = [None, ""]
+"""The last whole second :func:`_iso_at` formatted, and its text up to the milliseconds."""
+
+
 def _iso_at(unix_time: float) -> str:
-    return iso(dt.datetime.fromtimestamp(unix_time, dt.UTC))
+    """``iso(datetime.fromtimestamp(unix_time, UTC))``, rounded the same way, at a third of
+    the cost: it runs for every message, and most fall in the second of the one before."""
+    fraction, whole = math.modf(unix_time)
+    micro = round(fraction * 1e6)
+    second = int(whole)
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    elif micro < 0:
+        second, micro = second - 1, micro + 1_000_000
+    if _second[0] != second:
+        t = time.gmtime(second)
+        _second[0] = second
+        _second[1] = (
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+            f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}."
+        )
+    return f"{_second[1]}{micro // 1000:03d}Z"
 
 
 def default_instance_id() -> str:

@@ -4,6 +4,8 @@ rule of the lanes (per-station order, the concurrency bound, a failing handler) 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +14,8 @@ import pytest
 from csms import eager
 from csms.bus.memory import MemoryBroker
 from csms.envelope import Kind
-from manager.context import CallContext
+from manager.context import CallContext, iso
+from manager.worker import _iso_at
 from tests.timing import timeout
 from tests.unit.test_worker import NOW, WAIT, StationSide, heartbeat_call, running, settled
 
@@ -151,3 +154,13 @@ async def test_a_handler_that_raises_gets_internal_error_and_the_lane_goes_on(
         ("good", Kind.RESULT),
     ]
     assert answers[0].error_code == "InternalError"
+
+
+def test_message_times_render_as_the_datetime_route_does() -> None:
+    rng = random.Random(11)
+    samples = [0.0, 0.0005, 0.9999995, 1_767_225_599.9995, 1_767_225_600.0, -0.5]
+    samples += [rng.uniform(0, 4e9) for _ in range(2000)]
+    samples += [round(rng.uniform(0, 4e9), 3) + 5e-7 for _ in range(2000)]
+    for unix_time in samples:
+        expected = iso(dt.datetime.fromtimestamp(unix_time, dt.UTC))
+        assert _iso_at(unix_time) == expected, unix_time
