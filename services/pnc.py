@@ -350,7 +350,7 @@ class LocalContractVerifier:
         for cert in [*chain, root]:
             if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
                 return CertificateStatus.CERTIFICATE_EXPIRED
-        urls = {data.key: data.responder_url for data in hash_data}
+        urls = {data.key: data.responder_url for data in hash_data if _usable(data)}
         issuers = [*chain[1:], root]
         for cert, issuer in zip(chain, issuers, strict=True):
             data = request_data(cert, issuer, "")
@@ -386,6 +386,9 @@ class LocalContractVerifier:
         return CertificateStatus.CERT_CHAIN_ERROR
 
     async def _lookup(self, data: OcspRequestData, *, verify: bool = True) -> OcspAnswer | None:
+        if not _usable(data):  # a serial number that is not hex: no certificate to ask about
+            _log.info("OCSP request data unusable", serial=data.serial_number[:40])
+            return None
         cached = self.cache.get(data.key)
         if cached is not None:
             return cached if not verify or cached.status is not None else None
@@ -496,6 +499,15 @@ class LocalContractVerifier:
                 return None
             current, depth = parent, depth + 1
         return None
+
+
+def _usable(data: OcspRequestData) -> bool:
+    """Whether the request data names a certificate (its serial number is hex)."""
+    try:
+        data.key  # noqa: B018 (the check is whether it can be computed)
+    except ValueError:
+        return False
+    return True
 
 
 def _build_request(data: OcspRequestData) -> ocsp.OCSPRequest | None:

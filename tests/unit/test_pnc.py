@@ -181,6 +181,12 @@ async def test_get_certificate_status_proxies_the_responder(
         unreachable = dict(data, responderURL="http://127.0.0.1:9/ocsp", serialNumber="ab12")
         failed = await cs.call("GetCertificateStatus", {"ocspRequestData": unreachable})
         assert failed["status"] == "Failed" and "ocspResult" not in failed
+        # A serial number that is not hex names no certificate: Failed, not InternalError.
+        nonsense = dict(data, serialNumber="serial-x")
+        unusable = await cs.call("GetCertificateStatus", {"ocspRequestData": nonsense})
+        assert unusable["status"] == "Failed"
+        by_hash = await cs.call("Authorize", authorize(hashes=[nonsense]))
+        assert by_hash["certificateStatus"] == "CertChainError"
 
 
 async def test_get15118_ev_certificate_goes_to_the_provider(
