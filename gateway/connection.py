@@ -3,9 +3,10 @@
 Everything that feeds the pipe (the socket reader, the gateway's bus consumer, the timer) calls
 it synchronously and hands the resulting actions to two small ordered lanes: one writing to the
 socket, one publishing to the bus. Nobody else ever awaits this connection's I/O, so a slow or
-silent station, or a slow publish, only ever delays that one station. A lane's task exists only
-while it has work, and the timer is a plain ``loop.call_at`` handle: an idle connection costs
-the pipe, this object and the websockets connection, nothing more.
+silent station, or a slow publish, only ever delays that one station. Work put on an idle lane
+runs at once (:func:`csms.eager.start`) and a lane's task exists only while a step waits; the
+timer is one ``loop.call_at`` handle, moved only when a deadline comes earlier: an idle
+connection costs the pipe, this object and the websockets connection, nothing more.
 
 The pipe's deadlines are on the event loop's monotonic clock (``loop.time()``, the clock
 ``call_at`` uses, so a timer fires exactly at the pipe's deadline); the pipe stamps envelopes
