@@ -10,7 +10,9 @@ It is the eager task start of Python 3.12 (``asyncio.Task(..., eager_start=True)
 uses there. On 3.11 it is emulated: the first step runs under a stand-in for the task that
 does not exist yet, so code that captures :func:`asyncio.current_task` in that step (an
 ``asyncio.timeout``, a ``TaskGroup``) cancels the right task later, and each coroutine runs in
-a context of its own, as a task would.
+a context of its own, as a task would. The stand-in is no :class:`asyncio.Task`: code that
+needs a real one before its first wait (anyio's cancel scopes, so httpx) must wait once first
+(``await asyncio.sleep(0)``); on 3.12 nothing needs to.
 """
 
 from __future__ import annotations
