@@ -325,7 +325,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             call_records=RedisCallRecordStore(client, prefix, ttl=settings.call_record_ttl),
             message_log=message_log,
             action_rules=CachedActionRules(
-                RedisActionRuleStore(client, prefix), settings.action_rules_cache_seconds
+                RedisActionRuleStore(client, prefix, fast=fast), settings.action_rules_cache_seconds
             ),
             webhooks=RedisWebhookStore(client, prefix, max_history=settings.webhook_history),
             events=events,

@@ -20,6 +20,7 @@ from redis.typing import EncodableT, FieldT
 
 from services.action_rules import NO_RULES, ActionList, ActionRules, EffectiveRules, Side, effective
 from services.redis_store import DEFAULT_PREFIX, _RedisStore, encode_id
+from services.resp import RespClient, RespError
 
 __all__ = ["RedisActionRuleStore"]
 
@@ -62,8 +63,14 @@ class RedisActionRuleStore(_RedisStore):
     """:class:`~services.action_rules.ActionRuleStore` in Redis; failures raise
     StoreUnavailable."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
-        super().__init__(client, prefix)
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        fast: RespClient | None = None,
+    ) -> None:
+        super().__init__(client, prefix, fast=fast)
 
     def _key(self, station_id: str) -> str:
         return f"{self.prefix}action-rules:{encode_id(station_id)}"
@@ -110,6 +117,18 @@ class RedisActionRuleStore(_RedisStore):
 
     async def effective(self, station_id: str, version: str) -> EffectiveRules:
         with self._guard("read action rules"):
+            if self.fast is not None:  # on the hot path (each Call, when the cache expired)
+                own, default_values = await self.fast.pipeline(
+                    [
+                        (b"HGETALL", self._key(station_id)),
+                        (b"HMGET", self._defaults_key, *self._default_names(version)),
+                    ]
+                )
+                for reply in (own, default_values):
+                    if isinstance(reply, RespError):
+                        raise reply
+                own_raw = dict(zip(own[::2], own[1::2], strict=True))
+                return effective(_own(own_raw), _default(default_values))
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.hgetall(self._key(station_id))
                 pipe.hmget(self._defaults_key, self._default_names(version))

@@ -83,6 +83,7 @@ import asyncio
 import contextlib
 import contextvars
 import datetime as dt
+import functools
 import hashlib
 import random
 import time
@@ -168,8 +169,10 @@ def _in_record(raw: bytes) -> _InRecord | None:
     return _in_record_decoder.decode(raw)
 
 
+@functools.lru_cache(maxsize=65536)
 def encode_id(value: str) -> str:
-    """Percent-encode an id for use inside a key (reversible; no ``:`` survives)."""
+    """Percent-encode an id for use inside a key (reversible; no ``:`` survives). Cached:
+    every station message names the same few ids in several keys."""
     return rules.encode_id(value)
 
 

@@ -101,16 +101,31 @@ def _arg(value: Arg) -> bytes:
     raise TypeError(f"not a Redis argument: {value!r}")
 
 
+_LENGTHS = [b"$%d" % size for size in range(4096)]
+"""Bulk-string headers of the common lengths, made once."""
+
+
 def pack(args: Iterable[Arg]) -> bytes:
-    """One command in RESP2 (an array of bulk strings)."""
-    parts = [b""]
-    count = 0
+    """One command in RESP2 (an array of bulk strings): ``*N``, then ``$len`` and the bytes
+    of each argument, every part ended by CRLF, in one join."""
+    parts: list[bytes] = [b""]
+    lengths = _LENGTHS
     for value in args:
-        data = _arg(value)
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        count += 1
-    parts[0] = b"*%d\r\n" % count
-    return b"".join(parts)
+        kind = type(value)
+        if kind is str:
+            data = value.encode()  # type: ignore[union-attr]
+        elif kind is int:
+            data = b"%d" % value  # type: ignore[str-format]
+        elif kind is bytes:
+            data = value
+        else:
+            data = _arg(value)
+        size = len(data)
+        parts.append(lengths[size] if size < 4096 else b"$%d" % size)
+        parts.append(data)
+    parts[0] = b"*%d" % (len(parts) // 2)
+    parts.append(b"")
+    return b"\r\n".join(parts)
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -407,6 +422,7 @@ class _Connection(asyncio.Protocol):
             self._watchdog = None
         if not self.made.done():
             self.made.set_exception(error)
+            self.made.exception()  # retrieved: a connect that failed raises its own error
         pending, self._pending = self._pending, collections.deque()
         self._out = []
         for waiter in pending:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,6 +19,7 @@ from services.resp import (
     RespTimeoutError,
     Script,
 )
+from tests.certs import make_pki
 from tests.servers import ServerProcess, redis_with
 
 pytestmark = pytest.mark.integration
@@ -200,3 +202,41 @@ async def test_commands_fail_fast_while_redis_is_down() -> None:
             await client.aclose()
         with pytest.raises(RespConnectionError, match="closed"):
             await client.execute(b"PING")
+
+
+async def test_rediss_verifies_the_server_and_presents_a_client_certificate(
+    tmp_path: Path,
+) -> None:
+    pki = make_pki(tmp_path)
+    identity = pki.client("csms-manager")
+    tls_args = (
+        "--tls-cert-file",
+        str(pki.server.cert),
+        "--tls-key-file",
+        str(pki.server.key),
+        "--tls-ca-cert-file",
+        str(pki.ca.cert),
+        "--tls-auth-clients",
+        "yes",
+    )
+    with redis_with(*tls_args, tls=True) as (port, _):
+        url = f"rediss://localhost:{port}/0"
+        trusted = RespClient.from_url(
+            url,
+            ca_file=str(pki.ca.cert),
+            cert_file=str(identity.cert),
+            key_file=str(identity.key),
+        )
+        untrusted = RespClient.from_url(
+            url,
+            ca_file=str(pki.foreign_ca.cert),
+            cert_file=str(identity.cert),
+            key_file=str(identity.key),
+        )
+        try:
+            assert await trusted.execute(b"PING") == b"PONG"
+            with pytest.raises(RespConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusted.execute(b"PING")
+        finally:
+            await trusted.aclose()
+            await untrusted.aclose()
