@@ -3,6 +3,7 @@
     python bench/compare.py                                  # every target, 50 stations
     python bench/compare.py --targets ocpp,embedded --stations 50 --meter-values 200
     python bench/compare.py --json compare.json
+    python bench/compare.py --targets ocpp,embedded --repeat 3  # three rounds, one table each
 
 Targets, each started fresh for its run:
 
@@ -231,12 +232,18 @@ def main() -> None:
     parser.add_argument("--meter-values", type=int, default=200)
     parser.add_argument("--version", default="ocpp2.0.1", choices=["ocpp2.0.1", "ocpp1.6"])
     parser.add_argument("--json", help="write the results here as JSON")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of every target, each with its own ratios: the machine's noise shows",
+    )
     args = parser.parse_args()
     names = [name for name in args.targets.split(",") if name]
     unknown = set(names) - set(TARGETS)
     if unknown:
         parser.error(f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS)}")
-    results: list[dict[str, Any]] = []
+    rounds: list[list[dict[str, Any]]] = []
     with (
         tempfile.TemporaryDirectory(prefix="csms-compare-") as tmp,
         contextlib.ExitStack() as stack,
@@ -245,9 +252,20 @@ def main() -> None:
         infra = None
         if any(name.startswith("fleet") for name in names):
             infra = stack.enter_context(infrastructure(workdir))
-        for name in names:
-            print(f"running {name} ...", file=sys.stderr, flush=True)
-            results.append(run_target(name, args, workdir, infra))
+        for round_number in range(max(1, args.repeat)):
+            results: list[dict[str, Any]] = []
+            for name in names:
+                print(f"running {name} (round {round_number + 1}) ...", file=sys.stderr, flush=True)
+                results.append(run_target(name, args, workdir, infra))
+            rounds.append(results)
+    for results in rounds:
+        print_table(results, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rounds[0] if len(rounds) == 1 else rounds, indent=2))
+
+
+def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """One round's figures, ratios against that round's ``ocpp``."""
     baseline = next((r["round_trips_per_second"] for r in results if r["target"] == "ocpp"), None)
     print(
         f"{args.stations} stations, {args.version}, one session of {args.meter_values} meter "
@@ -266,8 +284,6 @@ def main() -> None:
             f"{result['target']:<10}{rate:>9,.0f}{ratio:>8}{latency.get('p50', 0):>9.1f}"
             f"{latency.get('p99', 0):>9.1f}  {cpu}{errors}"
         )
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
