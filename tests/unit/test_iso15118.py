@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from websockets.asyncio.client import connect
 from cli.main import main
 from cli.processes import Embedded, embedded
 from csms.config import Settings
+from manager.common.certificates import renew_due_certificates
 from services.pnc import PNC_VENDOR_ID
 from tests.certs import make_pki
 from tests.unit.test_certificates import ORG, make_csr
@@ -212,6 +214,14 @@ async def test_a_wrapped_sign_certificate_is_signed_and_sent_back_wrapped(csms: 
             ]
 
         await eventually(recorded)
+        # Renewed the way it came: a wrapped TriggerMessage for SignV2GCertificate.
+        deps = csms.running.manager.deps
+        due = leaf.not_valid_after_utc - dt.timedelta(days=29)
+        assert await renew_due_certificates(deps, due - dt.timedelta(days=2)) == 0
+        assert await renew_due_certificates(deps, due) == 1
+        trigger = await asyncio.wait_for(cp.got.get(), 10)
+        assert trigger == ("TriggerMessage", {"requestedMessage": "SignV2GCertificate"})
+        assert await renew_due_certificates(deps, due) == 0  # once per certificate
         # The same CSR checks as 2.0.1: a CSR naming another station is refused, nothing sent.
         other, _ = make_csr("SOMEONE-ELSE")
         status, refused = await cp.wrapped("SignCertificate", {"csr": other})
