@@ -10,7 +10,9 @@ accept, and for the actions that persist something, :data:`PERSISTED` names the 
 where it must then be readable: the route's body changed and carries a value of the message.
 SignCertificate (both versions, and wrapped) goes all the way: the fleet signs a real CSR
 with its CA, the station takes the CertificateSigned, and the certificate shows under the
-station's certificates.
+station's certificates. Last, one wrapped message the other way (the API's
+``iso15118/GetInstalledCertificateIds`` to the 1.6 charge point), its answer applied by a
+manager and read back.
 """
 
 from __future__ import annotations
@@ -111,6 +113,17 @@ ANSWERED_ONLY = {
     OcppVersion.OCPP16: {"Authorize", "DataTransfer"},
 }
 
+INSTALLED = {
+    "certificateType": "V2GRootCertificate",
+    "certificateHashData": {
+        "hashAlgorithm": "SHA256",
+        "issuerNameHash": "c0ffee" * 8,
+        "issuerKeyHash": "beef" * 8,
+        "serialNumber": "5ca1ab1e",
+    },
+}
+"""What the 1.6 charge point reports installed when asked (wrapped)."""
+
 FIRST = {"BootNotification": 0, "StartTransaction": 1, "MeterValues": 2, "StopTransaction": 3}
 """Sending order where it matters (1.6: the readings go to the transaction just started)."""
 
@@ -157,9 +170,14 @@ class Station16(ChargePoint16):
     async def on_data_transfer(
         self, vendor_id: str, message_id: str | None = None, data: str | None = None
     ) -> result16.DataTransfer:
-        """The wrapped CertificateSigned of the signed V2G certificate: taken."""
-        assert (vendor_id, message_id) == (PNC_VENDOR_ID, "CertificateSigned"), message_id
-        assert data is not None and "certificateChain" in json.loads(data)
+        """The wrapped CertificateSigned of the signed V2G certificate: taken; the wrapped
+        GetInstalledCertificateIds: one V2G root."""
+        assert vendor_id == PNC_VENDOR_ID and data is not None, vendor_id
+        if message_id == "GetInstalledCertificateIds":
+            answer = {"status": "Accepted", "certificateHashDataChain": [INSTALLED]}
+            return result16.DataTransfer(status="Accepted", data=json.dumps(answer))
+        assert message_id == "CertificateSigned", message_id
+        assert "certificateChain" in json.loads(data)
         return result16.DataTransfer(status="Accepted", data=json.dumps({"status": "Accepted"}))
 
 
@@ -359,6 +377,15 @@ async def test_every_station_message_of_both_versions_is_handled_and_kept(
             body = json.loads(await read(client, "/v1/stations/{id}/certificates", station.id))
             issued = sorted((i["certificate_type"], i["status"]) for i in body["issued"])
             assert issued == [(t, "Accepted") for t in types], (station.id, issued)
+        # And the other way: a wrapped CSMS message from the API, its answer applied by
+        # whichever manager got it, readable through the API.
+        asked = await client.post(
+            f"/v1/stations/{station16.id}/iso15118/GetInstalledCertificateIds", json={}
+        )
+        assert asked.status_code == 200, asked.text
+        assert asked.json()["iso15118"]["payload"]["certificateHashDataChain"] == [INSTALLED]
+        route = "/v1/stations/{id}/certificates"
+        assert await persisted(client, route, station16.id, "", ["5ca1ab1e"])
         # Nothing about these stations went wrong in any process.
         names = set(ids.values())
         for process in fleet_.processes:
