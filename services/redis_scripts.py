@@ -4,7 +4,8 @@ A script runs atomically inside Redis and costs one round trip, which is what th
 are built around: a write that depends on what is stored is one read and one :data:`APPLY`
 (its checks and writes together), and a station Call begins with one :data:`BEGIN` (its
 claim with the reads its handler needs). The client sends them with EVALSHA and loads them
-again on NOSCRIPT (redis-py's ``Script``), so a restarted or flushed Redis costs one extra
+again on NOSCRIPT (:meth:`services.resp.RespClient.evalsha` on the hot path, redis-py's
+``Script`` elsewhere), so a restarted or flushed Redis costs one extra
 round trip per script, once.
 
 Scripts read only keys named in KEYS, except :data:`BEGIN`'s set reads, which also read the
