@@ -254,19 +254,24 @@ class Router:
             return rejection
         return await self.call_handler(envelope, handler, deps)
 
-    async def call_handler(self, envelope: Envelope, handler: CallHandler, deps: Deps) -> Envelope:
+    async def call_handler(
+        self, envelope: Envelope, handler: CallHandler, deps: Deps, log: Any = None
+    ) -> Envelope:
         """Run ``handler`` for a Call that passed :meth:`check_call`; never raises.
 
         A Call the station's action rules deny is answered SecurityError without running the
         handler; the worker stores that answer for idempotency like any other, so a repeat
-        of the Call gets the same answer even if the rules change meanwhile."""
+        of the Call gets the same answer even if the rules change meanwhile. ``log``, the
+        caller's logger bound to this Call (station, version, action, message id), saves
+        binding another one per message."""
         action = envelope.action or ""
-        log = _log.bind(
-            station=envelope.station,
-            version=self.version,
-            action=action,
-            message_id=envelope.message_id,
-        )
+        if log is None:
+            log = _log.bind(
+                station=envelope.station,
+                version=self.version,
+                action=action,
+                message_id=envelope.message_id,
+            )
         try:
             denial = await self.action_denial(envelope, deps)
         except StoreUnavailable as exc:

@@ -453,7 +453,7 @@ class Manager:
         the writes were decided from changed meanwhile."""
         internal = router.code(RpcError.INTERNAL_ERROR)
         started = time.perf_counter()
-        answer = await router.call_handler(envelope, handler, self.deps)
+        answer = await router.call_handler(envelope, handler, self.deps, log)
         cells.latency.observe(time.perf_counter() - started)
         answer, encoded, stored = self._encode(answer)
         log.debug("call handled", outcome=str(answer.kind), error_code=answer.error_code)
