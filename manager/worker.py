@@ -81,6 +81,8 @@ EVENT_RETRY_INTERVAL = 1.0
 """Seconds between retries of connection events the registry could not store."""
 MAX_EVENT_RETRIES = 50_000
 """Connection events kept for a retry during a store outage; the oldest go first."""
+MAX_TOPICS = 65_536
+"""Stations whose ``out`` topic is kept encoded; beyond, the table starts again."""
 
 
 @dataclass(slots=True)
@@ -180,6 +182,8 @@ class Manager:
         """Connection events the registry could not store, by connection id, oldest first."""
         self._housekeeper: asyncio.Task[None] | None = None
         self._units_of: tuple[object, bool] | None = None
+        self._out_topics: dict[tuple[str, str], str] = {}
+        """(version, station) → ``out`` topic, up to :data:`MAX_TOPICS` entries."""
         """The idempotency store last asked about and whether it makes its own CallUnits."""
 
     # -- lifetime ---------------------------------------------------------------------------
@@ -518,7 +522,7 @@ class Manager:
         published = True
         try:
             await self.bus.publish(
-                self.topics.outbound(answer.version, answer.station),
+                self._outbound(answer.version, answer.station),
                 encoded,
                 properties={
                     "message_id": property_text(answer.message_id),
@@ -543,6 +547,16 @@ class Manager:
         self.services.message_log.record(
             answer_entry(answer, replayed=replayed, published=published)
         )
+
+    def _outbound(self, version: str, station: str) -> str:
+        """The station's ``out`` topic, percent-encoded once per station, not per answer."""
+        key = (version, station)
+        topic = self._out_topics.get(key)
+        if topic is None:
+            if len(self._out_topics) >= MAX_TOPICS:
+                self._out_topics.clear()
+            topic = self._out_topics[key] = self.topics.outbound(version, station)
+        return topic
 
     async def _store(self, operation: Awaitable[None], log: Any, failure: str) -> None:
         """Await an idempotency bookkeeping step; its failure must not affect the answer."""
