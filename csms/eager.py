@@ -12,7 +12,9 @@ does not exist yet, so code that captures :func:`asyncio.current_task` in that s
 ``asyncio.timeout``, a ``TaskGroup``) cancels the right task later, and each coroutine runs in
 a context of its own, as a task would. The stand-in is no :class:`asyncio.Task`: code that
 needs a real one before its first wait (anyio's cancel scopes, so httpx) must wait once first
-(``await asyncio.sleep(0)``); on 3.12 nothing needs to.
+(``await asyncio.sleep(0)``); on 3.12 nothing needs to. That is why only code of the
+project's own starts this way (the gateway's lanes), never code that calls operators'
+plug-ins (the manager's handlers).
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ chain whose validity cannot be established, OCSP responder down: C07.FR.17) -> I
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -48,15 +47,6 @@ _CONTRACT_TOKEN_STATUS = {
 }
 
 
-async def _in_a_task() -> None:
-    """End the handler's first step before an HTTP client runs. The OCSP and provider
-    clients (httpx on anyio) keep state per current task, and a handler the manager starts
-    eagerly (:mod:`csms.eager`) runs its first step, up to its first wait, under a stand-in
-    that is no task; with memory stores nothing waits before this. One loop turn, for Plug
-    & Charge messages only."""
-    await asyncio.sleep(0)
-
-
 def _token_decision(decision: Authorization, contract: CertificateStatus) -> Authorization:
     if (
         contract is CertificateStatus.ACCEPTED
@@ -76,7 +66,6 @@ async def authorize(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]
     hash_data = payload.get("iso15118CertificateHashData") or []
     contract: CertificateStatus | None = None
     if certificate or hash_data:
-        await _in_a_task()
         contract = await ctx.services.pnc.verifier.verify_contract(
             certificate, [OcspRequestData.from_wire(item) for item in hash_data]
         )
@@ -98,7 +87,6 @@ async def authorize(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]
 async def certificate_status(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
     """The CSMS as OCSP proxy for a station that cannot reach the responder itself."""
     request = OcspRequestData.from_wire(payload["ocspRequestData"])
-    await _in_a_task()
     der = await ctx.services.pnc.verifier.certificate_status(request)
     ctx.log.info("certificate_status", serial=request.serial_number, answered=der is not None)
     if der is None:
@@ -114,7 +102,6 @@ async def ev_certificate(ctx: CallContext, payload: dict[str, Any]) -> dict[str,
     provider = ctx.services.pnc.provider
     if provider is None:
         return _ev_failed("NoProvider", "no contract certificate provider is configured")
-    await _in_a_task()
     try:
         exi = await provider.get(
             payload["exiRequest"], payload["iso15118SchemaVersion"], payload["action"]

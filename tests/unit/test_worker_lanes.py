@@ -1,5 +1,5 @@
-"""The manager's lanes: an idle station's message runs at once, without a task, and every
-rule of the lanes (per-station order, the concurrency bound, a failing handler) still holds."""
+"""The manager's lanes: every handler runs in a task of its own, and every rule of the lanes
+(per-station order, the concurrency bound, a failing handler) holds."""
 
 from __future__ import annotations
 
@@ -9,15 +9,29 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 
-from csms import eager
 from csms.bus.memory import MemoryBroker
-from csms.envelope import Kind
+from csms.envelope import Kind, decode_envelope
+from csms.versions import OcppVersion
 from manager.context import CallContext, iso
 from manager.worker import _iso_at
+from services.action_rules import ActionDenied, ActionList, ActionRules
 from tests.timing import timeout
-from tests.unit.test_worker import NOW, WAIT, StationSide, heartbeat_call, running, settled
+from tests.unit.test_worker import (
+    NOW,
+    TOPICS,
+    WAIT,
+    StationSide,
+    heartbeat_call,
+    make_services,
+    running,
+    settled,
+)
+
+V201 = OcppVersion.OCPP201
 
 
 @pytest.fixture
@@ -31,49 +45,30 @@ async def station(broker: MemoryBroker) -> AsyncIterator[StationSide]:
         yield side
 
 
-class Lanes:
-    """What the manager's lanes started: every lane, and the tasks of those that waited."""
-
-    def __init__(self) -> None:
-        self.started = 0
-        self.tasks: list[asyncio.Task[None]] = []
-
-
-@pytest.fixture
-def lanes(monkeypatch: pytest.MonkeyPatch) -> Lanes:
-    seen = Lanes()
-    start = eager.start
-
-    def spy(coro: Any, *, name: str | None = None) -> asyncio.Task[None] | None:
-        seen.started += 1
-        task = start(coro, name=name)
-        if task is not None:
-            seen.tasks.append(task)
-        return task
-
-    monkeypatch.setattr(eager, "start", spy)
-    return seen
-
-
-async def test_a_message_that_never_waits_costs_no_task(
-    broker: MemoryBroker, station: StationSide, lanes: Lanes
+async def test_a_handler_runs_in_a_task_of_its_own_even_when_nothing_waits_before_it(
+    broker: MemoryBroker, station: StationSide
 ) -> None:
+    """Operators' plug-ins (a token store or tariff over httpx, so anyio) need a real task
+    from their first step: on memory stores nothing waits before the handler runs."""
+    tasks: list[asyncio.Task[Any] | None] = []
+
     async def heartbeat(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+        tasks.append(asyncio.current_task())
+        with anyio.CancelScope():  # keeps per-task state: refuses anything but a real task
+            await anyio.lowlevel.checkpoint()
         return {"currentTime": NOW}
 
     async with running(broker, handlers={"Heartbeat": heartbeat}) as m:
-        for n in range(5):
+        for n in range(3):
             await station.send(heartbeat_call(station=f"CP{n}", message_id=f"m{n}"))
-        answers = [await station.receive() for _ in range(5)]
+        answers = [await station.receive() for _ in range(3)]
         await settled(m)
-        assert m.active_stations == 0
-    assert [envelope.kind for _, envelope in answers] == [Kind.RESULT] * 5
-    assert lanes.started == 5
-    assert lanes.tasks == []
+    assert [envelope.kind for _, envelope in answers] == [Kind.RESULT] * 3
+    assert all(isinstance(task, asyncio.Task) for task in tasks) and len(set(tasks)) == 3
 
 
-async def test_a_lane_run_at_once_keeps_order_when_its_station_sends_again_meanwhile(
-    broker: MemoryBroker, station: StationSide, lanes: Lanes
+async def test_a_lane_keeps_order_when_its_station_sends_again_meanwhile(
+    broker: MemoryBroker, station: StationSide
 ) -> None:
     release = asyncio.Event()
     runs: list[str] = []
@@ -98,11 +93,9 @@ async def test_a_lane_run_at_once_keeps_order_when_its_station_sends_again_meanw
         await settled(m)
     assert [(a.station, a.message_id) for a in answers] == [("CP1", "m1"), ("CP1", "m2")]
     assert runs.index("CP1:m1:end") < runs.index("CP1:m2:start")
-    assert lanes.started == 2  # m2 joined CP1's lane
-    assert len(lanes.tasks) == 1  # only the lane whose work waited got a task
 
 
-async def test_the_concurrency_bound_holds_for_lanes_run_at_once(
+async def test_the_concurrency_bound_holds_for_lanes(
     broker: MemoryBroker, station: StationSide
 ) -> None:
     release = asyncio.Event()
@@ -164,3 +157,37 @@ def test_message_times_render_as_the_datetime_route_does() -> None:
     for unix_time in samples:
         expected = iso(dt.datetime.fromtimestamp(unix_time, dt.UTC))
         assert _iso_at(unix_time) == expected, unix_time
+
+
+async def test_calls_a_handler_sends_are_held_to_the_stations_action_rules(
+    broker: MemoryBroker, station: StationSide
+) -> None:
+    services = make_services()
+    deny = ActionRules(csms_calls=ActionList(allow=None, deny=frozenset({"CostUpdated"})))
+    await services.action_rules.put("CP1", deny)
+    refused: list[BaseException] = []
+
+    async def heartbeat(ctx: CallContext, payload: dict[str, Any]) -> dict[str, Any]:
+        for action, call in (
+            ("CostUpdated", {"totalCost": 1.5, "transactionId": "T1"}),
+            ("TriggerMessage", {"requestedMessage": "StatusNotification"}),
+        ):
+            try:
+                await ctx.calls.call(ctx.station_id, ctx.version, action, call)
+            except ActionDenied as denied:
+                refused.append(denied)
+        return {"currentTime": NOW}
+
+    async with (
+        broker.client() as gateway,
+        running(broker, services, handlers={"Heartbeat": heartbeat}) as m,
+    ):
+        await gateway.subscribe(TOPICS.outbound(V201, "CP1"))
+        await station.send(heartbeat_call(station="CP1", message_id="m1", version=V201))
+        await station.receive()
+        await settled(m)
+        sent = decode_envelope((await anext(gateway.messages())).payload)
+    assert [denied.action for denied in refused if isinstance(denied, ActionDenied)] == [
+        "CostUpdated"
+    ]
+    assert sent.action == "TriggerMessage"  # the first and only call published
