@@ -321,7 +321,7 @@ def _secret_entry(entry: object) -> bool:
     return isinstance(variable, dict) and _is_secret_name(variable.get("name"), _SECRET_VARIABLES)
 
 
-SECRET_FIELD_PARTS = (b"password", b"privatekey")
+SECRET_FIELD_PARTS = (b"password", b"privatekey")  # spelled out in might_hold_secret
 """Any field whose name contains one of these (case-insensitively) holds a secret, in any
 message: :func:`redact_frame` replaces its value whatever the action."""
 SECRET_ACTIONS = frozenset(
@@ -343,8 +343,8 @@ def might_hold_secret(action: str | None, encoded: bytes) -> bool:
     :func:`redact_frame`: a cheap test, so frames without secrets (nearly all) cost no walk."""
     if action in SECRET_ACTIONS:
         return True
-    lowered = encoded.lower()
-    return any(part in lowered for part in SECRET_FIELD_PARTS)
+    lowered = encoded.lower()  # then plain substring scans: faster than a regex or a generator
+    return b"password" in lowered or b"privatekey" in lowered
 
 
 def redact_frame(action: str | None, payload: Any, *, answer: bool = False) -> Any:
