@@ -22,6 +22,7 @@ from websockets.asyncio.client import connect
 from api.actions import CSMS_ACTIONS
 from cli.processes import Embedded, embedded
 from csms.config import Settings
+from csms.rpc import RpcError
 from csms.versions import OcppVersion, spec, supported
 from manager.common.pnc import WRAPPED_HANDLERS
 from manager.v16.results.data_transfer import WRAPPED_RESULTS
@@ -232,6 +233,56 @@ async def test_every_station_action_is_answered_by_a_handler(
             if answer[0] == 4 and answer[2] in REFUSED:
                 refused[action] = answer[2]
     assert refused == {}, f"{version.value}: answered {refused}"
+
+
+def _wrong_type(value: Any) -> Any:
+    """A value of another JSON type than ``value``'s."""
+    return 12345 if isinstance(value, (dict, list, str)) else ["not", "this"]
+
+
+@pytest.mark.parametrize("version", supported(), ids=lambda v: v.value)
+async def test_every_station_action_refuses_an_invalid_payload_with_the_versions_code(
+    running: Embedded, version: OcppVersion
+) -> None:
+    """An unknown field (or missing required ones) and a field of the wrong type, for every
+    station action: the version's schema CallError, naming what failed, before any handler."""
+    codes = spec(version)
+    structural = {
+        codes.code(RpcError.OCCURRENCE_CONSTRAINT),
+        codes.code(RpcError.PROPERTY_CONSTRAINT),
+        codes.code(RpcError.FORMAT_VIOLATION),
+    }
+    station_id = f"INVALID-{version.value}"
+    ids = itertools.count(1)
+    wrong: dict[str, list[Any]] = {}
+    async with connect(running.gateway.url_for(station_id), subprotocols=[version.value]) as ws:  # type: ignore[list-item]
+
+        async def call(action: str, payload: dict[str, Any]) -> list[Any]:
+            message_id = f"i{next(ids)}"
+            await ws.send(json.dumps([2, message_id, action, payload]))
+            while True:
+                frame = json.loads(await ws.recv())
+                if frame[0] == 2:
+                    await ws.send(json.dumps([4, frame[1], "NotSupported", "", {}]))
+                    continue
+                return list(frame)
+
+        boot = await call("BootNotification", build(version, "BootNotification", Direction.REQUEST))
+        assert boot[0] == 3, boot
+        for action in station_actions(version):
+            unknown = await call(action, {"notAFieldOfThisMessage": 1})
+            if unknown[0] != 4 or unknown[2] not in structural or not unknown[3]:
+                wrong[f"{action} unknown field"] = unknown
+            valid = build(version, action, Direction.REQUEST)
+            if not valid:
+                continue
+            field = next(iter(valid))
+            typed = await call(action, {**valid, field: _wrong_type(valid[field])})
+            if typed[0] != 4 or typed[2] != codes.code(RpcError.TYPE_CONSTRAINT):
+                wrong[f"{action} {field}"] = typed
+            elif field not in json.dumps(typed[3:]):
+                wrong[f"{action} {field} not named"] = typed
+    assert wrong == {}, f"{version.value}: {wrong}"
 
 
 if __name__ == "__main__":
