@@ -183,15 +183,7 @@ async def send_call(
                 station_id, version.value, action, body, meta=meta, message_id=record.message_id
             )
         except NoSubscribers:
-            outcome = CallOutcome(
-                Outcome.OFFLINE,
-                station_id,
-                version.value,
-                action,
-                None,
-                error_description="no gateway holds the station",
-                finished_at=time.time(),
-            )
+            outcome = offline_outcome(station_id, version.value, action)
         else:
             _observe(ctx, record, CallState.PENDING, principal.key_id)
             return JSONResponse(
@@ -199,10 +191,23 @@ async def send_call(
                 status_code=202,
                 headers={"Location": f"{API_PREFIX}/calls/{quote(record.message_id, safe='')}"},
             )
-    await _record_outcome(ctx, record, outcome)
+    await record_outcome(ctx, record, outcome)
     ctx.metrics.call_seconds.labels(outcome.outcome.value).observe(time.perf_counter() - started)
     _observe(ctx, record, CallState(outcome.outcome.value), principal.key_id)
     return outcome_response(station_id, outcome)
+
+
+def offline_outcome(station_id: str, version: str, action: str) -> CallOutcome:
+    """The outcome of a call no gateway could take (nothing was sent)."""
+    return CallOutcome(
+        Outcome.OFFLINE,
+        station_id,
+        version,
+        action,
+        None,
+        error_description="no gateway holds the station",
+        finished_at=time.time(),
+    )
 
 
 def _observe(ctx: ApiContext, record: CallRecord, state: CallState, key_id: str) -> None:
@@ -218,7 +223,7 @@ def _observe(ctx: ApiContext, record: CallRecord, state: CallState, key_id: str)
     )
 
 
-async def _record_outcome(ctx: ApiContext, record: CallRecord, outcome: CallOutcome) -> None:
+async def record_outcome(ctx: ApiContext, record: CallRecord, outcome: CallOutcome) -> None:
     """Store what this replica learnt (the managers store the gateway's outcomes too): so
     the answer is readable the moment the caller has it. ``no_outcome`` is no fact to
     store; a store failure only costs that head start."""

@@ -22,19 +22,24 @@ import uuid
 from typing import Annotated, Any
 from urllib.parse import quote
 
-import msgspec
 import structlog
 from fastapi import APIRouter, Body, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from api.auth import Operator
-from api.calls import MAX_CALL_WAIT, callable_station, outcome_response
+from api.calls import (
+    MAX_CALL_WAIT,
+    callable_station,
+    offline_outcome,
+    outcome_response,
+    record_outcome,
+)
 from api.context import API_PREFIX, ApiContext, Context
 from api.errors import ApiError, ErrorBody
 from api.models import CallOutcomeOut
 from csms.bus import NoSubscribers
-from operations.calls import CallOutcome, InvalidCall, Outcome
+from operations.calls import InvalidCall
 from operations.iso15118 import CSMS_MESSAGES, Iso15118Call, prepare, unwrap
 from services.call_records import CallRecord, CallState, redact
 
@@ -142,7 +147,7 @@ async def send_iso15118(
                 message_id=record.message_id,
             )
         except NoSubscribers:
-            outcome = _offline(call, station_id)
+            outcome = offline_outcome(station_id, call.version, call.action)
         else:
             _observe(ctx, record, CallState.PENDING, call)
             return JSONResponse(
@@ -160,7 +165,7 @@ async def send_iso15118(
             meta=meta,
             message_id=record.message_id,
         )
-    await _record_outcome(ctx, record, outcome)
+    await record_outcome(ctx, record, outcome)
     _observe(ctx, record, CallState(outcome.outcome.value), call)
     plain = outcome_response(station_id, outcome)  # raises 409 for offline / undelivered
     body = Iso15118OutcomeOut(**CallOutcomeOut.of(outcome).model_dump())
@@ -176,18 +181,6 @@ async def send_iso15118(
     return JSONResponse(body.model_dump(mode="json"), status_code=plain.status_code)
 
 
-def _offline(call: Iso15118Call, station_id: str) -> CallOutcome:
-    return CallOutcome(
-        Outcome.OFFLINE,
-        station_id,
-        call.version,
-        call.action,
-        None,
-        error_description="no gateway holds the station",
-        finished_at=time.time(),
-    )
-
-
 def _observe(ctx: ApiContext, record: CallRecord, state: CallState, call: Iso15118Call) -> None:
     ctx.metrics.calls.labels(record.version, record.action, state.value).inc()
     _log.info(
@@ -199,23 +192,3 @@ def _observe(ctx: ApiContext, record: CallRecord, state: CallState, call: Iso151
         outcome=state.value,
         message_id=record.message_id,
     )
-
-
-async def _record_outcome(ctx: ApiContext, record: CallRecord, outcome: CallOutcome) -> None:
-    """As :mod:`api.calls` does: the outcome readable the moment the caller has it."""
-    if outcome.outcome is Outcome.NO_OUTCOME:
-        return
-    final = msgspec.structs.replace(
-        record,
-        outcome=CallState(outcome.outcome.value),
-        payload=outcome.payload,
-        error_code=outcome.error_code,
-        error_description=outcome.error_description,
-        error_details=outcome.error_details,
-        sent_at=outcome.sent_at,
-        finished_at=outcome.finished_at,
-    )
-    try:
-        await ctx.services.call_records.finish(final)
-    except Exception as exc:
-        _log.warning("call outcome not recorded", message_id=record.message_id, error=str(exc))

@@ -12,12 +12,12 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from api.actions import CSMS_ACTIONS
 from cli.processes import Embedded, embedded
@@ -203,6 +203,25 @@ async def running() -> AsyncIterator[Embedded]:
         yield csms
 
 
+def caller(
+    ws: ClientConnection, prefix: str
+) -> Callable[[str, dict[str, Any]], Awaitable[list[Any]]]:
+    """Send a Call on ``ws`` and return its answer frame; CSMS calls meanwhile are refused."""
+    ids = itertools.count(1)
+
+    async def call(action: str, payload: dict[str, Any]) -> list[Any]:
+        message_id = f"{prefix}{next(ids)}"
+        await ws.send(json.dumps([2, message_id, action, payload]))
+        while True:
+            frame = json.loads(await ws.recv())
+            if frame[0] == 2:
+                await ws.send(json.dumps([4, frame[1], "NotSupported", "", {}]))
+                continue
+            return list(frame)
+
+    return call
+
+
 REFUSED = {"NotSupported", "NotImplemented"}
 
 
@@ -212,19 +231,9 @@ async def test_every_station_action_is_answered_by_a_handler(
 ) -> None:
     station_id = f"COVER-{version.value}"
     url = running.gateway.url_for(station_id)
-    ids = itertools.count(1)
     refused: dict[str, str] = {}
     async with connect(url, subprotocols=[version.value]) as ws:  # type: ignore[list-item]
-
-        async def call(action: str, payload: dict[str, Any]) -> list[Any]:
-            message_id = f"c{next(ids)}"
-            await ws.send(json.dumps([2, message_id, action, payload]))
-            while True:
-                frame = json.loads(await ws.recv())
-                if frame[0] == 2:
-                    await ws.send(json.dumps([4, frame[1], "NotSupported", "", {}]))
-                    continue
-                return list(frame)
+        call = caller(ws, "c")
 
         boot = await call("BootNotification", build(version, "BootNotification", Direction.REQUEST))
         assert boot[0] == 3 and boot[2]["status"] == "Accepted", boot
@@ -253,19 +262,9 @@ async def test_every_station_action_refuses_an_invalid_payload_with_the_versions
         codes.code(RpcError.FORMAT_VIOLATION),
     }
     station_id = f"INVALID-{version.value}"
-    ids = itertools.count(1)
     wrong: dict[str, list[Any]] = {}
     async with connect(running.gateway.url_for(station_id), subprotocols=[version.value]) as ws:  # type: ignore[list-item]
-
-        async def call(action: str, payload: dict[str, Any]) -> list[Any]:
-            message_id = f"i{next(ids)}"
-            await ws.send(json.dumps([2, message_id, action, payload]))
-            while True:
-                frame = json.loads(await ws.recv())
-                if frame[0] == 2:
-                    await ws.send(json.dumps([4, frame[1], "NotSupported", "", {}]))
-                    continue
-                return list(frame)
+        call = caller(ws, "i")
 
         boot = await call("BootNotification", build(version, "BootNotification", Direction.REQUEST))
         assert boot[0] == 3, boot
