@@ -10,7 +10,6 @@ message path: managers only append events, and everything here reads the log aft
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from types import TracebackType
 
 import httpx
@@ -37,6 +36,10 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("webhooks")
+
+
+STOP_TIMEOUT = 5.0
+"""Seconds the runner waits for its tasks to stop when it exits."""
 
 
 class WebhookRunner:
@@ -78,9 +81,16 @@ class WebhookRunner:
     ) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Bounded: a task that does not stop (a cancellation lost in a library) must not
+        # hold up the process's shutdown.
+        done, stuck = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                _log.error(
+                    "webhook task failed", task=task.get_name(), error=repr(task.exception())
+                )
+        if stuck:
+            _log.warning("webhook tasks did not stop in time", tasks=[t.get_name() for t in stuck])
         await self.tokens.aclose()
         if self._own_http:
             await self.http.aclose()

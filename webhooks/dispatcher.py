@@ -20,6 +20,7 @@ from services.events import EventLog, EventPage
 from services.interfaces import StoreUnavailable
 from services.webhooks import Delivery, WebhookStore, delivery_of
 from webhooks.config import WebhookConfig
+from webhooks.worker import stop_if_cancelled
 
 __all__ = ["CURSOR", "Dispatcher"]
 
@@ -106,6 +107,7 @@ class Dispatcher:
     async def run(self) -> None:
         """Dispatch until cancelled; store outages are logged and waited out."""
         while True:
+            stop_if_cancelled()
             try:
                 await self.dispatch_once(wait=LONG_POLL)
             except asyncio.CancelledError:

@@ -36,6 +36,16 @@ MAX_ERROR_LENGTH = 300
 RETRY_PAUSE = 1.0
 
 
+def stop_if_cancelled() -> None:
+    """Raise CancelledError when this task was asked to stop. A loop that survives its own
+    errors calls it each round: a cancellation a library turned into an error it catches
+    (a store client that reports "connection closed" when cancelled mid-read) would
+    otherwise be lost, and the loop, its task still "cancelling", would run forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _error_text(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:MAX_ERROR_LENGTH]
@@ -74,6 +84,7 @@ class DeliveryWorkers:
         leases expire and the deliveries are tried again)."""
         try:
             while True:
+                stop_if_cancelled()
                 self._wake.clear()
                 free = self._config.workers - len(self._tasks)
                 claimed: list[Claimed] = []

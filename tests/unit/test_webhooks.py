@@ -23,10 +23,12 @@ import pytest
 from fastapi import FastAPI, Request, Response
 
 from api import ApiServer
-from services.events import Event, EventKind, MemoryEventLog, event_of, utc_now
+from services.events import Event, EventKind, EventPage, MemoryEventLog, event_of, utc_now
+from services.interfaces import StoreUnavailable
 from services.outbound_auth import ClientCredentials, OAuth2TokenProvider, TokenFetchFailed
 from services.webhooks import (
     Attempt,
+    Claimed,
     Delivery,
     DeliveryState,
     MemoryWebhookStore,
@@ -630,3 +632,42 @@ async def test_deliveries_carry_the_bearer_token_and_a_401_refreshes_it_once() -
     assert bearers == ["Bearer tok-1", "Bearer tok-1", "Bearer tok-1", "Bearer tok-2"]
     delivered = await store.delivery(f"{third.id}.{sub.id}")
     assert delivered is not None and delivered.attempts == 1  # the retry was in the same try
+
+
+class ClaimsThatSwallowCancellation(MemoryWebhookStore):
+    """A store whose client, cancelled mid-read, reports the connection as lost (as Redis
+    clients can), so the claim loop sees StoreUnavailable instead of CancelledError."""
+
+    async def claim(self, now: float, lease: float, limit: int) -> list[Claimed]:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise StoreUnavailable("connection closed by server") from None
+        return []
+
+
+class EventsThatSwallowCancellation(MemoryEventLog):
+    async def wait(
+        self,
+        after: str | None,
+        timeout: float,  # noqa: ASYNC109
+        *,
+        limit: int = 100,
+        kinds: frozenset[str] | None = None,
+        station_id: str | None = None,
+    ) -> EventPage:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise StoreUnavailable("connection closed by server") from None
+        raise AssertionError("unreachable")
+
+
+async def test_the_runner_stops_even_when_a_store_turns_its_cancellation_into_an_error() -> None:
+    events, store = EventsThatSwallowCancellation(), ClaimsThatSwallowCancellation()
+    runner = WebhookRunner(events, store, config())
+    await runner.__aenter__()
+    await asyncio.sleep(0.05)  # both loops wait in their store
+    async with asyncio.timeout(timeout(10)):
+        await runner.__aexit__(None, None, None)
+    assert all(task.done() for task in runner._tasks)
