@@ -15,12 +15,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import msgspec
-import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from services.action_rules import NO_RULES, ActionList, ActionRules, EffectiveRules, Side, effective
-from services.redis_store import DEFAULT_PREFIX, _RedisStore, encode_id
-from services.resp import RespClient, RespError
+from services.redis_store import _RedisStore, encode_id
+from services.resp import RespError
 
 __all__ = ["RedisActionRuleStore"]
 
@@ -62,15 +61,6 @@ def _default(values: Sequence[bytes | str | None]) -> ActionRules:
 class RedisActionRuleStore(_RedisStore):
     """:class:`~services.action_rules.ActionRuleStore` in Redis; failures raise
     StoreUnavailable."""
-
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        prefix: str = DEFAULT_PREFIX,
-        *,
-        fast: RespClient | None = None,
-    ) -> None:
-        super().__init__(client, prefix, fast=fast)
 
     def _key(self, station_id: str) -> str:
         return f"{self.prefix}action-rules:{encode_id(station_id)}"
