@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -33,6 +34,7 @@ import msgspec
 import structlog
 from fastapi import APIRouter, Body, Path, Query
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from api.actions import ActionKind, classify
 from api.auth import Operator, Reader
@@ -150,29 +152,70 @@ async def send_call(
             str(invalid),
             {"field": invalid.field, "in": "body", "rule": invalid.rule},
         ) from None
-    # Before recording: a denied call (403 action_denied) is never sent, so never recorded.
-    await ctx.sender.check_allowed(station_id, version.value, action)
+    sent = await send_recorded(
+        ctx,
+        station_id,
+        version.value,
+        action,
+        body,
+        meta={"api_key": principal.key_id},
+        timeout=timeout,
+        wait=wait,
+    )
+    if sent.outcome is None:
+        _observe(ctx, sent.record, CallState.PENDING, principal.key_id)
+        return pending_response(CallOutcomeOut.of_record(sent.record), sent.record)
+    ctx.metrics.call_seconds.labels(sent.outcome.outcome.value).observe(sent.seconds)
+    _observe(ctx, sent.record, CallState(sent.outcome.outcome.value), principal.key_id)
+    return outcome_response(station_id, sent.outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class SentCall:
+    """What :func:`send_recorded` did: the call's record and, unless it was only submitted,
+    its outcome, with the seconds from publishing to the outcome recorded."""
+
+    record: CallRecord
+    outcome: CallOutcome | None
+    seconds: float
+
+
+async def send_recorded(
+    ctx: ApiContext,
+    station_id: str,
+    version: str,
+    action: str,
+    payload: dict[str, Any],
+    *,
+    meta: dict[str, str],
+    timeout: float | None,  # noqa: ASYNC109 (the caller's own deadline, bounded)
+    wait: bool,
+) -> SentCall:
+    """Send a checked call the way every route that sends one does, in this order: the
+    station's action rules (a denied call, 403 action_denied, is never sent, so never
+    recorded), the pending record (an outcome a manager records always comes after it),
+    then send and await the outcome (``wait``) or only submit it. An outcome is recorded as
+    soon as this replica has it; a station no gateway holds is an offline outcome."""
+    await ctx.sender.check_allowed(station_id, version, action)
     deadline = timeout or ctx.call_wait
     requested_at = time.time()
     record = CallRecord(
         message_id=str(uuid.uuid4()),
         station_id=station_id,
-        version=version.value,
+        version=version,
         action=action,
-        request=redact(action, body),
+        request=redact(action, payload),
         requested_at=requested_at,
         deadline=requested_at + deadline,
     )
-    # Before publishing: an outcome recorded by a manager always comes after "pending".
     await ctx.services.call_records.begin(record)
-    meta = {"api_key": principal.key_id}
     started = time.perf_counter()
     if wait:
         outcome = await ctx.sender.send(
             station_id,
-            version.value,
+            version,
             action,
-            body,
+            payload,
             timeout=deadline,
             meta=meta,
             message_id=record.message_id,
@@ -180,24 +223,26 @@ async def send_call(
     else:
         try:
             await ctx.sender.submit(
-                station_id, version.value, action, body, meta=meta, message_id=record.message_id
+                station_id, version, action, payload, meta=meta, message_id=record.message_id
             )
         except NoSubscribers:
-            outcome = offline_outcome(station_id, version.value, action)
+            outcome = _offline_outcome(station_id, version, action)
         else:
-            _observe(ctx, record, CallState.PENDING, principal.key_id)
-            return JSONResponse(
-                CallOutcomeOut.of_record(record).model_dump(mode="json"),
-                status_code=202,
-                headers={"Location": f"{API_PREFIX}/calls/{quote(record.message_id, safe='')}"},
-            )
-    await record_outcome(ctx, record, outcome)
-    ctx.metrics.call_seconds.labels(outcome.outcome.value).observe(time.perf_counter() - started)
-    _observe(ctx, record, CallState(outcome.outcome.value), principal.key_id)
-    return outcome_response(station_id, outcome)
+            return SentCall(record, None, time.perf_counter() - started)
+    await _record_outcome(ctx, record, outcome)
+    return SentCall(record, outcome, time.perf_counter() - started)
 
 
-def offline_outcome(station_id: str, version: str, action: str) -> CallOutcome:
+def pending_response(body: BaseModel, record: CallRecord) -> JSONResponse:
+    """202 for a call sent without waiting: its outcome is read at ``Location``."""
+    return JSONResponse(
+        body.model_dump(mode="json"),
+        status_code=202,
+        headers={"Location": f"{API_PREFIX}/calls/{quote(record.message_id, safe='')}"},
+    )
+
+
+def _offline_outcome(station_id: str, version: str, action: str) -> CallOutcome:
     """The outcome of a call no gateway could take (nothing was sent)."""
     return CallOutcome(
         Outcome.OFFLINE,
@@ -223,7 +268,7 @@ def _observe(ctx: ApiContext, record: CallRecord, state: CallState, key_id: str)
     )
 
 
-async def record_outcome(ctx: ApiContext, record: CallRecord, outcome: CallOutcome) -> None:
+async def _record_outcome(ctx: ApiContext, record: CallRecord, outcome: CallOutcome) -> None:
     """Store what this replica learnt (the managers store the gateway's outcomes too): so
     the answer is readable the moment the caller has it. ``no_outcome`` is no fact to
     store; a store failure only costs that head start."""

@@ -17,10 +17,7 @@ as they do a 2.0.1 station's.
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import structlog
 from fastapi import APIRouter, Body, Path, Query
@@ -31,17 +28,16 @@ from api.auth import Operator
 from api.calls import (
     MAX_CALL_WAIT,
     callable_station,
-    offline_outcome,
     outcome_response,
-    record_outcome,
+    pending_response,
+    send_recorded,
 )
 from api.context import API_PREFIX, ApiContext, Context
 from api.errors import ApiError, ErrorBody
 from api.models import CallOutcomeOut
-from csms.bus import NoSubscribers
 from operations.calls import InvalidCall
 from operations.iso15118 import CSMS_MESSAGES, Iso15118Call, prepare, unwrap
-from services.call_records import CallRecord, CallState, redact
+from services.call_records import CallRecord, CallState
 
 __all__ = ["Iso15118AnswerOut", "Iso15118OutcomeOut", "router"]
 
@@ -122,50 +118,20 @@ async def send_iso15118(
             str(invalid),
             {"field": invalid.field, "in": "body", "rule": invalid.rule},
         ) from None
-    await ctx.sender.check_allowed(station_id, call.version, call.action)
-    deadline = timeout or ctx.call_wait
-    requested_at = time.time()
-    record = CallRecord(
-        message_id=str(uuid.uuid4()),
-        station_id=station_id,
-        version=call.version,
-        action=call.action,
-        request=redact(call.action, call.payload),
-        requested_at=requested_at,
-        deadline=requested_at + deadline,
+    sent = await send_recorded(
+        ctx,
+        station_id,
+        call.version,
+        call.action,
+        call.payload,
+        meta={"api_key": principal.key_id, "iso15118": call.message_id},
+        timeout=timeout,
+        wait=wait,
     )
-    await ctx.services.call_records.begin(record)
-    meta = {"api_key": principal.key_id, "iso15118": call.message_id}
-    if not wait:
-        try:
-            await ctx.sender.submit(
-                station_id,
-                call.version,
-                call.action,
-                call.payload,
-                meta=meta,
-                message_id=record.message_id,
-            )
-        except NoSubscribers:
-            outcome = offline_outcome(station_id, call.version, call.action)
-        else:
-            _observe(ctx, record, CallState.PENDING, call)
-            return JSONResponse(
-                Iso15118OutcomeOut.of_record(record).model_dump(mode="json"),
-                status_code=202,
-                headers={"Location": f"{API_PREFIX}/calls/{quote(record.message_id, safe='')}"},
-            )
-    else:
-        outcome = await ctx.sender.send(
-            station_id,
-            call.version,
-            call.action,
-            call.payload,
-            timeout=deadline,
-            meta=meta,
-            message_id=record.message_id,
-        )
-    await record_outcome(ctx, record, outcome)
+    record, outcome = sent.record, sent.outcome
+    if outcome is None:
+        _observe(ctx, record, CallState.PENDING, call)
+        return pending_response(Iso15118OutcomeOut.of_record(record), record)
     _observe(ctx, record, CallState(outcome.outcome.value), call)
     plain = outcome_response(station_id, outcome)  # raises 409 for offline / undelivered
     body = Iso15118OutcomeOut(**CallOutcomeOut.of(outcome).model_dump())
